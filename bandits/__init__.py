@@ -1,0 +1,1 @@
+"""Vectorised K-armed bandit simulator for AsymRE (jit + vmap + lax.scan)."""
