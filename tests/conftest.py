@@ -25,7 +25,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def _seed_numpy():
-    np.random.seed(0)
+    np.random.seed(0)  # noqa: NPY002 (legacy global state, for code that uses it)
 
 
 @pytest.fixture
