@@ -1,0 +1,479 @@
+"""Verifiable rewards: r(y) = `correct` if the final answer matches the reference, else `incorrect`.
+
+Contract: `fn(prompts, completions, **columns) -> list[float]`, one reward per completion;
+each column (e.g. `answer`, the reference final answer) is a list aligned with `completions`
+(the trainer repeats a prompt's columns for its G samples). Columns a function does not use
+are ignored. Rewards are +1/-1 by default (the paper's), `scale="01"` gives 0/1, and
+`correct=`/`incorrect=` set any pair. Malformed output is a wrong answer, never an exception.
+
+Answer extraction (`extract_answer`): the content of the last balanced \\boxed{...} (or
+\\fbox), else the text after the last "####", else the last number in the text.
+
+- `gsm8k_reward`: numbers compared exactly as fractions ("1,234", "$18.00", "\\frac{1}{2}").
+- `arithmetic_reward`: strict: the boxed answer, or else the completion's first line, must be
+  one integer equal to the reference (no credit for a number buried in text).
+- `math_reward`: math-verify (symbolic/numeric equivalence: \\frac12 = 0.5 = \\frac{1}{2}).
+  math-verify times out with signal.alarm, which fails outside the main thread and cannot stop
+  C code (a huge integer power), so it runs in `MathVerifyPool`: worker subprocesses that
+  import only math-verify, each item with a hard wall-clock timeout; a worker that runs past
+  it or dies is killed and replaced and the item scores as wrong. The pool is started on
+  first use, reused, thread-safe, and closed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import math
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+
+RewardFn = Callable[..., list[float]]
+
+# ----------------------------------------------------------------------------- scale
+
+
+def reward_levels(
+    scale: str = "pm1", correct: float | None = None, incorrect: float | None = None
+) -> tuple[float, float]:
+    """(reward if correct, reward if wrong): scale "pm1" = (1, -1), "01" = (1, 0); explicit
+    `correct` / `incorrect` override the scale."""
+    levels = {"pm1": (1.0, -1.0), "01": (1.0, 0.0)}
+    if scale not in levels:
+        raise ValueError(f"unknown scale {scale!r}; expected 'pm1' or '01'")
+    hi, lo = levels[scale]
+    hi = hi if correct is None else float(correct)
+    lo = lo if incorrect is None else float(incorrect)
+    if not (math.isfinite(hi) and math.isfinite(lo)):
+        raise ValueError(f"correct and incorrect must be finite, got {hi}, {lo}")
+    return hi, lo
+
+
+def _check_columns(completions: Sequence[str], **columns: Sequence) -> None:
+    if isinstance(completions, str):
+        raise TypeError("completions must be a list of strings, got a single str")
+    for name, column in columns.items():
+        if isinstance(column, str) or len(column) != len(completions):
+            got = "a str" if isinstance(column, str) else f"length {len(column)}"
+            raise ValueError(
+                f"column {name!r} must be a list aligned with completions "
+                f"(length {len(completions)}), got {got}"
+            )
+
+
+# ----------------------------------------------------------------------------- extraction
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def last_boxed(text: str) -> str | None:
+    r"""Content of the last \boxed{...} with balanced braces (or `\boxed 5`), else None."""
+    if not isinstance(text, str):
+        return None
+    for match in reversed(list(_BOXED.finditer(text))):
+        i = match.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                if text[j] == "{":
+                    depth += 1
+                elif text[j] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return text[i + 1 : j].strip()
+        elif i > match.end():  # "\boxed 5": one token after a space
+            token = re.match(r"[^\s$]+", text[i:])
+            if token:
+                return token.group(0)
+    return None
+
+
+def extract_answer(text: str, *, hash_marker: bool = True, last_number: bool = True) -> str | None:
+    """Final answer of a completion: last \\boxed{}, else after the last "####", else the last
+    number (each fallback can be switched off). None when nothing is found."""
+    if not isinstance(text, str):
+        return None
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    if hash_marker and "####" in text:
+        after = text.rsplit("####", 1)[1].strip()
+        if after:
+            return after.splitlines()[0].strip()
+    if last_number:
+        numbers = _NUMBER.findall(text)
+        if numbers:
+            return numbers[-1]
+    return None
+
+
+_LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_FRAC = re.compile(
+    r"^(-?)\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}$|^(-?)\\[dt]?frac(\d)(\d)$"
+)
+
+
+def parse_number(text: str | None, *, strict: bool = False) -> Fraction | None:
+    """Exact value of a numeric answer: "1,234", "$18.00", "-3", "50%", "1/2", "\\frac{1}{2}".
+
+    strict=False falls back to the last number inside the text ("18 dollars" -> 18);
+    strict=True accepts only a text that is one number. None when nothing parses.
+    """
+    if not isinstance(text, str):
+        return None
+    s = _LATEX_WRAPPERS.sub(r"\1", text)
+    s = re.sub(r"\\[!,;: ]|\\\$|\$|\\%|%|\\left|\\right", "", s)
+    s = re.sub(r"(?<=\d),(?=\d)", "", s).strip().rstrip(".").strip()
+    if re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)", s):
+        return Fraction(s)
+    frac = _FRAC.match(s)
+    if frac:
+        sign, num, den = (frac.group(1), frac.group(2), frac.group(3))
+        if num is None:
+            sign, num, den = frac.group(4), frac.group(5), frac.group(6)
+        return None if int(den) == 0 else Fraction(int(num), int(den)) * (-1 if sign else 1)
+    ratio = re.fullmatch(r"(-?\d+)\s*/\s*(-?\d+)", s)
+    if ratio:
+        return (
+            None if int(ratio.group(2)) == 0 else Fraction(int(ratio.group(1)), int(ratio.group(2)))
+        )
+    if strict:
+        return None
+    numbers = _NUMBER.findall(s)
+    return Fraction(numbers[-1].replace(",", "")) if numbers else None
+
+
+# ----------------------------------------------------------------------------- simple rewards
+
+
+def gsm8k_reward(
+    prompts: Sequence,
+    completions: Sequence[str],
+    answer: Sequence[str],
+    *,
+    scale: str = "pm1",
+    correct: float | None = None,
+    incorrect: float | None = None,
+    **columns,
+) -> list[float]:
+    """GSM8K: the completion's final answer (`extract_answer`) equals the reference number.
+
+    `answer` holds final answers ("18"); a full GSM8K solution ("... #### 18") works too.
+    """
+    _check_columns(completions, answer=answer)
+    hi, lo = reward_levels(scale, correct, incorrect)
+    rewards = []
+    for completion, ref in zip(completions, answer, strict=True):
+        gold = parse_number(extract_answer(str(ref), last_number=False) or str(ref), strict=True)
+        pred = parse_number(extract_answer(completion))
+        rewards.append(hi if gold is not None and pred is not None and pred == gold else lo)
+    return rewards
+
+
+def arithmetic_reward(
+    prompts: Sequence,
+    completions: Sequence[str],
+    answer: Sequence[str],
+    *,
+    scale: str = "pm1",
+    correct: float | None = None,
+    incorrect: float | None = None,
+    **columns,
+) -> list[float]:
+    """Synthetic arithmetic: the boxed answer, or else the first line of the completion, is
+    exactly one integer equal to `answer` ("19", " 19\\n..." score; "19abc", "1 9" do not)."""
+    _check_columns(completions, answer=answer)
+    hi, lo = reward_levels(scale, correct, incorrect)
+    rewards = []
+    for completion, ref in zip(completions, answer, strict=True):
+        ok = False
+        if isinstance(completion, str):
+            boxed = last_boxed(completion)
+            lines = completion.strip().splitlines()
+            text = boxed if boxed is not None else (lines[0] if lines else "")
+            ok = re.fullmatch(r"\s*-?\d+\s*", text) is not None and int(text) == int(str(ref))
+        rewards.append(hi if ok else lo)
+    return rewards
+
+
+# ----------------------------------------------------------------------------- math-verify pool
+
+_WORKER_SOURCE = r"""
+import json, os, sys
+sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
+def main():
+    try:
+        mem_mb = int(sys.argv[1])
+        if mem_mb > 0:
+            import resource
+            limit = mem_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        import logging
+        logging.disable(logging.CRITICAL)
+        from math_verify import parse, verify
+    except BaseException as err:
+        print(json.dumps({"ready": False, "error": repr(err)}), flush=True)
+        return
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        t = req["timeout"]
+        try:
+            gold = parse(req["gold"], parsing_timeout=t)
+            pred = parse(req["pred"], parsing_timeout=t)
+            ok = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=t))
+        except BaseException:
+            ok = False
+        print(json.dumps({"ok": ok}), flush=True)
+main()
+"""
+
+
+class _Worker:
+    def __init__(self, memory_limit_mb: int):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_SOURCE, str(memory_limit_mb)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+        )
+        self.fd = self.proc.stdout.fileno()
+        self.buffer = b""
+        self.ready = False
+        self.item: int | None = None  # index of the item being verified
+        self.deadline = 0.0
+
+    def send(self, message: dict) -> None:
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def read_message(self) -> dict | None:
+        """One JSON message if a full line arrived; raises EOFError if the worker is gone."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+        if b"\n" not in self.buffer:
+            return None
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class MathVerifyPool:
+    """Worker subprocesses running math-verify with a hard per-item wall-clock timeout.
+
+    `verify(golds, preds) -> list[bool]`: golds and preds are texts math-verify parses (e.g.
+    "\\boxed{\\frac{1}{2}}"). Each item gets `timeout` seconds from the moment a worker takes
+    it; past that, or if the worker dies, the worker is killed and replaced and the item is
+    False (counted in `num_timeouts` / `num_crashes`). math-verify's own alarms
+    (`signal_timeout` seconds, default half the timeout; 0 switches them off) end most slow
+    items without a kill. Workers start on first
+    use (about a second: importing math-verify and sympy) and are reused. Each worker's
+    address space is capped at `memory_limit_mb` (0: no cap). POSIX only.
+    """
+
+    def __init__(
+        self,
+        num_workers: int | None = None,
+        *,
+        timeout: float = 5.0,
+        start_timeout: float = 60.0,
+        memory_limit_mb: int = 4096,
+        signal_timeout: int | None = None,
+    ):
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        self.num_workers = num_workers or max(1, min(4, os.cpu_count() or 1))
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.timeout = float(timeout)
+        self.start_timeout = float(start_timeout)
+        self.memory_limit_mb = int(memory_limit_mb)
+        if signal_timeout is None:
+            signal_timeout = max(1, int(self.timeout / 2))
+        self.signal_timeout = int(signal_timeout)
+        self.num_timeouts = 0
+        self.num_crashes = 0
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self.memory_limit_mb)
+        worker.deadline = time.monotonic() + self.start_timeout
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._workers[self._workers.index(worker)] = self._spawn()
+
+    def verify(self, golds: Sequence[str], preds: Sequence[str]) -> list[bool]:
+        if len(golds) != len(preds):
+            raise ValueError(
+                f"golds and preds must have the same length, got {len(golds)}, {len(preds)}"
+            )
+        with self._lock:
+            return self._verify(list(golds), list(preds))
+
+    def _verify(self, golds: list[str], preds: list[str]) -> list[bool]:
+        if not golds:
+            return []
+        signal_timeout = self.signal_timeout
+        unique = list(dict.fromkeys(zip(golds, preds, strict=True)))  # G samples repeat answers
+        results: dict[int, bool] = {}
+        todo = list(range(len(unique)))[::-1]
+        while len(self._workers) < self.num_workers:
+            self._workers.append(self._spawn())
+        while len(results) < len(unique):
+            for worker in list(self._workers):
+                if not (worker.ready and worker.item is None and todo):
+                    continue
+                if worker.proc.poll() is not None:  # died while idle: replace, keep the item
+                    self.num_crashes += 1
+                    self._replace(worker)
+                    continue
+                item = todo.pop()
+                gold, pred = unique[item]
+                try:
+                    worker.send({"gold": gold, "pred": pred, "timeout": signal_timeout})
+                except OSError:
+                    todo.append(item)
+                    self.num_crashes += 1
+                    self._replace(worker)
+                    continue
+                worker.item, worker.deadline = item, time.monotonic() + self.timeout
+            waiting = [w for w in self._workers if not w.ready or w.item is not None]
+            wait_s = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
+            readable, _, _ = select.select([w.fd for w in waiting], [], [], wait_s)
+            for worker in [w for w in waiting if w.fd in readable]:
+                try:
+                    message = worker.read_message()
+                except (EOFError, OSError, ValueError):
+                    self._fail(worker, results, crashed=True)
+                    continue
+                if message is None:
+                    continue
+                if not worker.ready:
+                    if not message.get("ready"):
+                        self.close()
+                        raise RuntimeError(f"math-verify worker failed: {message.get('error')}")
+                    worker.ready = True
+                else:
+                    results[worker.item] = bool(message.get("ok"))
+                    worker.item = None
+            now = time.monotonic()
+            for worker in [w for w in waiting if w in self._workers and now > w.deadline]:
+                if not worker.ready:
+                    self.close()
+                    raise RuntimeError(f"math-verify worker not ready after {self.start_timeout}s")
+                self._fail(worker, results, crashed=False)
+        by_pair = {pair: results[i] for i, pair in enumerate(unique)}
+        return [by_pair[pair] for pair in zip(golds, preds, strict=True)]
+
+    def _fail(self, worker: _Worker, results: dict[int, bool], *, crashed: bool) -> None:
+        if not worker.ready:
+            self.close()
+            raise RuntimeError("math-verify worker exited during start-up")
+        results[worker.item] = False
+        if crashed:
+            self.num_crashes += 1
+        else:
+            self.num_timeouts += 1
+        self._replace(worker)
+
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def close(self) -> None:
+        """Stop the workers; the next `verify` starts fresh ones."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.kill()
+
+    def __enter__(self) -> MathVerifyPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+_default_pool: MathVerifyPool | None = None
+
+
+def default_math_pool() -> MathVerifyPool:
+    """The process-wide pool `math_reward` uses when given none (created on first use)."""
+    global _default_pool
+    if _default_pool is None:
+        _default_pool = MathVerifyPool()
+        atexit.register(_default_pool.close)
+    return _default_pool
+
+
+def math_reward(
+    prompts: Sequence,
+    completions: Sequence[str],
+    answer: Sequence[str],
+    *,
+    scale: str = "pm1",
+    correct: float | None = None,
+    incorrect: float | None = None,
+    pool: MathVerifyPool | None = None,
+    **columns,
+) -> list[float]:
+    """MATH / MATH-500: math-verify equivalence of the completion's last \\boxed{} answer (or,
+    without one, whatever math-verify extracts from the text) with the reference `answer`."""
+    _check_columns(completions, answer=answer)
+    hi, lo = reward_levels(scale, correct, incorrect)
+    golds, preds, valid = [], [], []
+    for completion, ref in zip(completions, answer, strict=True):
+        ok = isinstance(completion, str) and bool(completion.strip())
+        boxed = last_boxed(completion) if ok else None
+        valid.append(ok)
+        golds.append("$\\boxed{" + str(ref) + "}$")
+        preds.append("$\\boxed{" + boxed + "}$" if boxed is not None else str(completion))
+    idx = [i for i, ok in enumerate(valid) if ok]
+    verdicts = (pool or default_math_pool()).verify(
+        [golds[i] for i in idx], [preds[i] for i in idx]
+    )
+    good = {i for i, v in zip(idx, verdicts, strict=True) if v}
+    return [hi if i in good else lo for i in range(len(completions))]
+
+
+# ----------------------------------------------------------------------------- registry
+
+REWARD_FNS: dict[str, RewardFn] = {
+    "gsm8k": gsm8k_reward,
+    "math": math_reward,
+    "math500": math_reward,
+    "arithmetic": arithmetic_reward,
+}
+
+
+def get_reward_fn(name: str, **kwargs) -> RewardFn:
+    """Reward function by name (gsm8k, math, math500, arithmetic); kwargs are bound to it
+    (e.g. scale="01", pool=...)."""
+    if name not in REWARD_FNS:
+        raise ValueError(f"unknown reward {name!r}; expected one of {', '.join(REWARD_FNS)}")
+    fn = REWARD_FNS[name]
+    return functools.partial(fn, **kwargs) if kwargs else fn
