@@ -1,0 +1,304 @@
+"""Hugging Face checkpoints in and out: config.json + safetensors (single file or sharded).
+
+HF stores a linear layer as weight [out, in]; the model keeps [in, out] with the heads
+split out, so loading is a transpose and a reshape per tensor:
+
+    q_proj.weight [H*Dh, D] -> q [D, H, Dh]        o_proj.weight [D, H*Dh] -> o [H, Dh, D]
+    gate/up_proj.weight [F, D] -> [D, F]           down_proj.weight [D, F] -> [F, D]
+    lm_head.weight [V, D] -> [D, V]                q_proj.bias [H*Dh] -> [H, Dh]
+
+``load_hf`` checks names and shapes from the safetensors headers before reading any data,
+builds the abstract model with ``nnx.eval_shape`` (no memory), then reads one tensor at a
+time and puts it straight into its place (its NamedSharding when a mesh is given), so the
+host never holds the weights twice. Tensors are read with the flax reader, which handles
+bf16.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from llm.config import ModelConfig, dtype_name
+from llm.model import Transformer
+from llm.sharding import param_shardings
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
+_ARCH_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "tie_word_embeddings",
+    "attention_bias",
+    "attention_out_bias",
+    "mlp_bias",
+    "use_qk_norm",
+)
+
+
+class TensorSpec(NamedTuple):
+    """Where one HF tensor lives in the NNX state and how to convert it both ways."""
+
+    path: tuple
+    hf_shape: tuple[int, ...]
+    to_nnx: Callable
+    to_hf: Callable
+
+
+def _ident(x):
+    return x
+
+
+def _t(x):
+    return x.T
+
+
+def tensor_specs(config: ModelConfig) -> dict[str, TensorSpec]:
+    """HF tensor name -> TensorSpec for every weight of a model with this config."""
+    D, F, V, E = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim
+    H, K = config.num_attention_heads, config.num_key_value_heads
+
+    def heads_in(n):  # [n*E, D] <-> [D, n, E]
+        return (lambda w: w.T.reshape(D, n, E), lambda w: w.reshape(D, n * E).T)
+
+    def heads_bias(n):  # [n*E] <-> [n, E]
+        return (lambda b: b.reshape(n, E), lambda b: b.reshape(n * E))
+
+    heads_out = (lambda w: w.T.reshape(H, E, D), lambda w: w.reshape(H * E, D).T)
+    ident, trans = (_ident, _ident), (_t, _t)
+    specs = {"model.embed_tokens.weight": TensorSpec(("embed",), (V, D), *ident)}
+    for i in range(config.num_hidden_layers):
+        hf, nn = f"model.layers.{i}.", ("layers", i)
+        entries = [
+            ("self_attn.q_proj.weight", ("attn", "q"), (H * E, D), heads_in(H)),
+            ("self_attn.k_proj.weight", ("attn", "k"), (K * E, D), heads_in(K)),
+            ("self_attn.v_proj.weight", ("attn", "v"), (K * E, D), heads_in(K)),
+            ("self_attn.o_proj.weight", ("attn", "o"), (D, H * E), heads_out),
+            ("mlp.gate_proj.weight", ("mlp", "gate"), (F, D), trans),
+            ("mlp.up_proj.weight", ("mlp", "up"), (F, D), trans),
+            ("mlp.down_proj.weight", ("mlp", "down"), (D, F), trans),
+            ("input_layernorm.weight", ("attn_norm", "weight"), (D,), ident),
+            ("post_attention_layernorm.weight", ("mlp_norm", "weight"), (D,), ident),
+        ]
+        if config.attention_bias:
+            entries += [
+                ("self_attn.q_proj.bias", ("attn", "q_bias"), (H * E,), heads_bias(H)),
+                ("self_attn.k_proj.bias", ("attn", "k_bias"), (K * E,), heads_bias(K)),
+                ("self_attn.v_proj.bias", ("attn", "v_bias"), (K * E,), heads_bias(K)),
+            ]
+        if config.attention_out_bias:
+            entries.append(("self_attn.o_proj.bias", ("attn", "o_bias"), (D,), ident))
+        if config.use_qk_norm:
+            entries += [
+                ("self_attn.q_norm.weight", ("attn", "q_norm", "weight"), (E,), ident),
+                ("self_attn.k_norm.weight", ("attn", "k_norm", "weight"), (E,), ident),
+            ]
+        if config.mlp_bias:
+            entries += [
+                ("mlp.gate_proj.bias", ("mlp", "gate_bias"), (F,), ident),
+                ("mlp.up_proj.bias", ("mlp", "up_bias"), (F,), ident),
+                ("mlp.down_proj.bias", ("mlp", "down_bias"), (D,), ident),
+            ]
+        for name, sub, shape, (fwd, bwd) in entries:
+            specs[hf + name] = TensorSpec(nn + sub, shape, fwd, bwd)
+    specs["model.norm.weight"] = TensorSpec(("final_norm", "weight"), (D,), *ident)
+    if not config.tie_word_embeddings:
+        specs["lm_head.weight"] = TensorSpec(("lm_head",), (V, D), *trans)
+    return specs
+
+
+def _ignorable(name: str, config: ModelConfig) -> bool:
+    # Old checkpoints store RoPE buffers; some tied checkpoints also store lm_head.
+    return name.endswith("rotary_emb.inv_freq") or (
+        config.tie_word_embeddings and name == "lm_head.weight"
+    )
+
+
+def _list(names, limit=20) -> str:
+    names = sorted(names)
+    more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _weight_files(path: pathlib.Path) -> dict[str, list[str]]:
+    """safetensors file -> tensor names in it, from the index or the single file."""
+    index = path / INDEX_FILE
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no 'weight_map' dict")
+        files: dict[str, list[str]] = {}
+        for name, file in weight_map.items():
+            files.setdefault(file, []).append(name)
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists files that do not exist: {_list(missing)}")
+        return files
+    single = path / SINGLE_FILE
+    candidates = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
+    if len(candidates) != 1:
+        found = [c.name for c in candidates]
+        raise FileNotFoundError(
+            f"no weights in {path}: expected {SINGLE_FILE} or {INDEX_FILE} "
+            f"(found safetensors files: {found or 'none'})"
+        )
+    with safe_open(candidates[0], framework="flax") as f:
+        return {candidates[0].name: list(f.keys())}
+
+
+def load_hf(
+    path, dtype="float32", mesh=None, *, compute_dtype=None
+) -> tuple[Transformer, ModelConfig]:
+    """Load a Llama 3.x / Qwen2 / Qwen2.5 / Qwen3 folder into a ``Transformer``.
+
+    Args:
+      path: folder with config.json and model.safetensors (or a sharded index).
+      dtype: parameter dtype ("float32", "bfloat16", "float16" or a jnp dtype).
+      mesh: optional ``jax.sharding.Mesh`` with axes ("fsdp", "tp"); each tensor is placed
+        directly into its NamedSharding (see ``llm.sharding``).
+      compute_dtype: matmul dtype; defaults to ``dtype``.
+
+    Returns:
+      (model, config).
+    """
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    dtype = dtype_name(dtype, "dtype")
+    compute = dtype_name(compute_dtype, "compute_dtype") if compute_dtype is not None else dtype
+    config = ModelConfig.from_json(path, param_dtype=dtype, compute_dtype=compute)
+    files = _weight_files(path)
+    specs = tensor_specs(config)
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file, names in files.items():
+        with safe_open(path / file, framework="flax") as f:
+            present = set(f.keys())
+            for name in names:
+                if name not in present:
+                    raise ValueError(f"tensor {name} is listed for {file} but not in it")
+                shapes[name] = tuple(f.get_slice(name).get_shape())
+    missing = set(specs) - set(shapes)
+    unexpected = {n for n in shapes if n not in specs and not _ignorable(n, config)}
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {path} does not match its config.json ({config.model_type}):"
+            + (f"\n  missing tensors: {_list(missing)}" if missing else "")
+            + (f"\n  unexpected tensors: {_list(unexpected)}" if unexpected else "")
+        )
+    for name, spec in specs.items():
+        if shapes[name] != spec.hf_shape:
+            raise ValueError(
+                f"tensor {name} has shape {shapes[name]}, expected {spec.hf_shape} from config.json"
+            )
+
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    flat = dict(nnx.to_flat_state(state))
+    shardings = None
+    if mesh is not None:
+        shardings = dict(nnx.to_flat_state(param_shardings(abstract, mesh)))
+    param_dtype = config.jnp_param_dtype
+    for file, names in files.items():
+        with safe_open(path / file, framework="flax") as f:
+            for name in names:
+                if name not in specs:
+                    continue
+                spec = specs[name]
+                value = spec.to_nnx(f.get_tensor(name)).astype(param_dtype)
+                if shardings is not None:
+                    value = jax.device_put(value, shardings[spec.path].get_value())
+                flat[spec.path] = flat[spec.path].replace(value)
+                del value
+    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    return model, config
+
+
+def _check_same_architecture(model: Transformer, config: ModelConfig) -> None:
+    diffs = {
+        f: (getattr(config, f), getattr(model.config, f))
+        for f in _ARCH_FIELDS
+        if getattr(config, f) != getattr(model.config, f)
+    }
+    if diffs:
+        raise ValueError(f"config does not describe model; (config, model) differ in {diffs}")
+
+
+def save_hf(
+    model: Transformer,
+    config: ModelConfig | None,
+    path,
+    tokenizer=None,
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> pathlib.Path:
+    """Write ``model`` as a folder that ``transformers`` loads unchanged.
+
+    Writes config.json and model.safetensors, or model-0000i-of-0000N.safetensors plus
+    model.safetensors.index.json when the weights exceed ``max_shard_bytes``; weights keep
+    the model's parameter dtype. One shard is gathered to the host at a time. ``config``
+    (None: ``model.config``) may differ from the model's only in non-architectural fields
+    (token ids, rope, eps). ``tokenizer`` (a transformers tokenizer) is saved alongside.
+    """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be an llm.model.Transformer, got {type(model).__name__}")
+    config = model.config if config is None else config
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a ModelConfig or None, got {type(config).__name__}")
+    _check_same_architecture(model, config)
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    hf_config = config.to_hf_dict()
+    hf_config["dtype"] = model.config.param_dtype
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+
+    flat = dict(nnx.to_flat_state(nnx.state(model)))
+    specs = tensor_specs(model.config)
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, spec in specs.items():
+        nbytes = flat[spec.path].get_value().nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    for stale in [*path.glob("model*.safetensors"), path / INDEX_FILE]:
+        stale.unlink(missing_ok=True)
+    n = len(shards)
+    weight_map, total = {}, 0
+    for i, names in enumerate(shards):
+        file = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        tensors = {}
+        for name in names:
+            spec = specs[name]
+            value = spec.to_hf(jnp.asarray(flat[spec.path].get_value()))
+            tensors[name] = np.ascontiguousarray(jax.device_get(value))
+            weight_map[name] = file
+            total += tensors[name].nbytes
+        save_file(tensors, path / file, metadata={"format": "pt"})
+        del tensors
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,304 @@
+r"""Flax NNX decoder for Llama 3.x, Qwen2/2.5 and Qwen3, with an optional KV cache.
+
+Per layer (pre-norm, residual):
+
+.. math::
+    h &= x + W_o\,\mathrm{Attn}(\mathrm{RoPE}(W_q n), \mathrm{RoPE}(W_k n), W_v n),
+    \quad n = \mathrm{RMSNorm}(x) \\
+    y &= h + W_{down}\big(\mathrm{silu}(W_{gate} m) \odot W_{up} m\big),
+    \quad m = \mathrm{RMSNorm}(h)
+
+Attention is grouped-query (GQA): the H query heads are viewed as [K, G] (K key/value
+heads, G = H / K queries each), so K and V are never repeated. Scores are plain einsums,
+a single boolean mask (causal AND padding) selects the visible keys, and the softmax runs
+in float32. Weights are stored in ``config.param_dtype`` and cast to
+``config.compute_dtype`` for the matmuls; logits are float32.
+
+Layout of the weights ([in, out], heads split out):
+embed [V, D], q [D, H, Dh], k/v [D, K, Dh], o [H, Dh, D], gate/up [D, F], down [F, D],
+lm_head [D, V] (absent when tied). Each carries logical axis names in its ``out_sharding``
+metadata (eager sharding off), mapped to mesh axes by ``llm.sharding``.
+
+KV cache (``KVCache``: k, v of [L, B, S, K, Dh]): a call with ``cache`` and
+``cache_index = i`` writes the T new keys/values into slots [i, i + T) and query t (slot
+i + t) attends to slot j iff ``attention_mask[b, j] == 1`` and j <= i + t.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm.config import ModelConfig
+from llm.rope import apply_rope, rope_angles
+
+_F32 = jnp.float32
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: k, v each [L, B, S, num_kv_heads, head_dim]."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """A zero KV cache with ``max_len`` slots per row."""
+    shape = (
+        config.num_hidden_layers,
+        batch_size,
+        max_len,
+        config.num_key_value_heads,
+        config.head_dim,
+    )
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _param(rngs: nnx.Rngs | None, init: str, shape, axes, config: ModelConfig) -> nnx.Param:
+    dtype = config.jnp_param_dtype
+    if init == "normal":
+        value = config.initializer_range * jax.random.normal(rngs.params(), shape, _F32)
+        value = value.astype(dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = jnp.zeros(shape, dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, statistics in float32."""
+
+    def __init__(self, dim: int, config: ModelConfig):
+        self.eps = config.rms_norm_eps
+        self.weight = _param(None, "ones", (dim,), ("norm",), config)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(_F32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.weight[...].astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        D, H, K, Dh = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        self.config = config
+        self.q = _param(rngs, "normal", (D, H, Dh), ("embed", "heads", "head_dim"), config)
+        self.k = _param(rngs, "normal", (D, K, Dh), ("embed", "kv_heads", "head_dim"), config)
+        self.v = _param(rngs, "normal", (D, K, Dh), ("embed", "kv_heads", "head_dim"), config)
+        self.o = _param(rngs, "normal", (H, Dh, D), ("heads", "head_dim", "embed"), config)
+        if config.attention_bias:
+            self.q_bias = _param(None, "zeros", (H, Dh), ("heads", "head_dim"), config)
+            self.k_bias = _param(None, "zeros", (K, Dh), ("kv_heads", "head_dim"), config)
+            self.v_bias = _param(None, "zeros", (K, Dh), ("kv_heads", "head_dim"), config)
+        if config.attention_out_bias:
+            self.o_bias = _param(None, "zeros", (D,), ("norm",), config)
+        if config.use_qk_norm:
+            self.q_norm = RMSNorm(Dh, config)
+            self.k_norm = RMSNorm(Dh, config)
+
+    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, layer=0, cache_index=None):
+        cfg = self.config
+        dt = cfg.jnp_compute_dtype
+        B, T, _ = x_BxTxD.shape
+        q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(dt))
+        k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(dt))
+        v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(dt))
+        if cfg.attention_bias:
+            q_BxTxHxE = q_BxTxHxE + self.q_bias[...].astype(dt)
+            k_BxTxKxE = k_BxTxKxE + self.k_bias[...].astype(dt)
+            v_BxTxKxE = v_BxTxKxE + self.v_bias[...].astype(dt)
+        if cfg.use_qk_norm:
+            q_BxTxHxE = self.q_norm(q_BxTxHxE)
+            k_BxTxKxE = self.k_norm(k_BxTxKxE)
+        q_BxTxHxE = apply_rope(q_BxTxHxE, cos, sin)
+        k_BxTxKxE = apply_rope(k_BxTxKxE, cos, sin)
+
+        if kv is not None:  # write the T new entries into slots [i, i + T), read all S
+            k_all, v_all = kv
+            zero = jnp.zeros((), jnp.int32)
+            start = (jnp.asarray(layer, jnp.int32), zero, cache_index, zero, zero)
+            k_all = jax.lax.dynamic_update_slice(k_all, k_BxTxKxE[None].astype(k_all.dtype), start)
+            v_all = jax.lax.dynamic_update_slice(v_all, v_BxTxKxE[None].astype(v_all.dtype), start)
+            k_BxSxKxE, v_BxSxKxE = k_all[layer].astype(dt), v_all[layer].astype(dt)
+            kv = (k_all, v_all)
+        else:
+            k_BxSxKxE, v_BxSxKxE = k_BxTxKxE, v_BxTxKxE
+
+        K, G, E = cfg.num_key_value_heads, cfg.num_groups, cfg.head_dim
+        q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, G, E)
+        scores_BxKxGxTxS = jnp.einsum(
+            "btkge,bske->bkgts", q_BxTxKxGxE, k_BxSxKxE, preferred_element_type=_F32
+        ) * (E**-0.5)
+        scores_BxKxGxTxS = jnp.where(
+            mask_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(_F32).min
+        )
+        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
+        out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxE)
+        out_BxTxHxE = out_BxTxKxGxE.reshape(B, T, K * G, E)
+        out_BxTxD = jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(dt))
+        if cfg.attention_out_bias:
+            out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)
+        return out_BxTxD, kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        D, F = config.hidden_size, config.intermediate_size
+        self.config = config
+        self.gate = _param(rngs, "normal", (D, F), ("embed", "mlp"), config)
+        self.up = _param(rngs, "normal", (D, F), ("embed", "mlp"), config)
+        self.down = _param(rngs, "normal", (F, D), ("mlp", "embed"), config)
+        if config.mlp_bias:
+            self.gate_bias = _param(None, "zeros", (F,), ("mlp",), config)
+            self.up_bias = _param(None, "zeros", (F,), ("mlp",), config)
+            self.down_bias = _param(None, "zeros", (D,), ("norm",), config)
+
+    def __call__(self, x_BxTxD):
+        dt = self.config.jnp_compute_dtype
+        gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.gate[...].astype(dt))
+        up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.up[...].astype(dt))
+        if self.config.mlp_bias:
+            gate_BxTxF = gate_BxTxF + self.gate_bias[...].astype(dt)
+            up_BxTxF = up_BxTxF + self.up_bias[...].astype(dt)
+        out_BxTxD = jnp.einsum(
+            "btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt)
+        )
+        if self.config.mlp_bias:
+            out_BxTxD = out_BxTxD + self.down_bias[...].astype(dt)
+        return out_BxTxD
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config.hidden_size, config)
+        self.attn = Attention(config, rngs)
+        self.mlp_norm = RMSNorm(config.hidden_size, config)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, layer=0, cache_index=None):
+        attn_BxTxD, kv = self.attn(
+            self.attn_norm(x_BxTxD), cos, sin, mask_BxTxS, kv, layer, cache_index
+        )
+        h_BxTxD = x_BxTxD + attn_BxTxD
+        return h_BxTxD + self.mlp(self.mlp_norm(h_BxTxD)), kv
+
+
+class Transformer(nnx.Module):
+    """The decoder. ``model(tokens_BxT)`` -> float32 logits [B, T, V]; see the module doc."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        V, D = config.vocab_size, config.hidden_size
+        self.embed = _param(rngs, "normal", (V, D), ("vocab", "embed"), config)
+        self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_hidden_layers)])
+        self.final_norm = RMSNorm(D, config)
+        if not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, "normal", (D, V), ("embed", "vocab"), config)
+
+    def unembedding(self) -> jax.Array:
+        """The output projection [D, V] in the compute dtype (the transposed embedding if tied)."""
+        dt = self.config.jnp_compute_dtype
+        if self.config.tie_word_embeddings:
+            return self.embed[...].astype(dt).T
+        return self.lm_head[...].astype(dt)
+
+    def hidden_states(self, tokens_BxT, positions=None, attention_mask=None) -> jax.Array:
+        """Final normed hidden states [B, T, D] in the compute dtype (no cache).
+
+        With :meth:`unembedding` this feeds ``asymre_jax.token_logprobs_from_hidden``, which
+        never materialises all the [B, T, V] logits.
+        """
+        return self._forward(tokens_BxT, positions, attention_mask, None, None)[0]
+
+    def _forward(self, tokens_BxT, positions, attention_mask, cache, cache_index):
+        cfg = self.config
+        tokens_BxT = jnp.asarray(tokens_BxT)
+        if tokens_BxT.ndim != 2 or not jnp.issubdtype(tokens_BxT.dtype, jnp.integer):
+            raise ValueError(
+                f"tokens must be an integer array of shape [B, T], got {tokens_BxT.dtype} "
+                f"{tuple(tokens_BxT.shape)}"
+            )
+        B, T = tokens_BxT.shape
+        if positions is None:
+            positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+            if cache is not None and cache_index is not None:
+                positions_BxT = positions_BxT + jnp.asarray(cache_index, jnp.int32)
+        else:
+            positions_BxT = jnp.asarray(positions)
+            if positions_BxT.shape != (B, T):
+                raise ValueError(
+                    f"positions must have shape [B, T] = {(B, T)}, got {tuple(positions_BxT.shape)}"
+                )
+        if cache is None:
+            if cache_index is not None:
+                raise ValueError("cache_index is only meaningful together with cache")
+            S = T
+            query_slot_T = jnp.arange(T)
+        else:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+            expected = (
+                cfg.num_hidden_layers,
+                B,
+                cache.k.shape[2],
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+            )
+            if cache.k.shape != expected or cache.v.shape != expected:
+                raise ValueError(
+                    f"cache.k and cache.v must have shape [L, B, S, K, Dh] = {expected}, got "
+                    f"{tuple(cache.k.shape)} and {tuple(cache.v.shape)}"
+                )
+            if cache_index is None:
+                raise ValueError("cache_index (int32 scalar) is required with cache")
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            if cache_index.ndim != 0:
+                raise ValueError(f"cache_index must be a scalar, got shape {cache_index.shape}")
+            S = cache.k.shape[2]
+            if T > S:
+                raise ValueError(f"tokens has T = {T} positions but the cache only {S} slots")
+            query_slot_T = cache_index + jnp.arange(T)
+        mask_BxTxS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
+        mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
+        if attention_mask is not None:
+            attention_mask = jnp.asarray(attention_mask)
+            if attention_mask.shape != (B, S):
+                what = "[B, S] (all cache slots)" if cache is not None else "[B, T]"
+                raise ValueError(
+                    f"attention_mask must have shape {what} = {(B, S)}, got "
+                    f"{tuple(attention_mask.shape)}"
+                )
+            mask_BxTxS = mask_BxTxS & (attention_mask[:, None, :] != 0)
+
+        dt = cfg.jnp_compute_dtype
+        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
+        cos, sin = rope_angles(cfg, positions_BxT)
+        kv = None if cache is None else (cache.k, cache.v)
+        for i, layer in enumerate(self.layers):
+            x_BxTxD, kv = layer(x_BxTxD, cos, sin, mask_BxTxS, kv, i, cache_index)
+        h_BxTxD = self.final_norm(x_BxTxD)
+        return h_BxTxD, (None if kv is None else KVCache(*kv))
+
+    def __call__(
+        self, tokens_BxT, positions=None, attention_mask=None, cache=None, cache_index=None
+    ):
+        h_BxTxD, new_cache = self._forward(
+            tokens_BxT, positions, attention_mask, cache, cache_index
+        )
+        logits_BxTxV = jnp.einsum(
+            "btd,dv->btv", h_BxTxD, self.unembedding(), preferred_element_type=_F32
+        )
+        if cache is None:
+            return logits_BxTxV
+        return logits_BxTxV, new_cache
