@@ -1,0 +1,426 @@
+r"""KV-cache sampler: ragged prompts in, completions and their log-probs out.
+
+Prompts (lists of token ids of different lengths) are left-padded into a static bucket
+``[B', T']`` (batch and prompt length rounded up to the next power of two, with minimums),
+so a new batch of another size in the same bucket reuses the compiled code. Two jitted,
+pure functions of ``(graphdef, state, ...)`` do the work:
+
+* ``prefill``: one forward pass over the padded prompts that fills a preallocated KV cache
+  of ``T' + max_new_tokens`` slots and samples the first new token;
+* ``decode``: a ``lax.while_loop`` of one-token steps over that cache (donated, so it is
+  updated in place), until every row has emitted EOS or ``max_new_tokens`` are drawn.
+
+Sampling at step t, with model logits z (float32) and temperature tau > 0:
+
+.. math::  q(v) \propto \exp(z_v / \tau) \, [v \in K_k] \, [v \in P_p]
+
+where :math:`K_k` is the set of the k largest logits (``top_k=0``: all) and :math:`P_p` the
+smallest prefix of the remaining tokens, by decreasing probability, whose mass reaches
+``top_p`` (the nucleus, computed after temperature and top-k, as in transformers). The
+returned log-prob of each drawn token is :math:`\log q(y_t)`: the log-probability under the
+distribution it was actually drawn from (the behaviour policy mu of off-policy RL). With
+``temperature=0`` (greedy) that distribution is a point mass, so the log-probs returned are
+those of the unmodified model, :math:`\log \mathrm{softmax}(z)_{y_t}`.
+
+Randomness: row b at step t uses ``fold_in(fold_in(key, b), t)``, so a completion depends
+only on the key, its row index and its prompt, not on the bucket it was padded into.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llm.model import init_cache
+
+MIN_BATCH_BUCKET = 1
+MIN_LENGTH_BUCKET = 16
+
+
+class GenerateOutput(NamedTuple):
+    """Result of :func:`generate`; N = max_new_tokens, B = number of prompts.
+
+    Attributes:
+      tokens: [B, N] int32 completion ids; ``pad_token_id`` after the end.
+      logprobs: [B, N] float32 log-probs of the drawn tokens under the sampling
+        distribution (see the module docstring); 0 after the end.
+      lengths: [B] int32 number of completion tokens, EOS included.
+      finished: [B] bool, True where the row emitted EOS.
+    """
+
+    tokens: Any
+    logprobs: Any
+    lengths: Any
+    finished: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything that selects a compiled program besides array shapes."""
+
+    max_new_tokens: int
+    greedy: bool
+    top_k: int  # 0 = no top-k filter
+    use_top_p: bool
+    eos_ids: tuple[int, ...]
+    pad_token_id: int
+    cache_dtype: Any
+
+
+def bucket_size(n: int, minimum: int) -> int:
+    """Smallest power of two >= max(n, minimum).
+
+    >>> bucket_size(5, 1), bucket_size(3, 16), bucket_size(17, 16)
+    (8, 16, 32)
+    """
+    return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]], batch_size: int, length: int, pad_token_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad ragged prompts into ([batch_size, length] ids, [batch_size, length] mask).
+
+    Rows past ``len(prompts)`` are filler: one ``pad_token_id`` in the last column with mask
+    1 (so their attention is well defined); the caller drops them.
+    """
+    tokens_BxT = np.full((batch_size, length), pad_token_id, np.int32)
+    mask_BxT = np.zeros((batch_size, length), np.int32)
+    for b, prompt in enumerate(prompts):
+        if len(prompt):
+            tokens_BxT[b, length - len(prompt) :] = prompt
+            mask_BxT[b, length - len(prompt) :] = 1
+    mask_BxT[len(prompts) :, -1] = 1
+    return tokens_BxT, mask_BxT
+
+
+def _validate_prompts(prompts, vocab_size: int) -> list[list[int]]:
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("prompts must contain at least one prompt, got an empty list")
+    out = []
+    for i, prompt in enumerate(prompts):
+        ids = np.asarray(prompt)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise TypeError(
+                f"prompts[{i}] must be a flat list of int token ids, got shape {ids.shape} "
+                f"and dtype {ids.dtype}"
+            )
+        if ids.size == 0:
+            raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(
+                f"prompts[{i}] has token ids outside [0, vocab_size={vocab_size}): "
+                f"min {ids.min()}, max {ids.max()}"
+            )
+        out.append(ids.astype(np.int32).tolist())
+    return out
+
+
+def _eos_tuple(eos_token_id) -> tuple[int, ...]:
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, (int, np.integer)):
+        return (int(eos_token_id),)
+    ids = tuple(int(i) for i in eos_token_id)
+    if not ids:
+        raise ValueError("eos_token_id must be an int, a non-empty list of ints, or None")
+    return ids
+
+
+# ------------------------------------------------------------------------- sampling ----
+
+
+def sample_logits(
+    logits_BxV: jax.Array,
+    keys_B: jax.Array,
+    temperature: jax.Array,
+    top_p: jax.Array,
+    *,
+    greedy: bool,
+    top_k: int,
+    use_top_p: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """Draw one token per row; returns (tokens [B] int32, log q(token) [B] float32).
+
+    ``greedy``, ``top_k`` and ``use_top_p`` are static; ``temperature`` and ``top_p`` are
+    traced scalars. See the module docstring for the distribution q.
+    """
+    logits_BxV = logits_BxV.astype(jnp.float32)
+    if greedy:
+        tokens_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+        logprobs_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
+        return tokens_B, jnp.take_along_axis(logprobs_BxV, tokens_B[:, None], axis=-1)[:, 0]
+
+    scaled_BxV = logits_BxV / temperature
+    draw = jax.vmap(jax.random.categorical)
+    if top_k == 0 and not use_top_p:
+        tokens_B = draw(keys_B, scaled_BxV).astype(jnp.int32)
+        logprobs_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
+        return tokens_B, jnp.take_along_axis(logprobs_BxV, tokens_B[:, None], axis=-1)[:, 0]
+
+    # Work in the sorted space of the k best logits (k = vocab when only top-p is on).
+    k = top_k if top_k > 0 else logits_BxV.shape[-1]
+    values_BxK, indices_BxK = jax.lax.top_k(scaled_BxV, k)
+    if use_top_p:
+        probs_BxK = jax.nn.softmax(values_BxK, axis=-1)
+        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+        keep_BxK = (mass_before_BxK < top_p) | (top_p >= 1.0)
+        keep_BxK = keep_BxK.at[:, 0].set(True)
+        values_BxK = jnp.where(keep_BxK, values_BxK, -jnp.inf)
+    choice_B = draw(keys_B, values_BxK)
+    tokens_B = jnp.take_along_axis(indices_BxK, choice_B[:, None], axis=-1)[:, 0]
+    logprobs_BxK = jax.nn.log_softmax(values_BxK, axis=-1)
+    logprob_B = jnp.take_along_axis(logprobs_BxK, choice_B[:, None], axis=-1)[:, 0]
+    return tokens_B.astype(jnp.int32), logprob_B
+
+
+def _step_keys(row_keys_B: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_B, step)
+
+
+def _is_eos(tokens_B: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
+    hit_B = jnp.zeros(tokens_B.shape, bool)
+    for eos in eos_ids:
+        hit_B = hit_B | (tokens_B == eos)
+    return hit_B
+
+
+# ------------------------------------------------------------------- compiled parts ----
+
+
+class _Carry(NamedTuple):
+    step: jax.Array  # index of the next token to draw
+    cache: Any
+    last_B: jax.Array  # last drawn token (fed at the next step)
+    positions_B: jax.Array  # position of last_B
+    done_B: jax.Array
+    tokens_BxN: jax.Array
+    logprobs_BxN: jax.Array
+    lengths_B: jax.Array
+    finished_B: jax.Array
+
+
+def _record(carry: _Carry, step, tokens_B, logprobs_B, static: _Static) -> _Carry:
+    """Write the tokens drawn at ``step`` for rows still running; update done/lengths."""
+    live_B = ~carry.done_B
+    tokens_B = jnp.where(live_B, tokens_B, static.pad_token_id)
+    logprobs_B = jnp.where(live_B, logprobs_B, 0.0)
+    eos_B = live_B & _is_eos(tokens_B, static.eos_ids)
+    return carry._replace(
+        last_B=tokens_B,
+        done_B=carry.done_B | eos_B,
+        tokens_BxN=carry.tokens_BxN.at[:, step].set(tokens_B),
+        logprobs_BxN=carry.logprobs_BxN.at[:, step].set(logprobs_B),
+        lengths_B=carry.lengths_B + live_B.astype(jnp.int32),
+        finished_B=carry.finished_B | eos_B,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "static"))
+def _prefill(
+    graphdef, state, tokens_BxT, mask_BxT, filler_B, key, temperature, top_p, *, static: _Static
+) -> _Carry:
+    model = nnx.merge(graphdef, state)
+    batch, length = tokens_BxT.shape
+    num_new = static.max_new_tokens
+    cache = init_cache(
+        model.config, batch_size=batch, max_len=length + num_new, dtype=static.cache_dtype
+    )
+    positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0).astype(jnp.int32)
+    kv_mask_BxS = jnp.concatenate([mask_BxT, jnp.ones((batch, num_new), mask_BxT.dtype)], 1)
+    logits_BxTxV, cache = model(
+        tokens_BxT,
+        positions=positions_BxT,
+        attention_mask=kv_mask_BxS,
+        cache=cache,
+        cache_index=jnp.int32(0),
+    )
+    row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
+    tokens_B, logprobs_B = sample_logits(
+        logits_BxTxV[:, -1],
+        _step_keys(row_keys_B, jnp.int32(0)),
+        temperature,
+        top_p,
+        greedy=static.greedy,
+        top_k=static.top_k,
+        use_top_p=static.use_top_p,
+    )
+    carry = _Carry(
+        step=jnp.int32(1),
+        cache=cache,
+        last_B=tokens_B,
+        positions_B=positions_BxT[:, -1] + 1,
+        done_B=filler_B,
+        tokens_BxN=jnp.full((batch, num_new), static.pad_token_id, jnp.int32),
+        logprobs_BxN=jnp.zeros((batch, num_new), jnp.float32),
+        lengths_B=jnp.zeros((batch,), jnp.int32),
+        finished_B=jnp.zeros((batch,), bool),
+    )
+    return _record(carry, 0, tokens_B, logprobs_B, static)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2,))
+def _decode(
+    graphdef, state, carry: _Carry, kv_mask_BxS, key, temperature, top_p, *, static: _Static
+) -> _Carry:
+    model = nnx.merge(graphdef, state)
+    batch, cache_len = kv_mask_BxS.shape
+    prompt_len = cache_len - static.max_new_tokens
+    row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
+
+    def cond(c: _Carry):
+        return (c.step < static.max_new_tokens) & ~jnp.all(c.done_B)
+
+    def body(c: _Carry):
+        logits_Bx1xV, cache = model(
+            c.last_B[:, None],
+            positions=c.positions_B[:, None],
+            attention_mask=kv_mask_BxS,
+            cache=c.cache,
+            cache_index=prompt_len + c.step - 1,
+        )
+        tokens_B, logprobs_B = sample_logits(
+            logits_Bx1xV[:, 0],
+            _step_keys(row_keys_B, c.step),
+            temperature,
+            top_p,
+            greedy=static.greedy,
+            top_k=static.top_k,
+            use_top_p=static.use_top_p,
+        )
+        c = c._replace(cache=cache, positions_B=c.positions_B + 1)
+        c = _record(c, c.step, tokens_B, logprobs_B, static)
+        return c._replace(step=c.step + 1)
+
+    return jax.lax.while_loop(cond, body, carry)
+
+
+# ----------------------------------------------------------------------- public API ----
+
+
+def generate_from_state(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    key: jax.Array | None = None,
+    pad_token_id: int = 0,
+    cache_dtype: Any = None,
+    min_batch_bucket: int = MIN_BATCH_BUCKET,
+    min_length_bucket: int = MIN_LENGTH_BUCKET,
+) -> GenerateOutput:
+    """:func:`generate` from a split model ``nnx.split(model) -> (graphdef, state)``.
+
+    The trainer keeps (graphdef, state) and calls this after every update: a new ``state``
+    with the same shapes, dtypes and shardings reuses the compiled prefill and decode (they
+    are cached per graphdef, bucket shape and sampling mode).
+    """
+    config = graphdef_config(graphdef, state)
+    prompts = _validate_prompts(prompts, config.vocab_size)
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= config.vocab_size:
+        raise ValueError(
+            f"top_k must be an int in [0, vocab_size={config.vocab_size}], got {top_k!r}"
+        )
+    greedy = temperature == 0 or top_k == 1
+    if key is None:
+        if not greedy:
+            raise ValueError("key (a jax.random key) is required when temperature > 0")
+        key = jax.random.key(0)
+    static = _Static(
+        max_new_tokens=int(max_new_tokens),
+        greedy=bool(greedy),
+        top_k=0 if greedy else int(top_k),
+        use_top_p=bool(not greedy and top_p < 1.0),
+        eos_ids=_eos_tuple(eos_token_id),
+        pad_token_id=int(pad_token_id),
+        cache_dtype=jnp.dtype(cache_dtype or config.compute_dtype),
+    )
+    num_prompts = len(prompts)
+    batch = bucket_size(num_prompts, min_batch_bucket)
+    length = bucket_size(max(len(p) for p in prompts), min_length_bucket)
+    tokens_BxT, mask_BxT = pad_prompts(prompts, batch, length, pad_token_id)
+    filler_B = np.arange(batch) >= num_prompts
+    temperature_ = jnp.float32(temperature if not greedy else 1.0)
+    top_p_ = jnp.float32(top_p)
+
+    carry = _prefill(
+        graphdef, state, tokens_BxT, mask_BxT, filler_B, key, temperature_, top_p_, static=static
+    )
+    kv_mask_BxS = np.concatenate([mask_BxT, np.ones((batch, max_new_tokens), np.int32)], 1)
+    carry = _decode(graphdef, state, carry, kv_mask_BxS, key, temperature_, top_p_, static=static)
+    return GenerateOutput(
+        tokens=carry.tokens_BxN[:num_prompts],
+        logprobs=carry.logprobs_BxN[:num_prompts],
+        lengths=carry.lengths_B[:num_prompts],
+        finished=carry.finished_B[:num_prompts],
+    )
+
+
+def graphdef_config(graphdef: nnx.GraphDef, state: nnx.State):
+    """The ModelConfig of a split model (merging only wraps the arrays; nothing is copied)."""
+    return nnx.merge(graphdef, state).config
+
+
+def generate(
+    model: nnx.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    key: jax.Array | None = None,
+    **kwargs,
+) -> GenerateOutput:
+    """Sample completions of ragged ``prompts`` from ``model`` with a KV cache.
+
+    Args:
+      model: a ``llm.model.Transformer``.
+      prompts: list of B token-id lists (lengths may differ; each at least one token).
+      max_new_tokens: N, the number of tokens to draw at most.
+      temperature: 0 for greedy decoding; otherwise logits are divided by it.
+      top_p: nucleus mass in (0, 1]; 1 disables it.
+      top_k: keep the k most likely tokens; 0 disables it; 1 is greedy.
+      eos_token_id: an id or a list of ids that end a row (kept in the output and counted
+        in its length); None: rows run to ``max_new_tokens``.
+      key: a ``jax.random.key``; required unless decoding greedily.
+      **kwargs: ``pad_token_id`` (fill after the end, default 0), ``cache_dtype`` (default
+        the model's compute dtype), ``min_batch_bucket``, ``min_length_bucket``.
+
+    Returns:
+      :class:`GenerateOutput` with tokens and logprobs [B, N], lengths and finished [B].
+    """
+    graphdef, state = nnx.split(model)
+    return generate_from_state(
+        graphdef,
+        state,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        eos_token_id=eos_token_id,
+        key=key,
+        **kwargs,
+    )
