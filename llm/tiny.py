@@ -1,0 +1,123 @@
+"""Tiny random Hugging Face checkpoints for tests, notebooks and the CPU demo (no download).
+
+``make_tiny_checkpoint(path, family, size)`` writes config.json, model.safetensors (or a
+sharded index for big sizes) and the byte-level tokenizer of ``llm.tokenizer`` into
+``path``; ``transformers`` and ``llm.load_hf`` both load the folder. Each family exercises
+its distinguishing features:
+
+- "llama": "llama3" RoPE scaling with a short original context, so it matters; untied.
+- "qwen2": q/k/v biases, tied embeddings.
+- "qwen3": q/k RMSNorm, head_dim explicit and != hidden / heads; untied.
+
+Norm weights and biases are randomised too (around 1 and 0), so a test that ignores one
+of them fails. Sizes: "tiny" (~0.1M parameters), "small" (~5M, the benchmark model),
+"0.5b" (the Qwen2.5-0.5B shape, for load-memory benchmarks; vocab 151936).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llm.config import ModelConfig
+from llm.hf_io import save_hf
+from llm.model import Transformer
+from llm.tokenizer import byte_level_tokenizer
+
+FAMILIES = ("llama", "qwen2", "qwen3")
+SIZES = {
+    "tiny": dict(
+        vocab_size=320,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+    ),
+    "small": dict(
+        vocab_size=320,
+        hidden_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        intermediate_size=768,
+    ),
+    "0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=4864,
+    ),
+}
+_TOKENIZER_MAX_VOCAB = 512
+
+
+def tiny_config(family: str = "llama", size: str = "tiny", **overrides) -> ModelConfig:
+    """The ModelConfig ``make_tiny_checkpoint`` writes (token ids of the byte tokenizer)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    d = dict(SIZES[size], model_type=family, hidden_act="silu", rms_norm_eps=1e-6)
+    d.update(bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=2048)
+    d["initializer_range"] = 0.02 if size == "0.5b" else 0.1
+    if family == "llama":
+        d["rope_theta"] = 500000.0
+        d["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+        d["tie_word_embeddings"] = False
+    elif family == "qwen2":
+        d["rope_theta"] = 1000000.0
+        d["tie_word_embeddings"] = True
+    else:
+        d["rope_theta"] = 1000000.0
+        d["head_dim"] = 2 * d["hidden_size"] // d["num_attention_heads"]
+        d["tie_word_embeddings"] = size == "0.5b"
+    return ModelConfig.from_hf_dict(d, **overrides)
+
+
+def _randomise_norms_and_biases(model: Transformer, seed: int) -> None:
+    keys = iter(jax.random.split(jax.random.key(seed + 1), 1024))
+    for path, var in nnx.iter_graph(model):
+        if not isinstance(var, nnx.Param):
+            continue
+        name = str(path[-1])
+        if name == "weight" or name.endswith("_bias"):  # norms and biases
+            noise = 0.1 * jax.random.normal(next(keys), var.shape, jnp.float32)
+            base = 1.0 if name == "weight" else 0.0
+            var[...] = (base + noise).astype(var.dtype)
+
+
+def make_tiny_checkpoint(
+    path,
+    family: str = "llama",
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    dtype: str = "float32",
+    max_shard_bytes: int | None = None,
+    **overrides,
+) -> pathlib.Path:
+    """Write a random checkpoint of ``family`` at ``size`` (``overrides``: ModelConfig fields).
+
+    ``dtype`` is the stored weight dtype. Returns the folder path.
+    """
+    config = tiny_config(family, size, param_dtype=dtype, compute_dtype=dtype, **overrides)
+    tokenizer = byte_level_tokenizer(min(config.vocab_size, _TOKENIZER_MAX_VOCAB))
+    model = Transformer(config, rngs=nnx.Rngs(seed))
+    _randomise_norms_and_biases(model, seed)
+    kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+    return save_hf(model, config, path, tokenizer=tokenizer, **kwargs)
