@@ -222,6 +222,9 @@ def main():
         import logging
         logging.disable(logging.CRITICAL)
         from math_verify import parse, verify
+        # warm up (lazy imports, the LaTeX grammar) so a first item is not charged for it
+        half = parse("$\\boxed{\\frac{1}{2}}$", parsing_timeout=0)
+        verify(half, parse("$0.5$", parsing_timeout=0), timeout_seconds=0)
     except BaseException as err:
         print(json.dumps({"ready": False, "error": repr(err)}), flush=True)
         return
@@ -289,9 +292,10 @@ class MathVerifyPool:
     it; past that, or if the worker dies, the worker is killed and replaced and the item is
     False (counted in `num_timeouts` / `num_crashes`). math-verify's own alarms
     (`signal_timeout` seconds, default half the timeout; 0 switches them off) end most slow
-    items without a kill. Workers start on first
-    use (about a second: importing math-verify and sympy) and are reused. Each worker's
-    address space is capped at `memory_limit_mb` (0: no cap). POSIX only.
+    items without a kill. Workers start on first use (about a second: importing math-verify
+    and sympy, then a warm-up item so that the first real item is not charged for the lazy
+    start-up) and are reused. Each worker's address space is capped at `memory_limit_mb`
+    (0: no cap). POSIX only.
     """
 
     def __init__(
