@@ -202,7 +202,9 @@ def arithmetic_reward(
             boxed = last_boxed(completion)
             lines = completion.strip().splitlines()
             text = boxed if boxed is not None else (lines[0] if lines else "")
-            ok = re.fullmatch(r"\s*-?\d+\s*", text) is not None and int(text) == int(str(ref))
+            ok = re.fullmatch(r"\s*-?\d+\s*", text) is not None and int(text) == int(
+                str(ref).strip()
+            )
         rewards.append(hi if ok else lo)
     return rewards
 
@@ -250,7 +252,6 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            bufsize=0,
         )
         self.fd = self.proc.stdout.fileno()
         self.buffer = b""
