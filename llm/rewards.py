@@ -388,7 +388,8 @@ class MathVerifyPool:
                     results[worker.item] = bool(message.get("ok"))
                     worker.item = None
             now = time.monotonic()
-            for worker in [w for w in waiting if w in self._workers and now > w.deadline]:
+            expired = [w for w in waiting if w in self._workers and now > w.deadline]
+            for worker in [w for w in expired if not w.ready or w.item is not None]:
                 if not worker.ready:
                     self.close()
                     raise RuntimeError(f"math-verify worker not ready after {self.start_timeout}s")
