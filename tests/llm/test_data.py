@@ -237,3 +237,15 @@ def test_iterator_bad_input(numbered):
         BatchIterator(numbered, 2, state=state)
     with pytest.raises(ValueError, match="unknown IteratorState fields"):
         IteratorState.from_dict({"seed": 0, "step": 3})
+
+
+def test_render_prompt_agrees_with_llm_tokenizer():
+    """The project's own byte-level BPE tokenizer (merges, EOS-terminated turns)."""
+    from llm.tokenizer import byte_level_tokenizer, render_chat
+
+    tok = byte_level_tokenizer()
+    for question in ("Ann has 3 apples and buys 4 more.", "What is 12 times 7?"):
+        ids = render_prompt(tok, question, system_prompt="You are helpful.")
+        messages = build_messages(question, system_prompt="You are helpful.")
+        assert ids == render_chat(tok, messages)
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
