@@ -1,0 +1,89 @@
+"""Training checkpoints with orbax-checkpoint's CheckpointManager.
+
+A checkpoint at step s (the number of updates done) holds two items:
+
+* ``state`` (``StandardSave``): the trained params, the optimizer state, the behaviour
+  params and the base RNG key data, each array restored straight into its sharding;
+* ``meta`` (``JsonSave``): step, data-iterator state, the run config and the trainer's
+  counters.
+
+Saving refuses a state with a NaN or Inf (``FloatingPointError``): the trainer never
+applies a non-finite update, so this only guards against corruption. Checkpoints are
+written to a temporary folder and renamed when complete, so a process killed mid-save
+leaves the previous one as the latest. The manager keeps the last ``keep`` of them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Save / restore / list the checkpoints in ``directory``."""
+
+    def __init__(self, directory: str | pathlib.Path, keep: int = 2):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], *, finite):
+        """Write checkpoint ``step``; ``finite`` is the (host) result of an all-finite check."""
+        if not bool(finite):
+            raise FloatingPointError(
+                f"refusing to checkpoint step {step}: the state holds a NaN or Inf"
+            )
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(dict(state)),
+                meta=ocp.args.JsonSave(dict(meta)),
+            ),
+            force=True,
+        )
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, abstract_state: Mapping[str, Any]) -> tuple[dict, dict]:
+        """(state, meta) of checkpoint ``step``; ``abstract_state`` gives shapes, dtypes and
+        shardings (``jax.ShapeDtypeStruct`` leaves)."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(dict(abstract_state)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return dict(restored["state"]), dict(restored["meta"])
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree, shardings=None):
+    """ShapeDtypeStruct leaves (with the given shardings, else each array's own)."""
+    if shardings is None:
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            tree,
+        )
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def key_to_data(key: jax.Array) -> np.ndarray:
+    """A typed PRNG key as its raw uint32 data (what a checkpoint stores)."""
+    return np.asarray(jax.random.key_data(key))

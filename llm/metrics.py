@@ -1,0 +1,113 @@
+"""Per-step statistics of a batch of samples, and the metrics writer (jsonl + TensorBoard).
+
+`sample_stats` summarises one step's rewards [P, G], advantages and completions:
+reward mean/std, accuracy (fraction of samples scored as correct), the fraction of prompts
+whose G rewards are all equal (those groups carry no learning signal for a mean baseline),
+advantage mean/std, completion length and the fraction truncated at max_new_tokens.
+
+`MetricsWriter` appends one JSON object per step to ``out_dir/metrics.jsonl`` and, when
+tensorboardX is importable, writes the scalars to ``out_dir/tensorboard``. On resume it
+first drops the lines of steps after the restored checkpoint, so the file reads as one
+uninterrupted run. Only process 0 writes in a multi-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def sample_stats(
+    rewards_PxG: np.ndarray,
+    advantages_PxG: np.ndarray,
+    lengths_B: np.ndarray,
+    finished_B: np.ndarray,
+    correct_reward: float,
+) -> dict[str, float]:
+    """Statistics of one step's samples (B = P * G rows, prompt-major)."""
+    rewards_PxG = np.asarray(rewards_PxG, np.float64)
+    if rewards_PxG.ndim != 2:
+        raise ValueError(f"rewards must have shape [P, G], got {rewards_PxG.shape}")
+    lengths_B = np.asarray(lengths_B)
+    return {
+        "reward_mean": float(rewards_PxG.mean()),
+        "reward_std": float(rewards_PxG.std()),
+        "accuracy": float(np.mean(rewards_PxG == correct_reward)),
+        "zero_variance_groups": float(np.mean(np.ptp(rewards_PxG, axis=1) == 0)),
+        "adv_mean": float(np.mean(advantages_PxG)),
+        "adv_std": float(np.std(advantages_PxG)),
+        "completion_len": float(lengths_B.mean()),
+        "truncated_frac": float(np.mean(~np.asarray(finished_B, bool))),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: numpy -> Python, non-finite floats -> None (valid JSON)."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Append-only jsonl (+ TensorBoard) metrics of a run folder."""
+
+    def __init__(
+        self,
+        out_dir: str | pathlib.Path,
+        *,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        enabled: bool = True,
+    ):
+        self.enabled = enabled
+        self.path = pathlib.Path(out_dir) / "metrics.jsonl"
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", -1) < resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
+
+    def write(self, metrics: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _clean(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+        if self._tb is not None:
+            step = int(clean["step"])
+            for name, value in clean.items():
+                if name != "step" and isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(out_dir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """All rows of ``out_dir/metrics.jsonl``."""
+    path = pathlib.Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

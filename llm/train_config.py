@@ -1,0 +1,282 @@
+"""The trainer's run configuration: one flat, JSON-serialisable dataclass.
+
+`TrainConfig` holds every option of `llm.trainer.train` and of the `python -m llm.train`
+command line (one flag per field). It is read from a JSON or YAML file
+(`TrainConfig.from_file`), updated with `key=value` overrides (`with_overrides`), checked
+once (`validate`, called by `train`), and stored in every checkpoint (`to_dict`) so a
+resumed run can refuse a configuration that would not continue the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+TASKS = ("arithmetic", "gsm8k", "math500", "jsonl")
+LOSSES = ("asymre", "grpo", "is_reinforce")
+SCHEDULES = ("constant", "cosine")
+
+# Fields that may change between a run and its resumption (they do not alter the maths).
+RESUME_MUTABLE = (
+    "num_steps",
+    "out_dir",
+    "resume",
+    "progress",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "export_hf",
+    "tensorboard",
+    "log_every",
+)
+
+HELP = {
+    "model_path": "Hugging Face folder (config.json, *.safetensors, tokenizer) to fine-tune.",
+    "dtype": "parameter dtype: float32 | bfloat16 (optimizer moments follow it).",
+    "compute_dtype": "matmul dtype (default: dtype).",
+    "task": "arithmetic (synthetic, no data) | gsm8k | math500 | jsonl.",
+    "data_path": "training jsonl file or folder of {split}.jsonl (gsm8k/math500/jsonl).",
+    "eval_data_path": "held-out jsonl (default: data_path with split 'test').",
+    "train_split": "split name when data_path is a folder.",
+    "eval_split": "split name when the eval path is a folder.",
+    "task_kwargs": "JSON dict for the task: arithmetic knobs (num_examples, digits, "
+    "num_operands, operators), jsonl fields (prompt_field, answer_field), limit.",
+    "reward": "reward function name (default: from the task; jsonl uses 'math').",
+    "reward_scale": "pm1 (+1/-1, the paper's) | 01.",
+    "chat": "render prompts with the chat template (default: yes when the tokenizer has one, "
+    "no for arithmetic).",
+    "system_prompt": "optional system message for chat prompts.",
+    "instruction": "text appended to each question in chat prompts ('' for none).",
+    "loss": "asymre | grpo (PPO-clipped ratio) | is_reinforce (truncated IS weights).",
+    "delta_v": "AsymRE baseline shift: V = mean of the G rewards of a prompt + delta_v.",
+    "normalization": "loss normalisation: sequence | token | sequence_mean | constant "
+    "(default: sequence for asymre/is_reinforce, sequence_mean for grpo).",
+    "grpo_epsilon": "GRPO clip range epsilon.",
+    "is_truncation": "IS-REINFORCE weight truncation c.",
+    "is_level": "IS-REINFORCE weight level: sequence | token.",
+    "refresh_every": "copy the trained params into the behaviour params every N steps "
+    "(1 = on-policy; the paper uses 250).",
+    "num_steps": "number of gradient steps.",
+    "prompts_per_step": "P, prompts per step.",
+    "samples_per_prompt": "G, completions per prompt (>= 2).",
+    "max_new_tokens": "completion length limit.",
+    "temperature": "training sampling temperature (1.0 in the paper).",
+    "top_p": "training nucleus mass.",
+    "learning_rate": "peak learning rate of AdamW.",
+    "lr_schedule": "constant | cosine (after the linear warmup).",
+    "warmup_steps": "linear warmup steps from 0 to the peak rate.",
+    "min_lr_ratio": "cosine end value as a fraction of the peak.",
+    "weight_decay": "AdamW decoupled weight decay.",
+    "adam_b1": "AdamW beta1.",
+    "adam_b2": "AdamW beta2.",
+    "adam_eps": "AdamW epsilon.",
+    "max_grad_norm": "clip the global gradient norm to this (0 = no clipping).",
+    "micro_batches": "split the P*G sequences into this many micro-batches (exact "
+    "gradient accumulation).",
+    "mesh": "device mesh, e.g. 'fsdp=4,tp=2' (default: all devices on fsdp).",
+    "max_nonfinite_steps": "stop with an error after this many non-finite steps in a row.",
+    "eval_every": "evaluate every N steps (0 = only at the end when eval_prompts > 0).",
+    "eval_prompts": "held-out prompts per evaluation (0 = no evaluation).",
+    "eval_temperature": "evaluation sampling temperature (paper: 0.1).",
+    "eval_top_p": "evaluation nucleus mass (paper: 0.95).",
+    "eval_pass_k": "also report pass@k with k samples per eval prompt (0 = off).",
+    "eval_max_new_tokens": "evaluation completion length (default: max_new_tokens).",
+    "seed": "seed of everything: data order, sampling, evaluation.",
+    "out_dir": "run folder: metrics.jsonl, tensorboard/, checkpoints/, hf/.",
+    "checkpoint_every": "save a checkpoint every N steps (0 = only at the end).",
+    "keep_checkpoints": "keep the last N checkpoints.",
+    "resume": "continue from the latest checkpoint in out_dir.",
+    "export_hf": "write the final policy as a Hugging Face folder out_dir/hf.",
+    "tensorboard": "also write TensorBoard event files (needs tensorboardX).",
+    "log_every": "print a metrics line every N steps (the jsonl gets every step).",
+    "progress": "show a tqdm progress bar.",
+}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every option of the off-policy trainer; see `HELP` (or `python -m llm.train --help`)."""
+
+    model_path: str = ""
+    dtype: str = "float32"
+    compute_dtype: str | None = None
+    task: str = "arithmetic"
+    data_path: str | None = None
+    eval_data_path: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    task_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reward: str | None = None
+    reward_scale: str = "pm1"
+    chat: bool | None = None
+    system_prompt: str | None = None
+    instruction: str | None = None
+    loss: str = "asymre"
+    delta_v: float = -0.1
+    normalization: str | None = None
+    grpo_epsilon: float = 0.2
+    is_truncation: float = 1.0
+    is_level: str = "sequence"
+    refresh_every: int = 1
+    num_steps: int = 100
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 1e-5
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    micro_batches: int = 1
+    mesh: str | None = None
+    max_nonfinite_steps: int = 3
+    eval_every: int = 0
+    eval_prompts: int = 64
+    eval_temperature: float = 0.1
+    eval_top_p: float = 0.95
+    eval_pass_k: int = 0
+    eval_max_new_tokens: int | None = None
+    seed: int = 0
+    out_dir: str = "runs/x"
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    resume: bool = False
+    export_hf: bool = False
+    tensorboard: bool = True
+    log_every: int = 1
+    progress: bool = True
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+
+    @classmethod
+    def from_file(cls, path: str | pathlib.Path) -> TrainConfig:
+        """A config from a .json or .yaml/.yml file (a flat mapping of field -> value)."""
+        path = pathlib.Path(path)
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # PyYAML, installed with transformers
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig fields")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
+        return self.replace(**overrides)
+
+    # ------------------------------------------------------------------ derived values
+
+    @property
+    def batch_size(self) -> int:
+        """P * G sequences per step."""
+        return self.prompts_per_step * self.samples_per_prompt
+
+    @property
+    def loss_normalization(self) -> str:
+        if self.normalization is not None:
+            return self.normalization
+        return "sequence_mean" if self.loss == "grpo" else "sequence"
+
+    @property
+    def reward_name(self) -> str:
+        if self.reward is not None:
+            return self.reward
+        return {"arithmetic": "arithmetic", "gsm8k": "gsm8k"}.get(self.task, "math")
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the field for any inconsistent option; returns self."""
+        from asymre_jax import NORMALIZATIONS
+
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(msg)
+
+        need(bool(self.model_path), "model_path is required (a Hugging Face folder)")
+        need(self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}")
+        need(
+            self.task == "arithmetic" or self.data_path is not None,
+            f"task {self.task!r} needs data_path",
+        )
+        need(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        need(
+            self.loss_normalization in NORMALIZATIONS,
+            f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}",
+        )
+        need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}")
+        need(self.is_level in ("sequence", "token"), "is_level must be sequence or token")
+        for name in ("refresh_every", "prompts_per_step", "max_new_tokens", "micro_batches"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.num_steps >= 0, f"num_steps must be >= 0, got {self.num_steps}")
+        need(
+            self.samples_per_prompt >= 2,
+            f"samples_per_prompt (G) must be >= 2 for a per-prompt baseline, "
+            f"got {self.samples_per_prompt}",
+        )
+        need(
+            self.batch_size % self.micro_batches == 0,
+            f"micro_batches={self.micro_batches} must divide prompts_per_step * "
+            f"samples_per_prompt = {self.batch_size}",
+        )
+        need(self.temperature > 0, "temperature must be > 0 for training samples")
+        need(0 < self.top_p <= 1 and 0 < self.eval_top_p <= 1, "top_p must be in (0, 1]")
+        need(self.learning_rate >= 0, "learning_rate must be >= 0")
+        need(self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0 = no clipping)")
+        need(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
+        for name in ("warmup_steps", "eval_every", "eval_prompts", "eval_pass_k"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0")
+        need(self.checkpoint_every >= 0 and self.log_every >= 1, "bad checkpoint/log period")
+        return self
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Values from files and `key=value` strings into the field's type."""
+    field = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(name)
+    if field is None:
+        raise ValueError(f"unknown TrainConfig field {name!r}")
+    if not isinstance(value, str):
+        return dict(value) if name == "task_kwargs" and value is not None else value
+    kind = str(field.type)
+    if value.lower() in ("none", "null") and "None" in kind:
+        return None
+    if name == "task_kwargs":
+        parsed = json.loads(value)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"task_kwargs must be a JSON object, got {value!r}")
+        return parsed
+    if kind.startswith("bool"):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true/false, got {value!r}")
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
