@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import pathlib
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from llm.config import ModelConfig
@@ -89,16 +89,26 @@ def tiny_config(family: str = "llama", size: str = "tiny", **overrides) -> Model
     return ModelConfig.from_hf_dict(d, **overrides)
 
 
-def _randomise_norms_and_biases(model: Transformer, seed: int) -> None:
-    keys = iter(jax.random.split(jax.random.key(seed + 1), 1024))
-    for path, var in nnx.iter_graph(model):
-        if not isinstance(var, nnx.Param):
-            continue
+def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    """A Transformer with numpy-drawn random weights (no per-shape jax compilation, so fast).
+
+    Matrices ~ N(0, initializer_range^2), norm weights ~ 1 + N(0, 0.1^2), biases ~ N(0, 0.1^2).
+    """
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    rng = np.random.default_rng(seed)
+    flat = []
+    for path, var in nnx.to_flat_state(state):
         name = str(path[-1])
-        if name == "weight" or name.endswith("_bias"):  # norms and biases
-            noise = 0.1 * jax.random.normal(next(keys), var.shape, jnp.float32)
-            base = 1.0 if name == "weight" else 0.0
-            var[...] = (base + noise).astype(var.dtype)
+        noise = rng.standard_normal(var.shape, dtype=np.float32)
+        if name == "weight":
+            value = 1.0 + 0.1 * noise
+        elif name.endswith("_bias"):
+            value = 0.1 * noise
+        else:
+            value = config.initializer_range * noise
+        flat.append((path, var.replace(jnp.asarray(value).astype(config.jnp_param_dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def make_tiny_checkpoint(
@@ -117,7 +127,6 @@ def make_tiny_checkpoint(
     """
     config = tiny_config(family, size, param_dtype=dtype, compute_dtype=dtype, **overrides)
     tokenizer = byte_level_tokenizer(min(config.vocab_size, _TOKENIZER_MAX_VOCAB))
-    model = Transformer(config, rngs=nnx.Rngs(seed))
-    _randomise_norms_and_biases(model, seed)
+    model = random_model(config, seed)
     kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
     return save_hf(model, config, path, tokenizer=tokenizer, **kwargs)
