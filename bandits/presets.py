@@ -9,8 +9,8 @@ Setting (the paper's, whose exact draw is not public): K = 100 arms, rewards uni
   grid around V^{mu_0}; expected reward vs step (crosses: ``theory.policy_iteration``).
 - ``paper-entropy``: the same runs, entropy (and support) vs step.
 - ``offpolicy-delta``: the LLM-like setting: Bernoulli rewards, 32 pulls per step, the
-  baseline is the batch mean + delta_v, the behaviour policy refreshed every 10 steps;
-  mean and a 10-90% band over seeds.
+  baseline is the batch mean + delta_v, the behaviour policy refreshed every 100 steps
+  (100 rounds); mean and a 10-90% band over 16 seeds (common random numbers).
 - ``paper``: the first three (what the README's main command runs); ``all``: all four.
 """
 
@@ -153,7 +153,7 @@ def paper_entropy(out_dir, small: bool = False) -> dict:
 
 def offpolicy_delta(out_dir, small: bool = False) -> dict:
     problem = _problem(small, noise="bernoulli")
-    rounds, steps, seeds = (20, 10, 8) if small else (200, 10, 32)
+    rounds, steps, seeds = (10, 50, 8) if small else (100, 100, 16)
     res = sweep(
         problem,
         delta_v=np.array(OFFPOLICY_DV),
