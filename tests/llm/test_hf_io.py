@@ -1,0 +1,202 @@
+"""load_hf / save_hf: round trips with transformers, sharded files, bf16, and bad inputs."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from llm.config import ModelConfig  # noqa: E402
+from llm.hf_io import INDEX_FILE, load_hf, save_hf, tensor_specs  # noqa: E402
+from llm.tiny import make_tiny_checkpoint, random_model, tiny_config  # noqa: E402
+
+TOL = 1e-4
+
+
+@nnx.jit
+def _forward(model, tokens):
+    return model(tokens)
+
+
+def _torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor(np.asarray(tokens))).logits.float().numpy()
+
+
+def _state_arrays(model):
+    return {path: np.asarray(v.get_value()) for path, v in nnx.to_flat_state(nnx.state(model))}
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(0).integers(0, 320, (2, 16)).astype(np.int32)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_save_hf_then_transformers_loads_identical_logits(family, tmp_path, tokens):
+    model = random_model(tiny_config(family), seed=3)
+    path = save_hf(model, model.config, tmp_path / "out")
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert type(torch_model).__name__.lower().startswith(family)
+    np.testing.assert_allclose(
+        _torch_logits(torch_model.eval(), tokens),
+        np.asarray(_forward(model, tokens)),
+        atol=TOL,
+        rtol=0,
+    )
+    again, config = load_hf(path)
+    assert config == model.config
+    for path_, value in _state_arrays(model).items():
+        np.testing.assert_array_equal(_state_arrays(again)[path_], value)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_save_pretrained_then_load_hf_identical_logits(family, tmp_path, tokens):
+    fields = tiny_config(family).to_hf_dict()
+    del fields["model_type"], fields["architectures"]
+    hf_config = transformers.AutoConfig.for_model(family, **fields)
+    torch.manual_seed(0)
+    torch_model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
+    with torch.no_grad():  # HF init leaves norms at 1 and biases at 0: randomise them
+        for name, p in torch_model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    torch_model.save_pretrained(tmp_path / "hf")
+    model, config = load_hf(tmp_path / "hf")
+    assert config.model_type == family
+    np.testing.assert_allclose(
+        np.asarray(_forward(model, tokens)), _torch_logits(torch_model, tokens), atol=TOL, rtol=0
+    )
+
+
+def test_sharded_checkpoint_round_trip(tmp_path, tokens):
+    model = random_model(tiny_config("llama"), seed=1)
+    path = save_hf(model, None, tmp_path / "sharded", max_shard_bytes=40_000)
+    index = json.loads((path / INDEX_FILE).read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and not (path / "model.safetensors").exists()
+    assert set(index["weight_map"]) == set(tensor_specs(model.config))
+    assert index["metadata"]["total_size"] == 4 * model.config.num_params()
+    again, _ = load_hf(path)
+    for p, value in _state_arrays(model).items():
+        np.testing.assert_array_equal(_state_arrays(again)[p], value)
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    np.testing.assert_allclose(
+        _torch_logits(torch_model.eval(), tokens),
+        np.asarray(_forward(model, tokens)),
+        atol=TOL,
+        rtol=0,
+    )
+
+
+def test_bfloat16_checkpoint_is_read_exactly(tmp_path):
+    path = make_tiny_checkpoint(tmp_path / "bf16", "qwen2", dtype="bfloat16")
+    assert json.loads((path / "config.json").read_text())["dtype"] == "bfloat16"
+    torch_model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    ref = torch_model.model.layers[1].self_attn.k_proj.weight.detach()
+    assert ref.dtype == torch.bfloat16
+    ref = ref.float().numpy()  # [K*Dh, D]
+    as_bf16, _ = load_hf(path, dtype="bfloat16")
+    as_f32, config = load_hf(path)  # default float32: exact upcast of the stored bf16 values
+    k16, k32 = as_bf16.layers[1].attn.k[...], as_f32.layers[1].attn.k[...]
+    assert k16.dtype == jnp.bfloat16 and k32.dtype == jnp.float32
+    expected = ref.T.reshape(config.hidden_size, config.num_key_value_heads, config.head_dim)
+    np.testing.assert_array_equal(np.asarray(k16.astype(jnp.float32)), expected)
+    np.testing.assert_array_equal(np.asarray(k32), expected)
+    assert np.abs(expected).max() > 0
+
+
+def test_config_round_trip_and_legacy_rope_keys():
+    config = tiny_config("llama")
+    assert ModelConfig.from_hf_dict(config.to_hf_dict()) == config
+    legacy = {k: v for k, v in config.to_hf_dict().items() if k != "rope_parameters"}
+    legacy["rope_scaling"] = {**config.rope_scaling_dict}
+    legacy["rope_scaling"]["type"] = legacy["rope_scaling"].pop("rope_type")
+    parsed = ModelConfig.from_hf_dict(legacy)
+    assert parsed.rope_type == "llama3" and parsed.rope_theta == config.rope_theta
+    assert hash(parsed) == hash(parsed.replace())  # static in jit: must be hashable
+    qwen2 = ModelConfig.from_hf_dict({**tiny_config("qwen2").to_hf_dict(), "eos_token_id": [2, 5]})
+    assert qwen2.attention_bias and not qwen2.attention_out_bias and qwen2.eos_token_id == (2, 5)
+
+
+def _write(tmp_path, family="llama", **config_changes):
+    path = make_tiny_checkpoint(tmp_path / "ckpt", family)
+    if config_changes:
+        d = json.loads((path / "config.json").read_text())
+        d.update(config_changes)
+        (path / "config.json").write_text(json.dumps(d))
+    return path
+
+
+def _rewrite_tensors(path, change):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(path / "model.safetensors")
+    change(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_unsupported_model_type_lists_supported(tmp_path):
+    path = _write(tmp_path, model_type="mistral")
+    with pytest.raises(ValueError, match=r"unsupported model_type 'mistral'.*llama, qwen2, qwen3"):
+        load_hf(path)
+
+
+def test_missing_and_unexpected_tensors_are_listed(tmp_path):
+    path = _write(tmp_path)
+
+    def change(t):
+        del t["model.layers.1.mlp.up_proj.weight"]
+        t["model.layers.1.mlp.extra.weight"] = np.zeros(3, np.float32)
+
+    _rewrite_tensors(path, change)
+    with pytest.raises(ValueError) as err:
+        load_hf(path)
+    assert "missing tensors: model.layers.1.mlp.up_proj.weight" in str(err.value)
+    assert "unexpected tensors: model.layers.1.mlp.extra.weight" in str(err.value)
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path):
+    path = _write(tmp_path, intermediate_size=96)  # config says 96, tensors have 128
+    with pytest.raises(
+        ValueError,
+        match=r"model.layers.0.mlp.gate_proj.weight has shape \(128, 64\), expected \(96, 64\)",
+    ):
+        load_hf(path)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_hf(tmp_path / "nowhere")
+    path = _write(tmp_path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(
+        FileNotFoundError, match="expected model.safetensors or model.safetensors.index.json"
+    ):
+        load_hf(path)
+    (path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        load_hf(path)
+
+
+def test_index_pointing_to_missing_shard(tmp_path):
+    path = save_hf(random_model(tiny_config("qwen3")), None, tmp_path / "s", max_shard_bytes=50_000)
+    victim = sorted(path.glob("model-*.safetensors"))[-1]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.name):
+        load_hf(path)
+
+
+def test_bad_dtype_and_mismatched_config(tmp_path):
+    path = _write(tmp_path)
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16"):
+        load_hf(path, dtype="int8")
+    model = random_model(tiny_config("llama"))
+    with pytest.raises(ValueError, match="hidden_size"):
+        save_hf(model, tiny_config("llama", hidden_size=32), tmp_path / "bad")
+    with pytest.raises(TypeError, match="model must be an llm.model.Transformer"):
+        save_hf(object(), None, tmp_path / "bad")
