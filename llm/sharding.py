@@ -64,8 +64,8 @@ def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
 def make_mesh(spec: str | Mapping[str, int], devices=None) -> Mesh:
     """A mesh with axes ("fsdp", "tp") (missing ones get size 1) over the first devices.
 
-    >>> make_mesh("fsdp=1,tp=1").shape
-    OrderedDict({'fsdp': 1, 'tp': 1})
+    >>> dict(make_mesh("fsdp=1,tp=1").shape)
+    {'fsdp': 1, 'tp': 1}
     """
     sizes = parse_mesh_spec(spec)
     devices = list(jax.devices() if devices is None else devices)
@@ -121,7 +121,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=None) -> nnx.Module:
     shardings = param_shardings(model, mesh, rules)
     state = nnx.state(model)
     moved = jax.tree.map(
-        lambda v, s: v.replace(jax.device_put(v[...], s[...])),
+        lambda v, s: v.replace(jax.device_put(v.get_value(), s.get_value())),
         state,
         shardings,
         is_leaf=lambda x: isinstance(x, nnx.Variable),
