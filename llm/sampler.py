@@ -69,8 +69,6 @@ class _Static:
     greedy: bool
     top_k: int  # 0 = no top-k filter
     use_top_p: bool
-    eos_ids: tuple[int, ...]
-    pad_token_id: int
     cache_dtype: Any
 
 
@@ -125,15 +123,18 @@ def _validate_prompts(prompts, vocab_size: int) -> list[list[int]]:
     return out
 
 
-def _eos_tuple(eos_token_id) -> tuple[int, ...]:
+def _eos_array(eos_token_id) -> np.ndarray:
+    """EOS ids as an int32 array [E] (traced, so another id does not recompile); -1: none."""
     if eos_token_id is None:
-        return ()
+        return np.array([-1], np.int32)
     if isinstance(eos_token_id, (int, np.integer)):
-        return (int(eos_token_id),)
-    ids = tuple(int(i) for i in eos_token_id)
-    if not ids:
-        raise ValueError("eos_token_id must be an int, a non-empty list of ints, or None")
-    return ids
+        return np.array([eos_token_id], np.int32)
+    ids = np.asarray(list(eos_token_id))
+    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            f"eos_token_id must be an int, a non-empty list of ints, or None, got {eos_token_id!r}"
+        )
+    return ids.astype(np.int32)
 
 
 # ------------------------------------------------------------------------- sampling ----
@@ -187,11 +188,8 @@ def _step_keys(row_keys_B: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_B, step)
 
 
-def _is_eos(tokens_B: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
-    hit_B = jnp.zeros(tokens_B.shape, bool)
-    for eos in eos_ids:
-        hit_B = hit_B | (tokens_B == eos)
-    return hit_B
+def _is_eos(tokens_B: jax.Array, eos_E: jax.Array) -> jax.Array:
+    return jnp.any(tokens_B[:, None] == eos_E[None, :], axis=1)
 
 
 # ------------------------------------------------------------------- compiled parts ----
@@ -207,14 +205,16 @@ class _Carry(NamedTuple):
     logprobs_BxN: jax.Array
     lengths_B: jax.Array
     finished_B: jax.Array
+    eos_E: jax.Array  # EOS ids (constant)
+    pad_id: jax.Array  # fill after the end (constant)
 
 
-def _record(carry: _Carry, step, tokens_B, logprobs_B, static: _Static) -> _Carry:
+def _record(carry: _Carry, step, tokens_B, logprobs_B) -> _Carry:
     """Write the tokens drawn at ``step`` for rows still running; update done/lengths."""
     live_B = ~carry.done_B
-    tokens_B = jnp.where(live_B, tokens_B, static.pad_token_id)
+    tokens_B = jnp.where(live_B, tokens_B, carry.pad_id)
     logprobs_B = jnp.where(live_B, logprobs_B, 0.0)
-    eos_B = live_B & _is_eos(tokens_B, static.eos_ids)
+    eos_B = live_B & _is_eos(tokens_B, carry.eos_E)
     return carry._replace(
         last_B=tokens_B,
         done_B=carry.done_B | eos_B,
@@ -227,7 +227,18 @@ def _record(carry: _Carry, step, tokens_B, logprobs_B, static: _Static) -> _Carr
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static"))
 def _prefill(
-    graphdef, state, tokens_BxT, mask_BxT, filler_B, key, temperature, top_p, *, static: _Static
+    graphdef,
+    state,
+    tokens_BxT,
+    mask_BxT,
+    filler_B,
+    eos_E,
+    pad_id,
+    key,
+    temperature,
+    top_p,
+    *,
+    static: _Static,
 ) -> _Carry:
     model = nnx.merge(graphdef, state)
     batch, length = tokens_BxT.shape
@@ -260,12 +271,14 @@ def _prefill(
         last_B=tokens_B,
         positions_B=positions_BxT[:, -1] + 1,
         done_B=filler_B,
-        tokens_BxN=jnp.full((batch, num_new), static.pad_token_id, jnp.int32),
+        tokens_BxN=jnp.full((batch, num_new), pad_id, jnp.int32),
         logprobs_BxN=jnp.zeros((batch, num_new), jnp.float32),
         lengths_B=jnp.zeros((batch,), jnp.int32),
         finished_B=jnp.zeros((batch,), bool),
+        eos_E=eos_E,
+        pad_id=pad_id,
     )
-    return _record(carry, 0, tokens_B, logprobs_B, static)
+    return _record(carry, 0, tokens_B, logprobs_B)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2,))
@@ -298,7 +311,7 @@ def _decode(
             use_top_p=static.use_top_p,
         )
         c = c._replace(cache=cache, positions_B=c.positions_B + 1)
-        c = _record(c, c.step, tokens_B, logprobs_B, static)
+        c = _record(c, c.step, tokens_B, logprobs_B)
         return c._replace(step=c.step + 1)
 
     return jax.lax.while_loop(cond, body, carry)
@@ -341,6 +354,8 @@ def generate_from_state(
         raise ValueError(
             f"top_k must be an int in [0, vocab_size={config.vocab_size}], got {top_k!r}"
         )
+    if not isinstance(pad_token_id, (int, np.integer)):
+        raise TypeError(f"pad_token_id must be an int, got {pad_token_id!r}")
     greedy = temperature == 0 or top_k == 1
     if key is None:
         if not greedy:
@@ -351,8 +366,6 @@ def generate_from_state(
         greedy=bool(greedy),
         top_k=0 if greedy else int(top_k),
         use_top_p=bool(not greedy and top_p < 1.0),
-        eos_ids=_eos_tuple(eos_token_id),
-        pad_token_id=int(pad_token_id),
         cache_dtype=jnp.dtype(cache_dtype or config.compute_dtype),
     )
     num_prompts = len(prompts)
@@ -364,7 +377,17 @@ def generate_from_state(
     top_p_ = jnp.float32(top_p)
 
     carry = _prefill(
-        graphdef, state, tokens_BxT, mask_BxT, filler_B, key, temperature_, top_p_, static=static
+        graphdef,
+        state,
+        tokens_BxT,
+        mask_BxT,
+        filler_B,
+        _eos_array(eos_token_id),
+        np.int32(pad_token_id),
+        key,
+        temperature_,
+        top_p_,
+        static=static,
     )
     kv_mask_BxS = np.concatenate([mask_BxT, np.ones((batch, max_new_tokens), np.int32)], 1)
     carry = _decode(graphdef, state, carry, kv_mask_BxS, key, temperature_, top_p_, static=static)

@@ -1,0 +1,297 @@
+"""Tests for llm.sampler.generate: parity with transformers, sampling law, stopping, caching."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+
+from llm import sampler
+from llm.config import ModelConfig
+from llm.hf_io import load_hf
+from llm.model import Transformer
+from llm.sampler import generate, generate_from_state
+from llm.tiny import make_tiny_checkpoint, random_model
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+PROMPTS = [
+    [5, 17, 99, 3, 250, 8, 41],
+    [12],
+    [77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89],
+    [200, 1],
+]
+PROMPTS_SMALL = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10]]
+VOCAB = 32
+N_NEW = 8  # most tests share this, the model and PROMPTS_SMALL's bucket: one compile per mode
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    """A tiny random Llama (vocabulary 32) shared by the tests so compiled programs are reused."""
+    config = ModelConfig(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        initializer_range=0.15,
+    )
+    return random_model(config, seed=0)
+
+
+def full_logits(model, sequences, rows=32, length=32):
+    """Full-forward float32 logits [len(seq), V] of each sequence (one compiled shape)."""
+    graphdef, state = nnx.split(model)
+    tokens = np.zeros((rows, length), np.int32)
+    out = []
+    for start in range(0, len(sequences), rows):
+        chunk = sequences[start : start + rows]
+        tokens[:] = 0
+        for i, seq in enumerate(chunk):
+            tokens[i, : len(seq)] = seq  # right padding: causal, so earlier logits unchanged
+        logits = np.asarray(_jit_forward(graphdef, state, tokens))
+        out += [logits[i, : len(seq)] for i, seq in enumerate(chunk)]
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jit_forward(graphdef, state, tokens_BxT):
+    return nnx.merge(graphdef, state)(tokens_BxT)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_greedy_matches_transformers_generate(tmp_path, family):
+    path = make_tiny_checkpoint(tmp_path / family, family=family, seed=0)
+    model, config = load_hf(path, dtype="float32")
+    out = generate(model, PROMPTS, max_new_tokens=32, temperature=0.0)
+    assert out.tokens.shape == (len(PROMPTS), 32)
+    np.testing.assert_array_equal(out.lengths, 32)
+    assert not np.asarray(out.finished).any()
+
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    reference.generation_config.eos_token_id = None
+    reference.generation_config.pad_token_id = 0
+    for prompt, tokens in zip(PROMPTS, np.asarray(out.tokens), strict=True):
+        with torch.no_grad():
+            expected = reference.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=32,
+                do_sample=False,
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            )[0, len(prompt) :].numpy()
+        np.testing.assert_array_equal(tokens, expected)
+
+
+def filtered_logprobs(logits_V, temperature, top_k, top_p):
+    """log q over the vocabulary for the sampler's documented law, in float64 numpy."""
+    z = np.asarray(logits_V, np.float64) / temperature
+    order = np.argsort(-z, kind="stable")
+    keep = np.zeros(z.shape, bool)
+    keep[order[: top_k if top_k > 0 else z.size]] = True
+    z = np.where(keep, z, -np.inf)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    sorted_p = p[order]
+    mass_before = np.cumsum(sorted_p) - sorted_p
+    nucleus = np.zeros(z.shape, bool)
+    nucleus[order[(mass_before < top_p) | (np.arange(z.size) == 0)]] = True
+    z = np.where(nucleus, z, -np.inf)
+    return z - z.max() - np.log(np.exp(z - z.max()).sum())
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.7, 0, 0.8), (1.3, 6, 0.9)])
+def test_sampled_frequencies_match_target_distribution(model, temperature, top_k, top_p):
+    prompt = [3, 1, 4, 1, 5]
+    draws = 2048
+    out = generate(
+        model,
+        [prompt] * draws,
+        max_new_tokens=2,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        key=jax.random.key(7),
+    )
+    tokens = np.asarray(out.tokens)
+
+    # First token: every row draws from the same q(. | prompt).
+    target = np.exp(
+        filtered_logprobs(full_logits(model, [prompt])[0][-1], temperature, top_k, top_p)
+    )
+    assert (target > 0).sum() >= 3, "test needs a non-trivial nucleus"
+    assert (target > 0).sum() < VOCAB, "test needs some tokens filtered out"
+    counts = np.bincount(tokens[:, 0], minlength=VOCAB)
+    assert counts[target == 0].sum() == 0, "drew a token outside the top-k / nucleus set"
+    chi2 = stats.chisquare(counts[target > 0], draws * target[target > 0])
+    assert chi2.pvalue > 1e-3, (counts, draws * target)
+
+    # Second token: expected counts are the sum over rows of q(. | prompt, y_0).
+    firsts, how_many = np.unique(tokens[:, 0], return_counts=True)
+    rows = full_logits(model, [prompt + [int(t)] for t in firsts])
+    expected = sum(
+        n * np.exp(filtered_logprobs(r[-1], temperature, top_k, top_p))
+        for r, n in zip(rows, how_many, strict=True)
+    )
+    counts = np.bincount(tokens[:, 1], minlength=VOCAB)
+    assert counts[expected == 0].sum() == 0
+    chi2 = stats.chisquare(counts[expected > 0], expected[expected > 0])
+    assert chi2.pvalue > 1e-3, (counts, expected)
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.8, 0, 0.9), (1.0, 5, 0.9)])
+def test_logprobs_are_those_of_the_sampling_distribution(model, temperature, top_k, top_p):
+    out = generate(
+        model,
+        PROMPTS_SMALL,
+        max_new_tokens=N_NEW,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        key=jax.random.key(3),
+    )
+    assert (np.asarray(out.lengths) == N_NEW).all()
+    sequences = [p + t.tolist() for p, t in zip(PROMPTS_SMALL, np.asarray(out.tokens), strict=True)]
+    for prompt, tokens, logprobs, logits in zip(
+        PROMPTS_SMALL,
+        np.asarray(out.tokens),
+        np.asarray(out.logprobs),
+        full_logits(model, sequences),
+        strict=True,
+    ):
+        expected = [
+            filtered_logprobs(logits[len(prompt) - 1 + t], temperature, top_k, top_p)[tokens[t]]
+            for t in range(N_NEW)
+        ]
+        np.testing.assert_allclose(logprobs, expected, atol=2e-5)
+
+
+def test_greedy_logprobs_are_model_logprobs_and_top_k_one_is_greedy(model):
+    greedy = generate(model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0)
+    top1 = generate(
+        model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=1.5, top_k=1, key=jax.random.key(0)
+    )
+    np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+    np.testing.assert_array_equal(greedy.logprobs, top1.logprobs)
+    sequences = [
+        p + t.tolist() for p, t in zip(PROMPTS_SMALL, np.asarray(greedy.tokens), strict=True)
+    ]
+    for b, (prompt, logits) in enumerate(
+        zip(PROMPTS_SMALL, full_logits(model, sequences), strict=True)
+    ):
+        logits_NxV = logits[len(prompt) - 1 : -1]
+        tokens = np.asarray(greedy.tokens[b])
+        np.testing.assert_array_equal(tokens, np.argmax(logits_NxV, -1))
+        expected = np.asarray(jax.nn.log_softmax(logits_NxV))[np.arange(N_NEW), tokens]
+        np.testing.assert_allclose(greedy.logprobs[b], expected, atol=1e-5)
+
+
+def test_left_padding_does_not_change_a_completion(model):
+    together = generate(model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0)
+    for i, prompt in enumerate(PROMPTS_SMALL):
+        alone = generate(model, [prompt], max_new_tokens=N_NEW, temperature=0, min_batch_bucket=4)
+        np.testing.assert_array_equal(alone.tokens[0], together.tokens[i])
+        np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], atol=1e-5)
+
+
+def test_eos_stops_rows_and_sets_lengths_and_finished(model):
+    free = np.asarray(generate(model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0).tokens)
+    eos = int(free[0, 4])
+    first_hit = [int(np.argmax(row == eos)) if (row == eos).any() else None for row in free]
+    out = generate(
+        model,
+        PROMPTS_SMALL,
+        max_new_tokens=N_NEW,
+        temperature=0,
+        eos_token_id=eos,
+        pad_token_id=VOCAB - 1,
+    )
+    for b, hit in enumerate(first_hit):
+        length = N_NEW if hit is None else hit + 1
+        assert int(out.lengths[b]) == length
+        assert bool(out.finished[b]) == (hit is not None)
+        np.testing.assert_array_equal(out.tokens[b, :length], free[b, :length])
+        assert (np.asarray(out.tokens[b, length:]) == VOCAB - 1).all()
+        assert (np.asarray(out.logprobs[b, length:]) == 0).all()
+        assert (np.asarray(out.logprobs[b, :length]) < 0).all()
+    assert first_hit[0] <= 4 and int(out.lengths[0]) < N_NEW
+    # A list of EOS ids: each row stops at the first of them.
+    two = generate(
+        model,
+        PROMPTS_SMALL,
+        max_new_tokens=N_NEW,
+        temperature=0,
+        eos_token_id=[eos, int(free[1, 0])],
+    )
+    assert int(two.lengths[1]) == 1 and bool(two.finished[1])
+    # Every row stops at once: EOS = the first token of each row.
+    firsts = sorted({int(t) for t in free[:, 0]})
+    stop = generate(model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0, eos_token_id=firsts)
+    np.testing.assert_array_equal(stop.lengths, 1)
+    assert np.asarray(stop.finished).all()
+
+
+def test_deterministic_for_a_key_and_different_across_keys(model):
+    kwargs = dict(max_new_tokens=N_NEW, temperature=0.8, top_k=5, top_p=0.9)
+    a = generate(model, PROMPTS_SMALL, key=jax.random.key(1), **kwargs)
+    b = generate(model, PROMPTS_SMALL, key=jax.random.key(1), **kwargs)
+    c = generate(model, PROMPTS_SMALL, key=jax.random.key(2), **kwargs)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.tokens, c.tokens)
+    # A row's draws depend on the key, its index and its prompt only, not on the bucket.
+    d = generate(model, PROMPTS_SMALL + [[5, 5]] * 2, key=jax.random.key(1), **kwargs)
+    np.testing.assert_array_equal(a.tokens, d.tokens[:3])
+
+
+def test_same_bucket_does_not_recompile_and_new_state_does_not_retrace(model):
+    graphdef, state = nnx.split(model)
+    kwargs = dict(max_new_tokens=N_NEW, temperature=1.0, top_k=5, top_p=0.9, key=jax.random.key(0))
+    generate_from_state(graphdef, state, PROMPTS_SMALL, eos_token_id=2, **kwargs)
+    sizes = (sampler._prefill._cache_size(), sampler._decode._cache_size())
+    # 4 prompts (bucket 4, like 3) of other lengths (bucket 16), new weights, another EOS.
+    new_state = jax.tree.map(lambda x: x * 1.01, state)
+    out = generate_from_state(
+        graphdef, new_state, [[1] * 11, [2], [3, 3], [4] * 16], eos_token_id=9, **kwargs
+    )
+    assert out.tokens.shape == (4, N_NEW)
+    assert (sampler._prefill._cache_size(), sampler._decode._cache_size()) == sizes
+    # A batch of 9 is a new bucket (16): exactly one new program each.
+    generate_from_state(graphdef, state, [[1]] * 9, eos_token_id=2, **kwargs)
+    assert (sampler._prefill._cache_size(), sampler._decode._cache_size()) == (
+        sizes[0] + 1,
+        sizes[1] + 1,
+    )
+
+
+def test_bucket_size():
+    assert [sampler.bucket_size(n, 1) for n in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 16]
+    assert sampler.bucket_size(3, 16) == 16 and sampler.bucket_size(17, 16) == 32
+
+
+@pytest.mark.parametrize(
+    ("prompts", "kwargs", "error", "match"),
+    [
+        ([], {}, ValueError, "at least one prompt"),
+        ([[1], []], {}, ValueError, r"prompts\[1\] is empty"),
+        ([[1, VOCAB]], {}, ValueError, "outside"),
+        ([[[1, 2]]], {}, TypeError, "flat list"),
+        ("abc", {}, TypeError, "list of token-id lists"),
+        ([[1]], {"temperature": 1.0, "key": None}, ValueError, "key"),
+        ([[1]], {"temperature": -1.0}, ValueError, "temperature"),
+        ([[1]], {"top_p": 0.0}, ValueError, "top_p"),
+        ([[1]], {"top_k": VOCAB + 1}, ValueError, "top_k"),
+        ([[1]], {"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+        ([[1]], {"eos_token_id": []}, ValueError, "eos_token_id"),
+    ],
+)
+def test_bad_input_raises(model, prompts, kwargs, error, match):
+    kwargs = {"max_new_tokens": 3, "temperature": 0.0, **kwargs}
+    with pytest.raises(error, match=match):
+        generate(model, prompts, **kwargs)
