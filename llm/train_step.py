@@ -17,7 +17,8 @@ behaviour params by :func:`StepFunctions.score`).
 The update is ``optax.chain(clip_by_global_norm, adamw)`` under ``optax.inject_hyperparams``,
 so the learning rate, weight decay and clipping norm are traced inputs of the step (changing
 them never recompiles). A non-finite loss or gradient norm keeps params and optimizer state
-unchanged (``jnp.where`` inside the jit) and reports ``finite = False``.
+unchanged (``jnp.where`` inside the jit) and reports ``finite = False``; so does an update
+that would make a parameter non-finite.
 
 Sharding: with a mesh, the step is ``jax.jit`` with ``in_shardings``/``out_shardings`` (what
 older JAX called pjit): params, optimizer state and behaviour params follow the rule table of
@@ -179,11 +180,12 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, 
     den = jnp.maximum(den, jnp.finfo(f32).tiny)
     grads = jax.tree.map(lambda g: g / den, grad_sum)
     loss = num / den
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     opt_state.hyperparams.update(hyper)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    finite = finite & all_finite(new_params)
     params = _tree_where(finite, new_params, params)
     opt_state = _tree_where(finite, new_opt_state, opt_state)
     tokens = jnp.maximum(stats["tokens"], 1.0)

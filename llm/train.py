@@ -1,0 +1,113 @@
+"""Command line of the off-policy AsymRE trainer: ``python -m llm.train [--config FILE] [flags]``.
+
+Every field of `llm.train_config.TrainConfig` is a flag (``--prompts-per-step 8``; booleans
+take an optional value: ``--resume`` or ``--resume false``). Values come from, in order:
+the defaults, the ``--config`` file (JSON or YAML), then the flags given. Multi-host runs
+call ``jax.distributed.initialize`` when ``--coordinator-address`` (with
+``--num-processes`` and ``--process-id``) is given or ``--distributed`` asks for the
+environment's settings (JAX_COORDINATOR_ADDRESS, ..., or a cluster jax detects).
+
+Example (the tiny CPU demo; see configs/):
+
+    python -m llm.train --config configs/tiny_arithmetic.yaml --num-steps 20 --out-dir runs/demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+
+from llm.train_config import HELP, TrainConfig
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m llm.train",
+        description=(
+            "Off-policy RL fine-tuning of a Hugging Face causal LM with AsymRE (or GRPO / "
+            "truncated-IS REINFORCE) on verifiable math. Each step samples P prompts x G "
+            "completions from the behaviour policy (refreshed every --refresh-every steps), "
+            "scores them, and takes one AdamW step on the sharded policy. Writes "
+            "OUT_DIR/metrics.jsonl, OUT_DIR/tensorboard, OUT_DIR/checkpoints and OUT_DIR/hf."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", help="JSON or YAML file of TrainConfig fields; flags given override it."
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit."
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level of the trainer.")
+    dist = parser.add_argument_group("multi-host (jax.distributed.initialize)")
+    dist.add_argument("--coordinator-address", help="host:port of process 0's coordinator.")
+    dist.add_argument("--num-processes", type=int, help="number of processes.")
+    dist.add_argument("--process-id", type=int, help="this process's index.")
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="initialize from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+        "JAX_PROCESS_ID, or a cluster jax detects).",
+    )
+    group = parser.add_argument_group("training options (TrainConfig fields)")
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        default = getattr(defaults, field.name)
+        kind = str(field.type)
+        kwargs = dict(
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            help=f"{HELP.get(field.name, '')} (default: {default!r})",
+        )
+        if kind.startswith("bool"):
+            kwargs |= dict(nargs="?", const="true", metavar="BOOL")
+        else:
+            kwargs |= dict(metavar=field.name.split("_")[-1].upper())
+        group.add_argument(_flag(field.name), **kwargs)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return cfg.with_overrides(overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper()),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    for noisy in ("absl", "jax", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.coordinator_address or args.distributed:
+        from llm.trainer import initialize_distributed
+
+        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    from llm.trainer import train
+
+    try:
+        train(cfg)
+    except FloatingPointError as err:
+        logging.getLogger("llm.train").error("%s", err)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

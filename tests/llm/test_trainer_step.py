@@ -1,0 +1,190 @@
+"""The jitted train step on its own: sharding, micro-batching, skipping, teacher forcing.
+
+Tiny random qwen2 model (llm.tiny), 8 simulated CPU devices (tests/conftest.py).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llm.checkpoint import abstract_like
+from llm.model import Transformer
+from llm.rollout import build_batch
+from llm.sampler import generate_from_state
+from llm.sharding import make_mesh, param_shardings
+from llm.tiny import tiny_config
+from llm.train_step import LossSpec, OptSpec, batch_spec, hyperparams, step_functions
+
+P, G, N = 2, 4, 6
+HYPER = dict(learning_rate=1e-2, weight_decay=0.01, max_grad_norm=1.0)
+# Adam's first step is ~ lr * g / (|g| + eps): with the default eps = 1e-8, coordinates whose
+# gradient is ~1e-8 turn float reduction-order noise into O(lr) differences, so the
+# comparisons use a well-conditioned eps.
+OPT = OptSpec(eps=1e-3)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tiny_config("qwen2")
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(6, 300, size=int(rng.integers(3, 7))).tolist() for _ in range(P)]
+    rows = [p for p in prompts for _ in range(G)]
+    completions = rng.integers(6, 300, size=(P * G, N)).astype(np.int32)
+    lengths = rng.integers(1, N + 1, size=P * G).astype(np.int32)
+    for b, n in enumerate(lengths):
+        completions[b, n:] = 0
+    advantages = rng.normal(size=P * G).astype(np.float32)
+    return dict(
+        model=model,
+        graphdef=graphdef,
+        params=params,
+        rows=rows,
+        completions=completions,
+        lengths=lengths,
+        advantages=advantages,
+    )
+
+
+def _fresh(params):
+    return jax.tree.map(lambda x: jnp.array(np.asarray(x)), params)
+
+
+def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behaviour=None):
+    """One update from the setup's params; returns (host params, metrics, behaviour lp)."""
+    adv = setup["advantages"] if advantages is None else advantages
+    spec = spec or LossSpec()
+    host = build_batch(
+        setup["rows"],
+        setup["completions"],
+        setup["lengths"],
+        adv,
+        pad_token_id=0,
+        micro_batches=micro_batches,
+    )
+    if mesh is None:
+        fns = step_functions(setup["graphdef"], None, None, None, spec, OPT)
+        params, batch = _fresh(setup["params"]), jax.tree.map(jnp.asarray, host)
+    else:
+        shardings = nnx.to_pure_dict(param_shardings(setup["model"], mesh))
+        fns = step_functions(
+            setup["graphdef"],
+            abstract_like(setup["params"], shardings),
+            mesh,
+            shardings,
+            spec,
+            OPT,
+            batch_spec(mesh, P * G // micro_batches),
+        )
+        params = jax.device_put(_fresh(setup["params"]), shardings)
+        batch = jax.device_put(host, fns.batch_sharding)
+    mu = params if behaviour is None else _fresh(behaviour)
+    blp = fns.score(mu, batch)
+    batch = batch._replace(behaviour_logprobs=blp)
+    opt_state = fns.init_opt(params)
+    params, _, metrics = fns.step(params, opt_state, batch, hyperparams(**HYPER))
+    host_params = jax.tree.map(np.asarray, params)
+    return host_params, {k: float(v) for k, v in metrics.items()}, np.asarray(blp)
+
+
+def _assert_trees_close(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, **tol)
+
+
+def test_sharded_step_matches_unsharded(setup):
+    mesh = make_mesh("fsdp=4,tp=2")
+    p_ref, m_ref, _ = _run(setup)
+    p_sh, m_sh, _ = _run(setup, mesh=mesh)
+    assert jax.device_count() == 8
+    _assert_trees_close(p_sh, p_ref, rtol=1e-5, atol=1e-6)
+    for k in ("loss", "grad_norm", "entropy"):
+        np.testing.assert_allclose(m_sh[k], m_ref[k], rtol=1e-5)
+    # and the update did something
+    moved = max(
+        float(np.abs(x - np.asarray(y)).max())
+        for x, y in zip(jax.tree.leaves(p_ref), jax.tree.leaves(setup["params"]), strict=True)
+    )
+    assert moved > 1e-4
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [LossSpec(), LossSpec("grpo", "sequence_mean", is_level="token")],
+    ids=["asymre", "grpo"],
+)
+def test_micro_batched_equals_full_batch(setup, spec):
+    # a behaviour policy different from pi, so the ratios (GRPO/IS) are not all 1
+    behaviour = jax.tree.map(lambda x: np.asarray(x) * 1.05, setup["params"])
+    p_full, m_full, _ = _run(setup, spec=spec, behaviour=behaviour)
+    p_micro, m_micro, _ = _run(setup, spec=spec, micro_batches=4, behaviour=behaviour)
+    _assert_trees_close(p_micro, p_full, rtol=1e-5, atol=1e-6)
+    for k in ("loss", "grad_norm", "logratio_abs", "ratio_mean", "ratio_max", "entropy"):
+        np.testing.assert_allclose(m_micro[k], m_full[k], rtol=1e-5, atol=1e-7)
+    assert m_full["logratio_abs"] > 1e-3
+
+
+def test_on_policy_logratio_is_zero(setup):
+    _, metrics, _ = _run(setup)
+    assert metrics["logratio_abs"] < 1e-6
+    np.testing.assert_allclose(metrics["ratio_mean"], 1.0, atol=1e-6)
+
+
+def test_non_finite_step_is_skipped(setup):
+    adv = setup["advantages"].copy()
+    adv[3] = np.nan
+    params, metrics, _ = _run(setup, advantages=adv)
+    assert metrics["finite"] == 0.0
+    _assert_trees_close(params, jax.tree.map(np.asarray, setup["params"]), rtol=0, atol=0)
+    _, ok, _ = _run(setup)
+    assert ok["finite"] == 1.0
+
+
+def test_teacher_forcing_reproduces_sampler_logprobs(setup):
+    """build_batch + score give the sampler's log-probs at temperature 1 (same positions)."""
+    prompts = [setup["rows"][0], setup["rows"][-1], [7, 8]]
+    out = generate_from_state(
+        setup["graphdef"],
+        setup["params"],
+        prompts,
+        max_new_tokens=N,
+        temperature=1.0,
+        eos_token_id=2,
+        key=jax.random.key(3),
+    )
+    lengths = np.asarray(out.lengths)
+    host = build_batch(
+        prompts, np.asarray(out.tokens), lengths, np.zeros(3, np.float32), pad_token_id=0
+    )
+    fns = step_functions(setup["graphdef"], None, None, None)
+    blp = np.asarray(fns.score(setup["params"], jax.tree.map(jnp.asarray, host)))[0]
+    # the completion occupies the last N target positions
+    got = blp[:, -N:]
+    expected = np.asarray(out.logprobs)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    mask = host.loss_mask[0][:, -N:]
+    np.testing.assert_array_equal(mask.sum(1), lengths)
+
+
+def test_build_batch_rejects_bad_shapes(setup):
+    with pytest.raises(ValueError, match="B = 8"):
+        build_batch(
+            setup["rows"][:3],
+            setup["completions"],
+            setup["lengths"],
+            setup["advantages"],
+            pad_token_id=0,
+        )
+    with pytest.raises(ValueError, match="micro_batches"):
+        build_batch(
+            setup["rows"],
+            setup["completions"],
+            setup["lengths"],
+            setup["advantages"],
+            pad_token_id=0,
+            micro_batches=3,
+        )
