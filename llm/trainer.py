@@ -313,9 +313,9 @@ def train(
             "behaviour": behaviour,
             "key": key_to_data(base_key),
         }
-        finite = to_host(
-            fns.all_finite({k: state[k] for k in ("params", "opt_state", "behaviour")})
-        )
+        # weights and optimizer moments (the injected hyperparameters are the user's)
+        weights = (params, opt_state.inner_state, behaviour)
+        finite = to_host(fns.all_finite(weights))
         meta = {
             "step": step,
             "iterator": iterator.state.to_dict(),
@@ -401,14 +401,15 @@ def train(
                     step,
                     streak,
                 )
-                if streak >= cfg.max_nonfinite_steps:
-                    raise FloatingPointError(
-                        f"{streak} non-finite steps in a row (last at step {step}): loss="
-                        f"{row['loss']}, grad_norm={row['grad_norm']}; stopping. Lower the "
-                        "learning rate or check the rewards and the model dtype."
-                    )
             else:
                 streak = 0
+            if streak >= cfg.max_nonfinite_steps:
+                writer.write(row)
+                raise FloatingPointError(
+                    f"{streak} non-finite steps in a row (last at step {step}): loss="
+                    f"{row['loss']}, grad_norm={row['grad_norm']}; stopping. Lower the "
+                    "learning rate or check the rewards and the model dtype."
+                )
             done = step + 1
             is_last = done == cfg.num_steps
             if eval_examples and ((cfg.eval_every and done % cfg.eval_every == 0) or is_last):

@@ -1,0 +1,149 @@
+"""train() end to end in-process on a tiny random model (CPU, one device, shared shapes so
+the step compiles once for the whole module)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from llm import train_step
+from llm.metrics import read_metrics
+from llm.tiny import make_tiny_checkpoint
+from llm.trainer import TrainConfig, train
+
+LETTERS = set("abcdefghijklmnopqrstuvwxyz")
+
+
+def letter_reward(prompts, completions, answer, **columns):
+    """+1 when the completion starts with a lowercase letter: learnable from scratch."""
+    return [1.0 if c[:1] in LETTERS else -1.0 for c in completions]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return str(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2"))
+
+
+def _cfg(model_path, tmp_path, **kw):
+    base = dict(
+        model_path=model_path,
+        task="arithmetic",
+        task_kwargs={"num_examples": 64},
+        num_steps=4,
+        prompts_per_step=4,
+        samples_per_prompt=4,
+        max_new_tokens=6,
+        learning_rate=1e-2,
+        eval_prompts=0,
+        mesh="fsdp=1",
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+        tensorboard=False,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def test_learnable_reward_goes_up(model_path, tmp_path):
+    history = train(
+        _cfg(model_path, tmp_path, num_steps=10, refresh_every=1), reward_fn=letter_reward
+    )
+    rewards = [row["reward_mean"] for row in history]
+    first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
+    assert last > first + 0.3, rewards
+    # the jsonl holds the same rows
+    assert [r["reward_mean"] for r in read_metrics(tmp_path / "run")] == rewards
+
+
+def test_behaviour_params_refresh_and_stay_frozen(model_path, tmp_path):
+    seen = []
+
+    def record(step, params, behaviour, row):
+        leaf = lambda tree: np.asarray(tree["layers"][0]["mlp"]["up"]).copy()
+        seen.append((step, leaf(params), leaf(behaviour), row))
+
+    train(
+        _cfg(model_path, tmp_path, num_steps=7, refresh_every=3),
+        reward_fn=letter_reward,
+        callback=record,
+    )
+    assert [s for s, *_ in seen] == list(range(7))
+    for step, params, behaviour, row in seen:
+        assert not np.array_equal(params, behaviour)  # params moved past mu this step
+        prev_params, prev_behaviour = (
+            (seen[step - 1][1], seen[step - 1][2]) if step else (None,) * 2
+        )
+        if step % 3 == 0:
+            if step:  # refresh: mu = the trained params at the start of this step
+                np.testing.assert_array_equal(behaviour, prev_params)
+            assert row["logratio_abs"] < 1e-6
+            assert row["behaviour_age"] == 0
+        else:  # frozen until the next refresh
+            np.testing.assert_array_equal(behaviour, prev_behaviour)
+            assert row["logratio_abs"] > 1e-5
+            assert row["behaviour_age"] == step % 3
+
+
+def test_refresh_every_one_is_on_policy(model_path, tmp_path):
+    history = train(_cfg(model_path, tmp_path, refresh_every=1), reward_fn=letter_reward)
+    for row in history:
+        assert row["logratio_abs"] < 1e-6
+        assert abs(row["ratio_mean"] - 1.0) < 1e-5
+        for key in (
+            "reward_std",
+            "zero_variance_groups",
+            "adv_mean",
+            "adv_std",
+            "entropy",
+            "completion_len",
+            "truncated_frac",
+            "grad_norm",
+            "lr",
+            "tokens_per_s",
+        ):
+            assert np.isfinite(row[key]), key
+
+
+def test_second_run_does_not_recompile(model_path, tmp_path):
+    train(_cfg(model_path, tmp_path, num_steps=1), reward_fn=letter_reward)
+    sizes = {id(f): f.step._cache_size() for f in train_step._CACHE.values()}
+    n = len(train_step._CACHE)
+    train(
+        _cfg(model_path, tmp_path, num_steps=2, learning_rate=3e-3, delta_v=-0.3, seed=5),
+        reward_fn=letter_reward,
+    )
+    assert len(train_step._CACHE) == n
+    assert {id(f): f.step._cache_size() for f in train_step._CACHE.values()} == sizes
+
+
+def test_non_finite_updates_are_skipped_then_stop(model_path, tmp_path):
+    cfg = _cfg(
+        model_path,
+        tmp_path,
+        learning_rate=float("inf"),
+        max_nonfinite_steps=2,
+        checkpoint_every=1,
+        num_steps=5,
+    )
+    with pytest.raises(FloatingPointError, match="2 non-finite steps in a row"):
+        train(cfg, reward_fn=letter_reward)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["skipped"] for r in rows] == [1, 1]
+    # the checkpoint written after the first skipped step holds the initial, finite weights
+    from llm.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    assert ckpt.all_steps() == [1]
+    ckpt.close()
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "1" / "meta" / "metadata").read_text())
+    assert meta["nonfinite_streak"] == 1
+
+
+def test_bad_config_is_rejected(model_path, tmp_path):
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        train(_cfg(model_path, tmp_path, samples_per_prompt=1))
+    with pytest.raises(ValueError, match="micro_batches"):
+        train(_cfg(model_path, tmp_path, micro_batches=3))
+    with pytest.raises(ValueError, match="loss"):
+        train(_cfg(model_path, tmp_path, loss="ppo"))
+    assert jax.device_count() == 8
