@@ -57,6 +57,16 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=jnp.flo
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
+def positions_from_mask(attention_mask_BxT) -> jax.Array:
+    """RoPE positions for padded rows: the count of real tokens before each slot (0 on pads).
+
+    >>> positions_from_mask(jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])).tolist()
+    [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+    """
+    mask_BxT = jnp.asarray(attention_mask_BxT) != 0
+    return jnp.maximum(jnp.cumsum(mask_BxT, axis=-1, dtype=jnp.int32) - 1, 0)
+
+
 def _param(rngs: nnx.Rngs | None, init: str, shape, axes, config: ModelConfig) -> nnx.Param:
     dtype = config.jnp_param_dtype
     if init == "normal":
@@ -193,7 +203,11 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """The decoder. ``model(tokens_BxT)`` -> float32 logits [B, T, V]; see the module doc."""
+    """The decoder. ``model(tokens_BxT)`` -> float32 logits [B, T, V]; see the module doc.
+
+    Positions default to arange(T) (as in transformers); with left padding pass
+    ``positions=positions_from_mask(mask)`` together with ``attention_mask=mask``.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         if not isinstance(config, ModelConfig):

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from llm.hf_io import load_hf  # noqa: E402
-from llm.model import init_cache  # noqa: E402
+from llm.model import init_cache, positions_from_mask  # noqa: E402
 from llm.rope import inverse_frequencies  # noqa: E402
 from llm.tiny import make_tiny_checkpoint  # noqa: E402
 
@@ -102,6 +102,7 @@ def test_left_padding_with_attention_mask(family, jax_models, torch_models):
     model = jax_models[family]
     rng = np.random.default_rng(1)
     tokens, mask, positions = _left_padded(rng, [19, 7, 12], model.config.vocab_size)
+    np.testing.assert_array_equal(np.asarray(positions_from_mask(mask)), positions)
     ours = np.asarray(_forward(model, tokens, positions, mask))
     ref = _torch_logits(torch_models[family], tokens, mask, positions)
     real = mask.astype(bool)
