@@ -200,3 +200,104 @@ def test_bad_dtype_and_mismatched_config(tmp_path):
         save_hf(model, tiny_config("llama", hidden_size=32), tmp_path / "bad")
     with pytest.raises(TypeError, match="model must be an llm.model.Transformer"):
         save_hf(object(), None, tmp_path / "bad")
+
+
+# Abridged config.json files of the released models the paper and users start from.
+LLAMA_3_2_3B_INSTRUCT = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 24,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 128256,
+}
+QWEN2_5_0_5B_INSTRUCT = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "hidden_act": "silu",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 21,
+    "model_type": "qwen2",
+    "num_attention_heads": 14,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+QWEN3_0_6B = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 1024,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 40960,
+    "model_type": "qwen3",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 28,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 151936,
+}
+
+
+def test_released_model_configs_parse():
+    llama = ModelConfig.from_hf_dict(LLAMA_3_2_3B_INSTRUCT)
+    assert llama.rope_type == "llama3" and llama.rope_scaling_dict["factor"] == 32.0
+    assert llama.eos_token_id == (128001, 128008, 128009) and llama.tie_word_embeddings
+    assert llama.param_dtype == "bfloat16" and llama.num_groups == 3
+    assert 3.1e9 < llama.num_params() < 3.3e9
+    qwen = ModelConfig.from_hf_dict(QWEN2_5_0_5B_INSTRUCT)
+    assert qwen.attention_bias and not qwen.attention_out_bias and qwen.head_dim == 64
+    assert 4.8e8 < qwen.num_params() < 5.0e8
+    qwen3 = ModelConfig.from_hf_dict(QWEN3_0_6B)
+    assert qwen3.use_qk_norm and qwen3.head_dim == 128 and qwen3.rope_scaling is None
+    assert 5.9e8 < qwen3.num_params() < 6.0e8
+    # transformers reads what we write back, with the same architecture
+    for d in (LLAMA_3_2_3B_INSTRUCT, QWEN2_5_0_5B_INSTRUCT, QWEN3_0_6B):
+        ours = ModelConfig.from_hf_dict(d)
+        fields = ours.to_hf_dict()
+        model_type = fields.pop("model_type")
+        fields.pop("architectures")
+        hf = transformers.AutoConfig.for_model(model_type, **fields)
+        assert ModelConfig.from_hf_dict(hf.to_dict()) == ours
+    with pytest.raises(ValueError, match="sliding-window"):
+        ModelConfig.from_hf_dict({**QWEN2_5_0_5B_INSTRUCT, "use_sliding_window": True})
+    with pytest.raises(ValueError, match="unsupported rope_scaling type 'yarn'"):
+        ModelConfig.from_hf_dict(
+            {**QWEN3_0_6B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+        )
