@@ -193,8 +193,10 @@ def warm_start(preset: Preset, out: pathlib.Path, *, progress: bool = True) -> p
     )
     summary_file = path / "sft_summary.json"
     if summary_file.is_file():
+        ignore = ("out_dir", "progress")
         saved = json.loads(summary_file.read_text())["config"]
-        if saved == json.loads(json.dumps(dataclasses.asdict(sft_cfg))):
+        wanted = json.loads(json.dumps(dataclasses.asdict(sft_cfg)))
+        if all(saved.get(k) == v for k, v in wanted.items() if k not in ignore):
             return path
     held_out = _rl_held_out(preset, str(path))
     run_sft(sft_cfg, held_out=held_out)
@@ -367,19 +369,27 @@ def summary_markdown(preset: Preset, rows: Sequence[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- figures
 
 PANELS = (
-    ("accuracy", "train accuracy (behaviour samples)", True),
+    ("accuracy", "train accuracy (samples of μ)", True),
     ("eval_accuracy", "held-out accuracy", False),
     ("entropy", "token entropy of π (nats)", True),
 )
 
 
-def _band(histories: dict[int, list[dict[str, Any]]], key: str, smooth: int, do_smooth: bool):
+def _band(
+    histories: dict[int, list[dict[str, Any]]],
+    key: str,
+    smooth: int,
+    do_smooth: bool,
+    start: float | None = None,
+):
     curves = []
     steps = None
     for h in histories.values():
         s, v = _series(h, key)
         if len(v) == 0:
             return None
+        if start is not None:  # the warm start's value at step 0
+            s, v = np.insert(s, 0, 0.0), np.insert(v, 0, start)
         curves.append(moving_average(v, smooth) if do_smooth else v)
         steps = s if steps is None or len(s) < len(steps) else steps
     n = min(len(c) for c in curves)
@@ -387,8 +397,10 @@ def _band(histories: dict[int, list[dict[str, Any]]], key: str, smooth: int, do_
     return steps[:n], arr.mean(0), arr.min(0), arr.max(0)
 
 
-def plot_runs(preset, histories, specs, colors, path, title, styles=None):
-    """Three panels (train acc, held-out acc, entropy) vs step; mean line, min-max band."""
+def plot_runs(preset, histories, specs, colors, path, title, styles=None, initial_eval=None):
+    """Three panels (train acc, held-out acc, entropy) vs step; mean line, min-max band.
+
+    `initial_eval`: the warm start's held-out accuracy, drawn at step 0."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -397,7 +409,8 @@ def plot_runs(preset, histories, specs, colors, path, title, styles=None):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
     for ax, (key, ylabel, do_smooth) in zip(axes, PANELS, strict=True):
         for spec in specs:
-            band = _band(histories[spec.name], key, preset.smooth, do_smooth)
+            start = initial_eval if key == "eval_accuracy" else None
+            band = _band(histories[spec.name], key, preset.smooth, do_smooth, start)
             if band is None:
                 continue
             x, mean, lo, hi = band
@@ -406,7 +419,9 @@ def plot_runs(preset, histories, specs, colors, path, title, styles=None):
             if len(histories[spec.name]) > 1:
                 ax.fill_between(x, lo, hi, color=colors[spec.name], alpha=0.15, lw=0)
         ax.set_xlabel("step")
-        ax.set_ylabel(ylabel + (f" (moving avg {preset.smooth})" if do_smooth else ""))
+        ax.set_ylabel(ylabel)
+        if do_smooth:
+            ax.set_title(f"moving average over {preset.smooth} steps", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
@@ -415,13 +430,26 @@ def plot_runs(preset, histories, specs, colors, path, title, styles=None):
     return path
 
 
-def write_report(preset: Preset, histories, out: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Figures, summary.md and summary.json under `out`."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+def delta_v_colors(specs) -> dict[str, Any]:
+    """Blues for delta_v < 0, black for 0, reds for delta_v > 0 (darker = larger |delta_v|)."""
     from matplotlib import colormaps
 
+    neg = sorted({s.delta_v for s in specs if s.delta_v < 0}, reverse=True)
+    pos = sorted({s.delta_v for s in specs if s.delta_v > 0})
+    shade = lambda i, n: 0.45 + 0.5 * (i + 1) / max(n, 1)
+    colors = {}
+    for s in specs:
+        if s.delta_v < 0:
+            colors[s.name] = colormaps["Blues"](shade(neg.index(s.delta_v), len(neg)))
+        elif s.delta_v > 0:
+            colors[s.name] = colormaps["Reds"](shade(pos.index(s.delta_v), len(pos)))
+        else:
+            colors[s.name] = "black"
+    return colors
+
+
+def write_report(preset: Preset, histories, out: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Figures, summary.md and summary.json under `out`."""
     specs = run_specs(preset)
     rows = summarize(preset, histories)
     (out / "summary.json").write_text(
@@ -429,10 +457,11 @@ def write_report(preset: Preset, histories, out: pathlib.Path) -> dict[str, path
     )
     (out / "summary.md").write_text(summary_markdown(preset, rows))
     stale = [s for s in specs if s.loss == "asymre" and s.refresh_every == preset.refresh_every]
-    cmap = colormaps["coolwarm"]
-    dvs = sorted({s.delta_v for s in stale})
-    span = max(max(abs(d) for d in dvs), 1e-9)
-    colors = {s.name: cmap(0.5 + 0.5 * s.delta_v / span) for s in stale}
+    colors = delta_v_colors(stale)
+    initial_eval = None
+    sft_file = out / "warm_start" / "sft_summary.json"
+    if sft_file.is_file():
+        initial_eval = json.loads(sft_file.read_text())["accuracy"]
     n = preset.refresh_every
     seeds = len(preset.seeds)
     band = f"mean over {seeds} seeds, band = min-max" if seeds > 1 else "one seed"
@@ -444,6 +473,7 @@ def write_report(preset: Preset, histories, out: pathlib.Path) -> dict[str, path
             colors,
             out / "offpolicy_delta_v.png",
             f"AsymRE with a behaviour policy refreshed every N={n} steps ({band})",
+            initial_eval=initial_eval,
         )
     }
     ref = next((s for s in stale if math.isclose(s.delta_v, -0.1)), stale[0])
@@ -461,6 +491,7 @@ def write_report(preset: Preset, histories, out: pathlib.Path) -> dict[str, path
         f"GRPO vs AsymRE δV={ref.delta_v:+.1f}, behaviour refreshed every N={n} steps "
         f"(dashed: on-policy, N=1; {band})",
         styles,
+        initial_eval=initial_eval,
     )
     return paths
 
