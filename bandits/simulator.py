@@ -18,8 +18,10 @@ round. The baseline is either absolute (``V``) or relative (``delta_v``:
 Sampling (sampled mode). One uniform ``u_i`` per pull, inverse CDF: arm k is pulled when
 ``cdf_{k-1} <= u_i < cdf_k``. The update only needs per-arm sums, so instead of indices we
 count ``C_k = #{i: u_i < cdf_k}`` (counts are its differences) with ``B`` vectorised
-compares over the K thresholds: a single fused pass with no gather or scatter, which on
-CPU is several times faster than searchsorted + scatter-add (see benchmarks/). Bernoulli
+compares over the K thresholds: fused passes with no gather or scatter, which on CPU were
+several times faster than searchsorted + scatter-add or a one-hot reduction (see
+benchmarks/bench_bandits.py). Under vmap with common random numbers the uniforms are
+drawn once per seed and shared by every cell of the grid. Bernoulli
 rewards reuse the same uniform: given the arm, ``(u - cdf_{k-1}) / mu_k`` is uniform, so the
 pull succeeds iff ``u < cdf_{k-1} + r_k mu_k`` (one more threshold per arm). Gaussian noise
 is one normal per pull, summed per arm the same way.
@@ -36,8 +38,8 @@ import numpy as np
 from bandits.problem import BanditProblem
 
 BASELINES = ("exact", "batch")
-# Up to this many pulls per step the count loop is fully unrolled into one fused pass.
-_UNROLL_PULLS = 64
+# The count loop runs >= 2 iterations of at most this many unrolled compares.
+_UNROLL_PULLS = 32
 
 
 class SimResult(NamedTuple):
@@ -110,7 +112,10 @@ def _pull_sums(u_B, z_B, cdf_K, success_K):
         return count_K, extra_K
 
     zeros_K = jnp.zeros_like(cdf_K)
-    unroll = True if num_pulls <= _UNROLL_PULLS else _UNROLL_PULLS
+    # A loop of >= 2 iterations of unrolled compares: the loop boundary materialises the
+    # sums (fully unrolled, XLA fuses the B compares into their consumers and recomputes
+    # them for the shifted counts).
+    unroll = max(1, min(_UNROLL_PULLS, num_pulls // 2))
     return jax.lax.fori_loop(0, num_pulls, body, (zeros_K, zeros_K), unroll=unroll)
 
 
@@ -150,11 +155,11 @@ def _run(
 
             def step_fn(carry, step_key):
                 logp_K, pi_K = carry
-                u_key, z_key = jax.random.split(step_key)
-                u_B = jax.random.uniform(u_key, (B,), dtype)
-                z_B = None
+                u_key, z_B = step_key, None
                 if problem.noise == "gaussian":
+                    u_key, z_key = jax.random.split(step_key)
                     z_B = jax.random.normal(z_key, (B,), dtype)
+                u_B = jax.random.uniform(u_key, (B,), dtype)
                 below_K, extra_K = _pull_sums(u_B, z_B, cdf_K, success_K)
                 previous_K = jnp.concatenate([jnp.zeros((1,), dtype), below_K[:-1]])
                 counts_K = below_K - previous_K
