@@ -66,7 +66,7 @@ def test_quick_pipeline_end_to_end(tmp_path):
             assert all(np.isfinite(r["entropy"]) and 0 <= r["accuracy"] <= 1 for r in rows)
             assert sum("eval_accuracy" in r for r in rows) == steps // preset.train["eval_every"]
             assert histories[spec.name][seed] == rows
-    for name in ("offpolicy_delta_v.png", "grpo_vs_asymre.png"):
+    for name in ("offpolicy_delta_v.png", "grpo_vs_asymre.png", "staleness.png"):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     table = (tmp_path / "summary.md").read_text()
