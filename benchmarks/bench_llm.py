@@ -1,0 +1,340 @@
+"""LLM benchmarks: asymre-jax (JAX/Flax NNX) against transformers + torch, side by side.
+
+Sections (``--sections``, comma separated):
+
+* ``train``: one training step (forward + backward of the AsymRE sequence log-prob loss,
+  ``asymre_loss(token_logprobs(logits, targets), advantages, mask)``) on the ~5M-parameter
+  "small" Llama of ``llm.tiny`` at batch 16 x 128, float32, same weights in both
+  frameworks (the torch model is loaded by transformers from the same folder). The JAX step
+  is ``jax.jit(jax.value_and_grad(f))`` of a pure function of the split state; the "naive"
+  row is the same step through ``nnx.jit`` + ``nnx.value_and_grad`` on the module.
+* ``generate``: ``llm.generate`` against ``transformers`` ``generate`` at batch 32, prompt
+  64, 64 new tokens (no EOS stop), greedy and sampled (temperature 1, top-p 0.9, top-k off).
+* ``memory``: peak host RSS of ``load_hf`` on a ~0.5B-parameter bf16 checkpoint
+  (``llm.tiny`` size "0.5b", random weights, built locally once), measured in a fresh
+  subprocess with ``resource.getrusage`` and compared with the weights' byte size.
+
+Every timing blocks until ready; the first call (compile + run) is reported apart; steps
+then alternate between the two frameworks so both see the same machine load, and the
+minimum and median over ``--repeats`` are reported. torch runs with ``--threads`` threads
+(XLA's CPU client uses the cores it finds). Example::
+
+    python benchmarks/bench_llm.py --sections train,generate,memory --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+SMALL_FAMILY = "llama"
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _stats(times):
+    import numpy as np
+
+    times = np.asarray(times)
+    return {"min_s": float(times.min()), "median_s": float(np.median(times))}
+
+
+def _alternate(fns: dict, repeats: int) -> dict:
+    """Time each callable ``repeats`` times, interleaved; returns {name: stats}."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn)[0])
+    return {name: _stats(t) for name, t in times.items()}
+
+
+def small_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
+    from llm.tiny import make_tiny_checkpoint
+
+    path = workdir / f"small_{SMALL_FAMILY}"
+    if not (path / "config.json").exists():
+        make_tiny_checkpoint(path, family=SMALL_FAMILY, size="small", seed=0)
+    return path
+
+
+# -------------------------------------------------------------------------- train ----
+
+
+def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+    from flax import nnx
+
+    from asymre_jax import asymre_loss, token_logprobs
+    from llm.hf_io import load_hf
+
+    path = small_checkpoint(workdir)
+    model, config = load_hf(path, dtype="float32")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, config.vocab_size, (batch, length)).astype(np.int32)
+    advantages = rng.standard_normal(batch).astype(np.float32)
+    mask = np.ones((batch, length - 1), np.float32)
+
+    # JAX: a pure function of the split state, jitted once.
+    graphdef, state = nnx.split(model)
+    num_params = sum(x.size for x in jax.tree.leaves(state))
+
+    def loss_of_state(state, tokens_BxT, mask_BxT, advantages_B):
+        logits_BxTxV = nnx.merge(graphdef, state)(tokens_BxT)[:, :-1]
+        logprobs_BxT = token_logprobs(logits_BxTxV, tokens_BxT[:, 1:])
+        return asymre_loss(logprobs_BxT, advantages_B, mask_BxT)
+
+    jax_step = jax.jit(jax.value_and_grad(loss_of_state))
+
+    def run_jax():
+        return jax.block_until_ready(jax_step(state, tokens, mask, advantages))
+
+    # The naive NNX way: nnx.jit + nnx.value_and_grad on the module (graph traversal in
+    # Python on every call).
+    @nnx.jit
+    def naive_step(model, tokens_BxT, mask_BxT, advantages_B):
+        def loss_of_model(model):
+            logits_BxTxV = model(tokens_BxT)[:, :-1]
+            logprobs_BxT = token_logprobs(logits_BxTxV, tokens_BxT[:, 1:])
+            return asymre_loss(logprobs_BxT, advantages_B, mask_BxT)
+
+        return nnx.value_and_grad(loss_of_model)(model)
+
+    def run_naive():
+        return jax.block_until_ready(naive_step(model, tokens, mask, advantages))
+
+    # torch: the same folder through transformers, the same loss.
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokens_t = torch.tensor(tokens, dtype=torch.long)
+    advantages_t, mask_t = torch.tensor(advantages), torch.tensor(mask)
+
+    def run_torch():
+        logits = reference(input_ids=tokens_t).logits[:, :-1].float()
+        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens_t[:, 1:, None])[..., 0]
+        loss = -(advantages_t * (logprobs * mask_t).sum(1)).mean()
+        loss.backward()
+        reference.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    first = {
+        "jax": _timed(run_jax)[0],
+        "jax_naive_nnx": _timed(run_naive)[0],
+        "torch": _timed(run_torch)[0],
+    }
+    loss_jax, loss_torch = float(run_jax()[0]), float(run_torch())
+    steady = _alternate({"jax": run_jax, "jax_naive_nnx": run_naive, "torch": run_torch}, repeats)
+    tokens_per_step = batch * length
+    out = {
+        "params": int(num_params),
+        "batch": batch,
+        "length": length,
+        "loss_jax": loss_jax,
+        "loss_torch": loss_torch,
+    }
+    for name, s in steady.items():
+        out[name] = {
+            **s,
+            "first_call_s": first[name],
+            "tokens_per_s_median": tokens_per_step / s["median_s"],
+            "tokens_per_s_best": tokens_per_step / s["min_s"],
+        }
+    out["speedup_vs_torch_median"] = steady["torch"]["median_s"] / steady["jax"]["median_s"]
+    out["speedup_vs_torch_best"] = steady["torch"]["min_s"] / steady["jax"]["min_s"]
+    return out
+
+
+# ----------------------------------------------------------------------- generate ----
+
+
+def bench_generate(workdir, batch: int, prompt_len: int, new: int, repeats: int) -> dict:
+    import jax
+    import numpy as np
+    import torch
+    import transformers
+
+    from llm.hf_io import load_hf
+    from llm.sampler import generate
+
+    path = small_checkpoint(workdir)
+    model, config = load_hf(path, dtype="float32")
+    rng = np.random.default_rng(1)
+    prompts_BxT = rng.integers(3, config.vocab_size, (batch, prompt_len))
+    prompts = prompts_BxT.tolist()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    reference.generation_config.eos_token_id = None
+    reference.generation_config.pad_token_id = 0
+    input_ids = torch.tensor(prompts_BxT, dtype=torch.long)
+    attention_mask = torch.ones_like(input_ids)
+
+    modes = {
+        "greedy": ({"temperature": 0.0}, {"do_sample": False}),
+        "sampled": (
+            {"temperature": 1.0, "top_p": 0.9, "top_k": 0},
+            {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": 0},
+        ),
+    }
+    results = {"batch": batch, "prompt_len": prompt_len, "new_tokens": new}
+    for mode, (jax_kwargs, hf_kwargs) in modes.items():
+        calls = [0]
+
+        def run_jax(jax_kwargs=jax_kwargs, calls=calls):
+            calls[0] += 1
+            out = generate(
+                model, prompts, max_new_tokens=new, key=jax.random.key(calls[0]), **jax_kwargs
+            )
+            return jax.block_until_ready(out)
+
+        def run_torch(hf_kwargs=hf_kwargs):
+            with torch.no_grad():
+                return reference.generate(
+                    input_ids, attention_mask=attention_mask, max_new_tokens=new, **hf_kwargs
+                )
+
+        first = {"jax": _timed(run_jax)[0], "torch": _timed(run_torch)[0]}
+        assert int(np.asarray(run_jax().lengths).min()) == new
+        assert run_torch().shape == (batch, prompt_len + new)
+        steady = _alternate({"jax": run_jax, "torch": run_torch}, repeats)
+        entry = {}
+        for name, s in steady.items():
+            entry[name] = {
+                **s,
+                "first_call_s": first[name],
+                "tokens_per_s_median": batch * new / s["median_s"],
+                "tokens_per_s_best": batch * new / s["min_s"],
+            }
+        entry["speedup_vs_torch_median"] = steady["torch"]["median_s"] / steady["jax"]["median_s"]
+        entry["speedup_vs_torch_best"] = steady["torch"]["min_s"] / steady["jax"]["min_s"]
+        results[mode] = entry
+    return results
+
+
+# ------------------------------------------------------------------------- memory ----
+
+_MEMORY_CHILD = r"""
+import json, os, resource, sys, time
+import jax, jax.numpy as jnp
+from llm.hf_io import load_hf
+
+def rss_now():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+start = time.perf_counter()
+model, config = load_hf(sys.argv[1], dtype="bfloat16")
+jax.block_until_ready(jax.tree.leaves(model))
+seconds = time.perf_counter() - start
+print(json.dumps({
+    "peak_rss_before_load": before,
+    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "rss_after_load": rss_now(),
+    "load_seconds": seconds,
+    "param_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model))),
+}))
+"""
+
+
+def bench_memory(workdir) -> dict:
+    path = workdir / "qwen2_0.5b_bf16"
+    if not (path / "config.json").exists():
+        # Built in its own process so the writer's memory does not count.
+        code = (
+            "import sys; from llm.tiny import make_tiny_checkpoint; "
+            "make_tiny_checkpoint(sys.argv[1], family='qwen2', size='0.5b', dtype='bfloat16')"
+        )
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    file_bytes = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    child = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    result["safetensors_bytes"] = file_bytes
+    result["peak_over_baseline_per_weight_byte"] = (
+        result["peak_rss"] - result["peak_rss_before_load"]
+    ) / result["param_bytes"]
+    return result
+
+
+# ---------------------------------------------------------------------------- CLI ----
+
+
+def machine() -> dict:
+    import jax
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "jax_device": str(jax.devices()[0].device_kind),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="train,generate,memory")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--train-length", type=int, default=128)
+    parser.add_argument("--gen-batch", type=int, default=32)
+    parser.add_argument("--gen-prompt", type=int, default=64)
+    parser.add_argument("--gen-new", type=int, default=64)
+    parser.add_argument("--workdir", default=None, help="where checkpoints are built (cached)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_llm_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine()}
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    for section in sections:
+        if section == "train":
+            results["train"] = bench_train(
+                workdir, args.train_batch, args.train_length, args.repeats
+            )
+        elif section == "generate":
+            results["generate"] = bench_generate(
+                workdir, args.gen_batch, args.gen_prompt, args.gen_new, args.repeats
+            )
+        elif section == "memory":
+            results["memory"] = bench_memory(workdir)
+        else:
+            parser.error(f"unknown section {section!r}; choose from train, generate, memory")
+        print(json.dumps({section: results[section]}, indent=1), flush=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["machine"]["peak_rss_bench_process"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
