@@ -52,6 +52,7 @@ def test_run_specs_cover_the_claim():
     assert len(quick.seeds) == 1 and quick.train["num_steps"] < sweep.TINY_ARITH.train["num_steps"]
 
 
+@pytest.mark.slow
 def test_quick_pipeline_end_to_end(tmp_path):
     preset = sweep.SMOKE
     histories = sweep.run_sweep(preset, tmp_path, progress=False)
