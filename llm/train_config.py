@@ -76,6 +76,8 @@ HELP = {
     "max_grad_norm": "clip the global gradient norm to this (0 = no clipping).",
     "micro_batches": "split the P*G sequences into this many micro-batches (exact "
     "gradient accumulation).",
+    "logits_chunk_size": "sequence positions per slice when computing log-probs from the "
+    "hidden states (the [b, T, V] logits are never held at once).",
     "mesh": "device mesh, e.g. 'fsdp=4,tp=2' (default: all devices on fsdp).",
     "max_nonfinite_steps": "stop with an error after this many non-finite steps in a row.",
     "eval_every": "evaluate every N steps (0 = only at the end when eval_prompts > 0).",
@@ -137,6 +139,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
     micro_batches: int = 1
+    logits_chunk_size: int = 128
     mesh: str | None = None
     max_nonfinite_steps: int = 3
     eval_every: int = 0
@@ -229,7 +232,13 @@ class TrainConfig:
         )
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}")
         need(self.is_level in ("sequence", "token"), "is_level must be sequence or token")
-        for name in ("refresh_every", "prompts_per_step", "max_new_tokens", "micro_batches"):
+        for name in (
+            "refresh_every",
+            "prompts_per_step",
+            "max_new_tokens",
+            "micro_batches",
+            "logits_chunk_size",
+        ):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         need(self.num_steps >= 0, f"num_steps must be >= 0, got {self.num_steps}")
         need(

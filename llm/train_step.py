@@ -63,6 +63,7 @@ class LossSpec(NamedTuple):
     grpo_epsilon: float = 0.2
     is_truncation: float = 1.0
     is_level: str = "sequence"
+    chunk_size: int = 128  # positions per slice of the [b, chunk, V] logits
 
 
 class OptSpec(NamedTuple):
@@ -102,16 +103,45 @@ def hyperparams(learning_rate: float, weight_decay: float, max_grad_norm: float)
 # ----------------------------------------------------------------------------- maths
 
 
-def _forward_logprobs(graphdef, params, mb: Batch):
-    """Per-token log pi and entropy of pi (float32, [b, T]) by teacher forcing."""
+def _entropy_from_hidden(hidden_BxTxD, unembedding_DxV, chunk_size: int):
+    """Token entropy of softmax(h W) [B, T], ``chunk_size`` positions at a time (no grad)."""
+    B, T, _ = hidden_BxTxD.shape
+    chunks = -(-T // chunk_size)
+    pad = chunks * chunk_size - T
+    h_NxBxCxD = jnp.moveaxis(
+        jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, chunks, chunk_size, -1), 1, 0
+    )
+
+    def one(h_BxCxD):
+        logits = jnp.einsum(
+            "bcd,dv->bcv", h_BxCxD, unembedding_DxV, preferred_element_type=jnp.float32
+        )
+        log_z = jax.nn.logsumexp(logits, axis=-1)
+        return log_z - jnp.sum(jnp.exp(logits - log_z[..., None]) * logits, axis=-1)
+
+    entropy_NxBxC = jax.lax.map(one, h_NxBxCxD)
+    return jnp.moveaxis(entropy_NxBxC, 0, 1).reshape(B, -1)[:, :T]
+
+
+def _forward_logprobs(graphdef, params, mb: Batch, chunk_size: int):
+    """Per-token log pi and entropy of pi (float32, [b, T]) by teacher forcing.
+
+    The [b, T, V] logits are never materialised: log-probs come from the final hidden
+    states ``chunk_size`` positions at a time (rematerialised in the backward pass).
+    """
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(mb.inputs, positions=mb.positions, attention_mask=mb.attention_mask)
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-    logprobs_BxT = asymre_jax.token_logprobs(logits_BxTxV, mb.targets)
-    log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
-    probs_BxTxV = jnp.exp(logits_BxTxV - log_z_BxT[..., None])
-    entropy_BxT = log_z_BxT - jnp.sum(probs_BxTxV * logits_BxTxV, axis=-1)
-    return logprobs_BxT, jax.lax.stop_gradient(entropy_BxT)
+    chunk_size = min(chunk_size, mb.inputs.shape[-1])
+    hidden_BxTxD = model.hidden_states(
+        mb.inputs, positions=mb.positions, attention_mask=mb.attention_mask
+    )
+    unembedding_DxV = model.unembedding()
+    logprobs_BxT = asymre_jax.token_logprobs_from_hidden(
+        hidden_BxTxD, unembedding_DxV, mb.targets, chunk_size=chunk_size
+    )
+    entropy_BxT = _entropy_from_hidden(
+        jax.lax.stop_gradient(hidden_BxTxD), jax.lax.stop_gradient(unembedding_DxV), chunk_size
+    )
+    return logprobs_BxT, entropy_BxT
 
 
 def _loss_terms(spec: LossSpec, logprobs_BxT, mb: Batch):
@@ -153,7 +183,7 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, 
         grads, num, den, stats = carry
 
         def numerator(p):
-            logprobs_BxT, entropy_BxT = _forward_logprobs(graphdef, p, mb)
+            logprobs_BxT, entropy_BxT = _forward_logprobs(graphdef, p, mb, spec.chunk_size)
             n, d = _loss_terms(spec, logprobs_BxT, mb)
             return n, (d, logprobs_BxT, entropy_BxT)
 
@@ -203,11 +233,11 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, 
     return params, opt_state, metrics
 
 
-def score(params, batch: Batch, *, graphdef):
+def score(params, batch: Batch, *, graphdef, chunk_size: int = 128):
     """log pi(y_t) of every target token at temperature 1, [M, b, T] (0 off the loss mask)."""
 
     def one(_, mb):
-        logprobs_BxT, _ = _forward_logprobs(graphdef, params, mb)
+        logprobs_BxT, _ = _forward_logprobs(graphdef, params, mb, chunk_size)
         return None, logprobs_BxT * mb.loss_mask
 
     return jax.lax.scan(one, None, batch)[1]
@@ -268,7 +298,7 @@ def step_functions(
         return _CACHE[key]
     tx = make_optimizer(opt_spec)
     step = functools.partial(train_step, graphdef=graphdef, spec=loss_spec, tx=tx)
-    score_fn = functools.partial(score, graphdef=graphdef)
+    score_fn = functools.partial(score, graphdef=graphdef, chunk_size=loss_spec.chunk_size)
     copy = lambda p: jax.tree.map(jnp.copy, p)
     if mesh is None:
         fns = StepFunctions(

@@ -252,7 +252,12 @@ def train(
     del model, state
     P, G, M = cfg.prompts_per_step, cfg.samples_per_prompt, cfg.micro_batches
     loss_spec = LossSpec(
-        cfg.loss, cfg.loss_normalization, cfg.grpo_epsilon, cfg.is_truncation, cfg.is_level
+        cfg.loss,
+        cfg.loss_normalization,
+        cfg.grpo_epsilon,
+        cfg.is_truncation,
+        cfg.is_level,
+        cfg.logits_chunk_size,
     )
     fns = step_functions(
         graphdef,

@@ -188,3 +188,17 @@ def test_build_batch_rejects_bad_shapes(setup):
             pad_token_id=0,
             micro_batches=3,
         )
+
+
+def test_chunked_entropy_matches_full_softmax():
+    from llm.train_step import _entropy_from_hidden
+
+    rng = np.random.default_rng(1)
+    h = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+    logits = np.asarray(h) @ np.asarray(w)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    expected = -(p * np.log(p)).sum(-1)
+    for chunk in (1, 3, 7):
+        np.testing.assert_allclose(_entropy_from_hidden(h, w, chunk), expected, rtol=1e-5)
