@@ -1,24 +1,26 @@
 """Vectorised K-armed bandit simulator for AsymRE (jit + vmap + lax.scan).
 
+    from bandits import make_problem, simulate
+    from bandits.sweep import sweep
+
     problem = make_problem(jax.random.key(0), num_arms=100)
     out = simulate(problem, V=0.3, steps_per_round=500, num_rounds=40)       # exact update
     res = sweep(problem, delta_v=[-0.1, 0.0], num_seeds=8, steps_per_round=10,
                 num_rounds=100, batch_size=32, crn=True)                     # sampled grid
 
-Command line: ``python -m bandits.sweep --preset paper --out DIR``.
+Command line: ``python -m bandits.sweep --preset paper --out DIR``. (``sweep`` is not
+re-exported here: a package attribute named like the ``bandits.sweep`` module would be
+shadowed by it, and importing it here would make ``python -m bandits.sweep`` warn.)
 """
 
 from bandits.problem import NOISE_KINDS, BanditProblem, make_problem
 from bandits.simulator import BASELINES, SimResult, simulate
-from bandits.sweep import SweepResult, sweep
 
 __all__ = [
     "BASELINES",
     "NOISE_KINDS",
     "BanditProblem",
     "SimResult",
-    "SweepResult",
     "make_problem",
     "simulate",
-    "sweep",
 ]

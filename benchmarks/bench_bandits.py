@@ -39,7 +39,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bandits import make_problem, sweep  # noqa: E402
+from bandits import make_problem  # noqa: E402
+from bandits.sweep import sweep  # noqa: E402
 
 NUM_V, NUM_SEEDS, K = 32, 32, 100
 
@@ -104,7 +105,7 @@ def torch_sweep(rewards, mu_logits, Vs, *, num_seeds, batch_size, rounds, steps,
     V_N1 = torch.from_numpy(np.repeat(Vs, num_seeds).astype(np.float32))[:, None]
     N = V_N1.shape[0]
     r_K = torch.tensor(np.asarray(rewards, np.float32))
-    logp_NK = torch.log_softmax(torch.from_numpy(np.asarray(mu_logits, np.float32)), 0)
+    logp_NK = torch.log_softmax(torch.tensor(np.asarray(mu_logits, np.float32)), 0)
     logp_NK = logp_NK.expand(N, K).clone()
     pi_NK = logp_NK.exp()
     T = rounds * steps

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from bandits import BanditProblem, SweepResult, make_problem, simulate, sweep
-from bandits.sweep import _sweep_jit, main
+from bandits import BanditProblem, make_problem, simulate
+from bandits.sweep import SweepResult, _sweep_jit, main, sweep
 
 SAMPLED = dict(steps_per_round=6, num_rounds=2, batch_size=8)
 
