@@ -147,3 +147,16 @@ def test_bad_config_is_rejected(model_path, tmp_path):
     with pytest.raises(ValueError, match="loss"):
         train(_cfg(model_path, tmp_path, loss="ppo"))
     assert jax.device_count() == 8
+
+
+def test_grpo_comparator_runs_off_policy(model_path, tmp_path):
+    history = train(
+        _cfg(model_path, tmp_path, loss="grpo", num_steps=3, refresh_every=3),
+        reward_fn=letter_reward,
+    )
+    assert [r["behaviour_age"] for r in history] == [0, 1, 2]
+    assert history[0]["logratio_abs"] < 1e-6 < history[2]["logratio_abs"]
+    for row in history:
+        assert row["skipped"] == 0 and np.isfinite(row["loss"]) and row["ratio_max"] > 0
+        # GRPO advantages are group-normalised: zero mean within each prompt's group
+        assert abs(row["adv_mean"]) < 1e-5
