@@ -80,6 +80,8 @@ HELP = {
     "hidden states (the [b, T, V] logits are never held at once).",
     "mesh": "device mesh, e.g. 'fsdp=4,tp=2' (None: all devices on fsdp).",
     "max_nonfinite_steps": "stop with an error after this many non-finite steps in a row.",
+    "drift_metrics": "AsymRE only: recompute log mu under the behaviour params every step to "
+    "log the pi/mu drift (one extra forward pass; GRPO/IS always need it).",
     "eval_every": "evaluate every N steps (0 = only at the end when eval_prompts > 0).",
     "eval_prompts": "held-out prompts per evaluation (0 = no evaluation).",
     "eval_temperature": "evaluation sampling temperature (paper: 0.1).",
@@ -88,7 +90,7 @@ HELP = {
     "eval_max_new_tokens": "evaluation completion length (None: max_new_tokens).",
     "seed": "seed of everything: data order, sampling, evaluation.",
     "out_dir": "run folder: metrics.jsonl, tensorboard/, checkpoints/, hf/.",
-    "checkpoint_every": "save a checkpoint every N steps (0 = only at the end).",
+    "checkpoint_every": "save a checkpoint every N steps and at the end (0 = no checkpoints).",
     "keep_checkpoints": "keep the last N checkpoints.",
     "resume": "continue from the latest checkpoint in out_dir.",
     "export_hf": "write the final policy as a Hugging Face folder out_dir/hf.",
@@ -142,6 +144,7 @@ class TrainConfig:
     logits_chunk_size: int = 128
     mesh: str | None = None
     max_nonfinite_steps: int = 3
+    drift_metrics: bool = True
     eval_every: int = 0
     eval_prompts: int = 64
     eval_temperature: float = 0.1

@@ -380,12 +380,17 @@ def train(
                 micro_batches=M,
             )
             batch = batch_to_global(host_batch, fns.batch_sharding)
-            batch = batch._replace(behaviour_logprobs=fns.score(behaviour, batch))
+            with_mu = cfg.loss != "asymre" or cfg.drift_metrics
+            if with_mu:
+                batch = batch._replace(behaviour_logprobs=fns.score(behaviour, batch))
             lr = lr_fn(step)
             hyper = hyperparams(lr, cfg.weight_decay, cfg.max_grad_norm)
             params, opt_state, step_metrics = fns.step(params, opt_state, batch, hyper)
             step_metrics = {k: to_host(v).item() for k, v in step_metrics.items()}
             finite = bool(step_metrics.pop("finite"))
+            if not with_mu:  # log mu was not computed: no drift statistics
+                for name in ("logratio_abs", "ratio_mean", "ratio_max"):
+                    step_metrics.pop(name)
             dt = time.perf_counter() - t0
             row = {
                 "step": step,
@@ -441,7 +446,7 @@ def train(
                 bar.set_postfix(
                     reward=f"{row['reward_mean']:.3f}",
                     acc=f"{row['accuracy']:.2f}",
-                    drift=f"{row['logratio_abs']:.3f}",
+                    drift=f"{row.get('logratio_abs', float('nan')):.3f}",
                     loss=f"{row['loss']:.3g}",
                 )
             if is_main and step % cfg.log_every == 0:

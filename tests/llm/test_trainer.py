@@ -160,3 +160,20 @@ def test_grpo_comparator_runs_off_policy(model_path, tmp_path):
         assert row["skipped"] == 0 and np.isfinite(row["loss"]) and row["ratio_max"] > 0
         # GRPO advantages are group-normalised: zero mean within each prompt's group
         assert abs(row["adv_mean"]) < 1e-5
+
+
+def test_asymre_without_drift_metrics_trains_identically(model_path, tmp_path):
+    runs = {}
+    for drift in (True, False):
+        _, state = train(
+            _cfg(
+                model_path, tmp_path / str(drift), num_steps=2, refresh_every=2, drift_metrics=drift
+            ),
+            reward_fn=letter_reward,
+            return_state=True,
+        )
+        runs[drift] = jax.tree.map(np.asarray, state["params"])
+    for a, b in zip(jax.tree.leaves(runs[True]), jax.tree.leaves(runs[False]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rows = read_metrics(tmp_path / "False" / "run")
+    assert "logratio_abs" not in rows[1] and "loss" in rows[1]

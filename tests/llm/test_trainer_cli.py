@@ -128,6 +128,7 @@ def test_cli_smoke_trains_evaluates_checkpoints_exports(model_path, env, tmp_pat
             eval_every=2,
             eval_prompts=4,
             eval_pass_k=2,
+            eval_top_p=1.0,
             checkpoint_every=2,
             keep_checkpoints=1,
             export_hf="true",
