@@ -5,7 +5,8 @@ take an optional value: ``--resume`` or ``--resume false``). Values come from, i
 the defaults, the ``--config`` file (JSON or YAML), then the flags given. Multi-host runs
 call ``jax.distributed.initialize`` when ``--coordinator-address`` (with
 ``--num-processes`` and ``--process-id``) is given or ``--distributed`` asks for the
-environment's settings (JAX_COORDINATOR_ADDRESS, ..., or a cluster jax detects).
+environment's settings (JAX_COORDINATOR_ADDRESS, which alone also turns it on, with
+JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a cluster jax detects: SLURM, TPU pods, ...).
 
 Example (the tiny CPU demo; see configs/):
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.coordinator_address or args.distributed:
+    if args.coordinator_address or args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from llm.trainer import initialize_distributed
 
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)

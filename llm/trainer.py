@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -59,6 +60,10 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
     """``jax.distributed.initialize`` from explicit values or the usual environment variables
     (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; or a cluster jax detects).
     Call before anything touches a device."""
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,

@@ -65,13 +65,24 @@ def test_two_processes_match_one_process(tmp_path):
     model = make_tiny_checkpoint(tmp_path / "tiny", "qwen2")
     port = _free_port()
     multi = tmp_path / "two_processes"
+    # process 0 gets flags, process 1 the environment variables
+    flags = [
+        "--coordinator-address",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--process-id",
+        "0",
+    ]
+    env_1 = _env(2) | {
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+        "JAX_PROCESS_ID": "1",
+    }
     procs = [
-        subprocess.Popen(
-            _cmd(model, multi, "--coordinator-address", f"127.0.0.1:{port}",
-                 "--num-processes", "2", "--process-id", str(i)),
-            env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for i in range(2)
+        subprocess.Popen(_cmd(model, multi, *extra), env=env, cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for extra, env in ((flags, _env(2)), ((), env_1))
     ]  # fmt: skip
     single = tmp_path / "one_process"
     try:
