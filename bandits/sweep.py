@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from bandits.problem import NOISE_KINDS, BanditProblem, make_problem
 from bandits.simulator import BASELINES, _as_key, _check_positive_int, _run
@@ -96,6 +98,15 @@ def _grid_axis(values, name: str, dtype) -> jax.Array:
     return arr
 
 
+def _shard_grid_axis(bases: jax.Array) -> jax.Array:
+    devices = jax.devices()
+    num = max(d for d in range(1, len(devices) + 1) if bases.shape[0] % d == 0)
+    if num == 1:
+        return bases
+    mesh = jax.make_mesh((num,), ("grid",), axis_types=(AxisType.Auto,), devices=devices[:num])
+    return jax.device_put(bases, NamedSharding(mesh, P("grid")))
+
+
 def _sweep_program(problem, bases, lrs, seed_keys, init_logits, *, crn, **static):
     def cell(base, lr, key):
         return _run(problem, base, lr, key, init_logits, **static)
@@ -137,11 +148,15 @@ def sweep(
     crn: bool = True,
     init_logits=None,
     support_tol: float = 1e-6,
+    shard: bool = False,
 ) -> SweepResult:
     """Every (baseline, lr, seed) cell in one jitted vmapped program; see the module doc.
 
     ``V`` or ``delta_v`` (exactly one) and ``lr`` are scalars or 1-D grids; seeds are
-    ``jax.random.split(key or jax.random.key(seed), num_seeds)``.
+    ``jax.random.split(key or jax.random.key(seed), num_seeds)``. ``shard=True`` splits the
+    baseline axis over as many of ``jax.devices()`` as divide its length (on CPU, expose the
+    cores as devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax
+    is imported); results are identical, only the placement changes.
 
     >>> p = BanditProblem([1.0, 0.0], [0.0, 0.0])
     >>> res = sweep(p, V=[-1.0, 0.0], lr=[0.5, 1.0], steps_per_round=10)
@@ -163,6 +178,8 @@ def sweep(
         raise ValueError("baseline='batch' needs sampled mode (batch_size) and delta_v")
     if not isinstance(crn, bool):
         raise TypeError(f"crn must be a bool, got {type(crn).__name__}")
+    if not isinstance(shard, bool):
+        raise TypeError(f"shard must be a bool, got {type(shard).__name__}")
     dtype = problem.rewards.dtype
     relative = delta_v is not None
     base_dim = "delta_v" if relative else "V"
@@ -174,6 +191,8 @@ def sweep(
     init_logits = jnp.asarray(init_logits, dtype)
     if init_logits.shape != problem.rewards.shape:
         raise ValueError(f"init_logits must have shape [K] = {problem.rewards.shape}")
+    if shard:
+        bases = _shard_grid_axis(bases)
     out = _sweep_jit(
         problem,
         bases,
@@ -229,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=None, help="omit for the exact update")
     ap.add_argument("--baseline", choices=BASELINES, default="exact")
     ap.add_argument("--independent", action="store_true", help="independent streams (no CRN)")
+    ap.add_argument("--shard", action="store_true", help="split the V grid over jax.devices()")
     return ap
 
 
@@ -262,6 +282,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         baseline=args.baseline,
         crn=not args.independent,
+        shard=args.shard,
     )
     npz_path, json_path = res.save(args.out, "sweep")
     print_table(res.summary())

@@ -16,7 +16,8 @@ the counts. PyTorch: batched ``torch.searchsorted`` over the [runs, K] CDFs and
 ``scatter_add_`` for the counts, ``torch.set_num_threads(2)`` (targets are against this);
 a 1-thread row is shown too, since 2 spinning threads suffer most on a loaded machine.
 JAX: ``bandits.sweep`` (one jitted vmapped ``lax.scan``; counts by K-threshold compares,
-see bandits/simulator.py).
+see bandits/simulator.py), on one XLA CPU device and with ``shard=True`` over the 2 CPU
+devices this script exposes (one per core).
 
 Reported: updates/s (run-steps per second) and pulls/s, the best of ``--repeats`` timed
 calls (interleaved across the three implementations, since the CPU is shared) after a
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
@@ -136,10 +137,10 @@ def torch_sweep(rewards, mu_logits, Vs, *, num_seeds, batch_size, rounds, steps,
 
 
 # ------------------------------------------------------------------------------------ JAX
-def jax_sweep(problem, Vs, *, num_seeds, batch_size, rounds, steps, crn, seed=0):
+def jax_sweep(problem, Vs, *, num_seeds, batch_size, rounds, steps, crn, seed=0, shard=False):
     res = sweep(
         problem, V=Vs, num_seeds=num_seeds, seed=seed, steps_per_round=steps,
-        num_rounds=rounds, batch_size=batch_size, crn=crn,
+        num_rounds=rounds, batch_size=batch_size, crn=crn, shard=shard,
     )  # fmt: skip
     return res.data["expected_reward"], res.data["entropy"], res.data["support"]
 
@@ -187,8 +188,12 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             jax_sweep(problem, Vs, **kw)
             first = time.perf_counter() - t0
+            jax_sweep(problem, Vs, shard=True, **kw)  # compile the sharded program
             impls = {
                 "JAX (bandits.sweep)": lambda kw=kw: jax_sweep(problem, Vs, **kw),
+                "JAX, shard=True (2 CPU devices)": lambda kw=kw: jax_sweep(
+                    problem, Vs, shard=True, **kw
+                ),
                 "NumPy": lambda kw=kw: numpy_sweep(rewards, mu_logits, Vs, **kw),
                 "PyTorch": lambda kw=kw: torch_sweep(rewards, mu_logits, Vs, **kw),
                 "PyTorch (1 thread)": lambda kw=kw: _one_thread(
@@ -209,17 +214,22 @@ def main(argv=None) -> None:
                     f"| {B} | {mode} | {impl} | {secs:.3f} | {N * T / secs:.3g} | "
                     f"{N * T * B / secs:.3g} | {t_np / secs:.1f}x | {final:.4f} |"
                 )
-            t_jax = results["JAX (bandits.sweep)"][0]
-            ratios[(B, mode)] = (t_np / t_jax, results["PyTorch"][0] / t_jax)
-            print(f"B={B} {mode}: JAX compile+first call {first:.2f}s (steady {t_jax:.3f}s)")
+            for impl in ("JAX (bandits.sweep)", "JAX, shard=True (2 CPU devices)"):
+                t_jax = results[impl][0]
+                ratios[(B, mode, impl)] = (
+                    t_np / t_jax,
+                    results["PyTorch"][0] / t_jax,
+                    results["PyTorch (1 thread)"][0] / t_jax,
+                )
+            print(f"B={B} {mode}: JAX compile+first call {first:.2f}s")
     print("\n".join(lines))
     print(f"# load after: {os.getloadavg()[0]:.2f}")
-    print("\nJAX speed-up (NumPy time / JAX time, PyTorch time / JAX time):")
-    for (B, mode), (vs_np, vs_torch) in ratios.items():
+    print("\nJAX speed-up (other time / JAX time):")
+    for (B, mode, impl), (vs_np, vs_torch, vs_torch1) in ratios.items():
         target = 10 if mode == "CRN" else 5
         print(
-            f"  B={B:>2} {mode:<11}: {vs_np:5.1f}x NumPy (target >= {target}x), "
-            f"{vs_torch:5.1f}x PyTorch (target >= 3x)"
+            f"  B={B:>2} {mode:<11} {impl:<32}: {vs_np:5.1f}x NumPy (target >= {target}x), "
+            f"{vs_torch:5.1f}x PyTorch (target >= 3x), {vs_torch1:5.1f}x PyTorch 1 thread"
         )
 
 

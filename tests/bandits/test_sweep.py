@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bandits import BanditProblem, make_problem, simulate
-from bandits.sweep import SweepResult, _sweep_jit, main, sweep
+from bandits.sweep import SweepResult, _shard_grid_axis, _sweep_jit, main, sweep
 
 SAMPLED = dict(steps_per_round=6, num_rounds=2, batch_size=8)
 
@@ -57,6 +57,16 @@ def test_relative_grid_and_batch_baseline():
     # the batch baseline is a batch mean + delta_v, so it differs from V^mu + delta_v
     exact_V = res.data["behaviour_value"] + np.array([-0.2, 0.0])[:, None, None, None]
     assert not np.allclose(res.data["baseline"], exact_V)
+
+
+def test_sharded_sweep_matches_single_device(problem):
+    assert len(jax.devices()) >= 4  # tests/conftest.py exposes 8 CPU devices
+    assert len(_shard_grid_axis(jax.numpy.zeros(4)).sharding.device_set) == 4
+    kwargs = dict(V=[0.1, 0.2, 0.3, 0.5], num_seeds=2, crn=False, **SAMPLED)
+    plain = sweep(problem, **kwargs)
+    sharded = sweep(problem, shard=True, **kwargs)
+    for name, arr in plain.data.items():
+        np.testing.assert_allclose(sharded.data[name], arr, rtol=1e-6, atol=1e-7)
 
 
 def test_no_recompilation_when_only_grid_values_change(problem):
