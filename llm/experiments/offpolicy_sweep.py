@@ -423,12 +423,15 @@ def plot_runs(preset, histories, specs, colors, path, title, styles=None, initia
                 ax.fill_between(x, lo, hi, color=colors[spec.name], alpha=0.15, lw=0)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
+        if key == "entropy":  # collapse drives it to ~0, a blow-up to several nats
+            ax.set_yscale("log", nonpositive="clip")
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-3))
         if do_smooth:
             ax.set_title(f"moving average over {preset.smooth} steps", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
