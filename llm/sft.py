@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from asymre_jax import token_logprobs
 from llm.data import Example, make_arithmetic_examples, render_prompt
