@@ -277,6 +277,85 @@ def bench_memory(workdir) -> dict:
 # ---------------------------------------------------------------------------- CLI ----
 
 
+def markdown(results: dict) -> str:
+    """The results as the tables of benchmarks/RESULTS.md."""
+    lines = []
+    m = results["machine"]
+    lines.append(
+        f"{m['cpus']} CPUs ({m['platform']}), jax {m['jax']} on {m['jax_device']}, torch "
+        f"{m['torch']} with {m['torch_threads']} threads, XLA_FLAGS="
+        f"'{m.get('xla_flags', '')}'; load average (1/5/15 min) "
+        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])} at start, "
+        f"{'/'.join(f'{x:.1f}' for x in m.get('loadavg_end', m['loadavg_start']))} at end."
+    )
+    row = "| {} | {:.3f} | {:.3f} | {:.0f} | {:.1f} |"
+    head = [
+        "| | step s (min) | step s (median) | tokens/s (median) | first call s |",
+        "|---|---|---|---|---|",
+    ]
+    if "train" in results:
+        t = results["train"]
+        lines += [
+            "",
+            f"Training step, fwd + bwd of the AsymRE loss, {t['params'] / 1e6:.2f}M-parameter "
+            f"Llama, float32, batch {t['batch']} x {t['length']} (losses: jax "
+            f"{t['loss_jax']:.4f}, torch {t['loss_torch']:.4f}):",
+            "",
+            *head,
+        ]
+        for name in ("jax", "jax_naive_nnx", "torch"):
+            r = t[name]
+            lines.append(
+                row.format(
+                    name, r["min_s"], r["median_s"], r["tokens_per_s_median"], r["first_call_s"]
+                )
+            )
+        lines.append(
+            f"\nSpeed-up jax / torch: {t['speedup_vs_torch_median']:.2f}x (medians), "
+            f"{t['speedup_vs_torch_best']:.2f}x (minima)."
+        )
+    if "generate" in results:
+        g = results["generate"]
+        for mode in ("greedy", "sampled"):
+            e = g[mode]
+            lines += [
+                "",
+                f"Generation, {mode}, batch {g['batch']}, prompt {g['prompt_len']}, "
+                f"{g['new_tokens']} new tokens:",
+                "",
+                head[0].replace("step s", "call s"),
+                head[1],
+            ]
+            for name in ("jax", "torch"):
+                r = e[name]
+                lines.append(
+                    row.format(
+                        name,
+                        r["min_s"],
+                        r["median_s"],
+                        r["tokens_per_s_median"],
+                        r["first_call_s"],
+                    )
+                )
+            lines.append(
+                f"\nSpeed-up jax / torch: {e['speedup_vs_torch_median']:.1f}x (medians), "
+                f"{e['speedup_vs_torch_best']:.1f}x (minima)."
+            )
+    if "memory" in results:
+        r = results["memory"]
+        gib = 2.0**30
+        lines += [
+            "",
+            f"load_hf of a {r['param_bytes'] / 2 / 1e9:.2f}B-parameter bf16 checkpoint "
+            f"({r['safetensors_bytes'] / gib:.2f} GiB of safetensors): peak RSS "
+            f"{r['peak_rss'] / gib:.2f} GiB, of which {r['peak_rss_before_load'] / gib:.2f} GiB "
+            f"before loading (python + jax); peak growth = "
+            f"{r['peak_over_baseline_per_weight_byte']:.2f} x the weights' bytes; "
+            f"load time {r['load_seconds']:.1f} s.",
+        ]
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     import jax
     import torch
@@ -288,6 +367,7 @@ def machine() -> dict:
         "jax_device": str(jax.devices()[0].device_kind),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "loadavg_start": os.getloadavg(),
     }
 
@@ -296,7 +376,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sections", default="train,generate,memory")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch intra-op threads; 1 also turns XLA's multi-threaded Eigen off, so both "
+        "frameworks run single-threaded (fairer on a machine shared with other jobs)",
+    )
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--train-length", type=int, default=128)
     parser.add_argument("--gen-batch", type=int, default=32)
@@ -304,8 +390,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--gen-new", type=int, default=64)
     parser.add_argument("--workdir", default=None, help="where checkpoints are built (cached)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--from-json", default=None, help="only print the markdown of a run")
     args = parser.parse_args(argv)
+    if args.from_json:
+        results = json.loads(pathlib.Path(args.from_json).read_text())
+        print(markdown(results))
+        return results
 
+    if args.threads == 1:  # before jax is imported
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -333,6 +427,7 @@ def main(argv=None) -> dict:
     )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    print(markdown(results))
     return results
 
 
