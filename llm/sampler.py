@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm.model import init_cache
+from llm.model import init_cache, positions_from_mask
 
 MIN_BATCH_BUCKET = 1
 MIN_LENGTH_BUCKET = 16
@@ -246,7 +246,7 @@ def _prefill(
     cache = init_cache(
         model.config, batch_size=batch, max_len=length + num_new, dtype=static.cache_dtype
     )
-    positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0).astype(jnp.int32)
+    positions_BxT = positions_from_mask(mask_BxT)
     kv_mask_BxS = jnp.concatenate([mask_BxT, jnp.ones((batch, num_new), mask_BxT.dtype)], 1)
     logits_BxTxV, cache = model(
         tokens_BxT,
