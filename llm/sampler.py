@@ -19,8 +19,9 @@ smallest prefix of the remaining tokens, by decreasing probability, whose mass r
 ``top_p`` (the nucleus, computed after temperature and top-k, as in transformers). The
 returned log-prob of each drawn token is :math:`\log q(y_t)`: the log-probability under the
 distribution it was actually drawn from (the behaviour policy mu of off-policy RL). With
-``temperature=0`` (greedy) that distribution is a point mass, so the log-probs returned are
-those of the unmodified model, :math:`\log \mathrm{softmax}(z)_{y_t}`.
+``temperature=0`` or ``top_k=1`` (greedy) that distribution is a point mass, so the log-probs
+returned are those of the unmodified model, :math:`\log \mathrm{softmax}(z)_{y_t}`. Ties in
+the k-th logit or at the nucleus edge are broken by ``lax.top_k``'s order (lowest id first).
 
 Randomness: row b at step t uses ``fold_in(fold_in(key, b), t)``, so a completion depends
 only on the key, its row index and its prompt, not on the bucket it was padded into.
