@@ -43,7 +43,7 @@ from llm.sampler import generate_from_state
 from llm.tiny import tiny_config
 from llm.tokenizer import byte_level_tokenizer, load_tokenizer
 
-# The tiny-arith model: ~1.2M parameters (llama family, byte-level tokenizer of llm.tiny).
+# The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.tiny).
 TINY_ARITH_MODEL = dict(
     hidden_size=128,
     num_hidden_layers=4,
