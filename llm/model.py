@@ -174,11 +174,15 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxTxD):
         dt = self.config.jnp_compute_dtype
-        gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.gate[...].astype(dt))
-        up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.up[...].astype(dt))
+        # One einsum over the stacked gate/up weights: XLA:CPU's backward pass for two
+        # separate dots wrote the activation gradient transposed twice (benchmarks/RESULTS.md).
+        # Stacking (not concatenating) keeps a tp-sharded "mlp" axis sharded.
+        gate_up_Dx2xF = jnp.stack([self.gate[...], self.up[...]], axis=1).astype(dt)
+        gate_up_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD, gate_up_Dx2xF)
         if self.config.mlp_bias:
-            gate_BxTxF = gate_BxTxF + self.gate_bias[...].astype(dt)
-            up_BxTxF = up_BxTxF + self.up_bias[...].astype(dt)
+            bias_2xF = jnp.stack([self.gate_bias[...], self.up_bias[...]]).astype(dt)
+            gate_up_BxTx2xF = gate_up_BxTx2xF + bias_2xF
+        gate_BxTxF, up_BxTxF = gate_up_BxTx2xF[:, :, 0], gate_up_BxTx2xF[:, :, 1]
         out_BxTxD = jnp.einsum(
             "btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt)
         )
