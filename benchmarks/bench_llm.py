@@ -225,7 +225,7 @@ def bench_generate(workdir, batch: int, prompt_len: int, new: int, repeats: int)
 # ------------------------------------------------------------------------- memory ----
 
 _MEMORY_CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 import jax, jax.numpy as jnp
 from llm.hf_io import load_hf
 
@@ -233,14 +233,21 @@ def rss_now():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_rss():
+    # VmHWM belongs to this process's address space; ru_maxrss would carry over the
+    # parent's high-water mark through fork + exec when the parent is already large.
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+before = peak_rss()
 start = time.perf_counter()
 model, config = load_hf(sys.argv[1], dtype="bfloat16")
 jax.block_until_ready(jax.tree.leaves(model))
 seconds = time.perf_counter() - start
 print(json.dumps({
     "peak_rss_before_load": before,
-    "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_rss": peak_rss(),
     "rss_after_load": rss_now(),
     "load_seconds": seconds,
     "param_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model))),
