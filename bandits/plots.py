@@ -17,7 +17,7 @@ def _save(fig: Figure, path) -> pathlib.Path:
 
 def plot_limit(V_N, sim: dict, theory: dict, value_mu: float, path) -> pathlib.Path:
     """Final support size / expected reward / entropy vs V; theory as a line, sim as dots."""
-    fig = Figure(figsize=(13, 3.8))
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
     axes = fig.subplots(1, 3)
     labels = {"support": "support size (arms, p > 1e-6)", "reward": "expected reward",
               "entropy": "entropy (nats)"}  # fmt: skip
