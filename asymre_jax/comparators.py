@@ -72,7 +72,18 @@ def grpo_loss_terms(
     return reduce_per_token(loss_BxT, mask_BxT, normalization)
 
 
-def grpo_loss(logprobs, behaviour_logprobs, advantages, mask=None, **kwargs) -> jax.Array:
+def grpo_loss(
+    logprobs,
+    behaviour_logprobs,
+    advantages,
+    mask=None,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    ref_logprobs=None,
+    beta: float = 0.0,
+    normalization: str = "sequence_mean",
+) -> jax.Array:
     """GRPO loss: per-token PPO-clipped ratio pi/mu times A, optional k3 KL (scalar).
 
     Args:
@@ -89,7 +100,19 @@ def grpo_loss(logprobs, behaviour_logprobs, advantages, mask=None, **kwargs) -> 
     >>> grpo_loss(lp, lp, jnp.array([2.0]))  # on-policy: ratio 1, loss = -A
     Array(-2., dtype=float32)
     """
-    return safe_ratio(*grpo_loss_terms(logprobs, behaviour_logprobs, advantages, mask, **kwargs))
+    return safe_ratio(
+        *grpo_loss_terms(
+            logprobs,
+            behaviour_logprobs,
+            advantages,
+            mask,
+            epsilon=epsilon,
+            epsilon_high=epsilon_high,
+            ref_logprobs=ref_logprobs,
+            beta=beta,
+            normalization=normalization,
+        )
+    )
 
 
 def is_reinforce_loss_terms(
@@ -118,7 +141,16 @@ def is_reinforce_loss_terms(
     return reduce_per_token(loss_BxT, mask_BxT, normalization)
 
 
-def is_reinforce_loss(logprobs, behaviour_logprobs, advantages, mask=None, **kwargs) -> jax.Array:
+def is_reinforce_loss(
+    logprobs,
+    behaviour_logprobs,
+    advantages,
+    mask=None,
+    *,
+    level: str = "sequence",
+    truncation: float = 1.0,
+    normalization: str = "sequence",
+) -> jax.Array:
     """REINFORCE with truncated importance weights ``min(pi/mu, truncation)`` (scalar).
 
     Args:
@@ -134,5 +166,13 @@ def is_reinforce_loss(logprobs, behaviour_logprobs, advantages, mask=None, **kwa
     Array(3., dtype=float32)
     """
     return safe_ratio(
-        *is_reinforce_loss_terms(logprobs, behaviour_logprobs, advantages, mask, **kwargs)
+        *is_reinforce_loss_terms(
+            logprobs,
+            behaviour_logprobs,
+            advantages,
+            mask,
+            level=level,
+            truncation=truncation,
+            normalization=normalization,
+        )
     )
