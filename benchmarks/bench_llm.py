@@ -4,14 +4,14 @@ Sections (``--sections``, comma separated):
 
 * ``train``: one training step (forward + backward of the AsymRE sequence log-prob loss,
   ``asymre_loss(token_logprobs(logits, targets), advantages, mask)``) on the ~5M-parameter
-  "small" Llama of ``llm.tiny`` at batch 16 x 128, float32, same weights in both
+  "small" Llama of ``llm.models.tiny`` at batch 16 x 128, float32, same weights in both
   frameworks (the torch model is loaded by transformers from the same folder). The JAX step
   is ``jax.jit(jax.value_and_grad(f))`` of a pure function of the split state; the "naive"
   row is the same step through ``nnx.jit`` + ``nnx.value_and_grad`` on the module.
 * ``generate``: ``llm.generate`` against ``transformers`` ``generate`` at batch 32, prompt
   64, 64 new tokens (no EOS stop), greedy and sampled (temperature 1, top-p 0.9, top-k off).
 * ``memory``: peak host RSS of ``load_hf`` on a ~0.5B-parameter bf16 checkpoint
-  (``llm.tiny`` size "0.5b", random weights, built locally once), measured in a fresh
+  (``llm.models.tiny`` size "0.5b", random weights, built locally once), measured in a fresh
   subprocess with ``resource.getrusage`` and compared with the weights' byte size.
 
 Every timing blocks until ready; the first call (compile + run) is reported apart; steps
@@ -61,7 +61,7 @@ def _alternate(fns: dict, repeats: int) -> dict:
 
 
 def small_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
-    from llm.tiny import make_tiny_checkpoint
+    from llm.models.tiny import make_tiny_checkpoint
 
     path = workdir / f"small_{SMALL_FAMILY}"
     if not (path / "config.json").exists():
@@ -80,7 +80,7 @@ def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
     from flax import nnx
 
     from asymre_jax import asymre_loss, token_logprobs
-    from llm.hf_io import load_hf
+    from llm.models.hf_io import load_hf
 
     path = small_checkpoint(workdir)
     model, config = load_hf(path, dtype="float32")
@@ -166,7 +166,7 @@ def bench_generate(workdir, batch: int, prompt_len: int, new: int, repeats: int)
     import torch
     import transformers
 
-    from llm.hf_io import load_hf
+    from llm.models.hf_io import load_hf
     from llm.sampler import generate
 
     path = small_checkpoint(workdir)
@@ -227,7 +227,7 @@ def bench_generate(workdir, batch: int, prompt_len: int, new: int, repeats: int)
 _MEMORY_CHILD = r"""
 import json, os, sys, time
 import jax, jax.numpy as jnp
-from llm.hf_io import load_hf
+from llm.models.hf_io import load_hf
 
 def rss_now():
     with open("/proc/self/statm") as f:
@@ -260,7 +260,7 @@ def bench_memory(workdir) -> dict:
     if not (path / "config.json").exists():
         # Built in its own process so the writer's memory does not count.
         code = (
-            "import sys; from llm.tiny import make_tiny_checkpoint; "
+            "import sys; from llm.models.tiny import make_tiny_checkpoint; "
             "make_tiny_checkpoint(sys.argv[1], family='qwen2', size='0.5b', dtype='bfloat16')"
         )
         subprocess.run([sys.executable, "-c", code, str(path)], check=True)

@@ -6,9 +6,9 @@ out = generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=32, temperature=0.0)
 save_hf(model, config, "out/folder")                 # transformers loads it
 """
 
-from llm.config import ModelConfig
-from llm.hf_io import load_hf, save_hf
-from llm.model import KVCache, Transformer, init_cache
+from llm.models.config import ModelConfig
+from llm.models.hf_io import load_hf, save_hf
+from llm.models.transformer import KVCache, Transformer, init_cache
 from llm.sampler import generate
 
 __all__ = [

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm.model import init_cache, positions_from_mask
+from llm.models.transformer import init_cache, positions_from_mask
 
 MIN_BATCH_BUCKET = 1
 MIN_LENGTH_BUCKET = 16
@@ -420,7 +420,7 @@ def generate(
     """Sample completions of ragged ``prompts`` from ``model`` with a KV cache.
 
     Args:
-      model: a ``llm.model.Transformer``.
+      model: a ``llm.models.transformer.Transformer``.
       prompts: list of B token-id lists (lengths may differ; each at least one token).
       max_new_tokens: N, the number of tokens to draw at most.
       temperature: 0 for greedy decoding; otherwise logits are divided by it.

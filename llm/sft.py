@@ -36,14 +36,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from asymre_jax import token_logprobs
-from llm.data import Example, make_arithmetic_examples, render_prompt
-from llm.hf_io import save_hf
-from llm.rewards import arithmetic_reward
+from llm.data.datasets import Example, make_arithmetic_examples, render_prompt
+from llm.data.rewards import arithmetic_reward
+from llm.data.tokenizer import byte_level_tokenizer, load_tokenizer
+from llm.models.hf_io import save_hf
+from llm.models.tiny import tiny_config
 from llm.sampler import generate_from_state
-from llm.tiny import tiny_config
-from llm.tokenizer import byte_level_tokenizer, load_tokenizer
 
-# The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.tiny).
+# The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.models.tiny).
 TINY_ARITH_MODEL = dict(
     hidden_size=128,
     num_hidden_layers=4,
@@ -174,8 +174,8 @@ def arithmetic_accuracy(
 
 
 def _initial_model(cfg: SFTConfig):
-    from llm.hf_io import load_hf
-    from llm.model import Transformer
+    from llm.models.hf_io import load_hf
+    from llm.models.transformer import Transformer
 
     if cfg.base_path is not None:
         model, config = load_hf(cfg.base_path)

@@ -1,6 +1,6 @@
 """Command line of the off-policy AsymRE trainer: ``python -m llm.train [--config FILE] [flags]``.
 
-Every field of `llm.train_config.TrainConfig` is a flag (``--prompts-per-step 8``; booleans
+Every field of `llm.rl.config.TrainConfig` is a flag (``--prompts-per-step 8``; booleans
 take an optional value: ``--resume`` or ``--resume false``). Values come from, in order:
 the defaults, the ``--config`` file (JSON or YAML), then the flags given. Multi-host runs
 call ``jax.distributed.initialize`` when ``--coordinator-address`` (with
@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 
-from llm.train_config import HELP, TrainConfig
+from llm.rl.config import HELP, TrainConfig
 
 
 def _flag(name: str) -> str:

@@ -104,7 +104,7 @@ TINY_ARITH = Preset(
     quick_steps=40,
 )
 
-# A few-second variant for the test suite (model of llm.tiny's "tiny" size, a handful of steps).
+# A few-second variant for the test suite (llm.models.tiny "tiny" size, a handful of steps).
 SMOKE = Preset(
     name="smoke",
     sft=dict(
@@ -171,7 +171,7 @@ def run_specs(preset: Preset) -> list[RunSpec]:
 
 
 def _rl_held_out(preset: Preset, model_path: str):
-    from llm.trainer import TrainConfig, load_task
+    from llm.rl.loop import TrainConfig, load_task
 
     cfg = TrainConfig(model_path=model_path, **preset.train)
     _, eval_examples = load_task(cfg)

@@ -1,4 +1,4 @@
-"""llm.data: readers, chat rendering, the arithmetic generator and the resumable iterator."""
+"""llm.data.datasets: readers, chat rendering, the arithmetic generator and the resumable iterator."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from llm.data import (
+from llm.data.datasets import (
     DEFAULT_INSTRUCTION,
     BatchIterator,
     Example,
@@ -241,7 +241,7 @@ def test_iterator_bad_input(numbered):
 
 def test_render_prompt_agrees_with_llm_tokenizer():
     """The project's own byte-level BPE tokenizer (merges, EOS-terminated turns)."""
-    from llm.tokenizer import byte_level_tokenizer, render_chat
+    from llm.data.tokenizer import byte_level_tokenizer, render_chat
 
     tok = byte_level_tokenizer()
     for question in ("Ann has 3 apples and buys 4 more.", "What is 12 times 7?"):

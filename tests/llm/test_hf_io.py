@@ -10,9 +10,9 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm.config import ModelConfig  # noqa: E402
-from llm.hf_io import INDEX_FILE, load_hf, save_hf, tensor_specs  # noqa: E402
-from llm.tiny import make_tiny_checkpoint, random_model, tiny_config  # noqa: E402
+from llm.models.config import ModelConfig  # noqa: E402
+from llm.models.hf_io import INDEX_FILE, load_hf, save_hf, tensor_specs  # noqa: E402
+from llm.models.tiny import make_tiny_checkpoint, random_model, tiny_config  # noqa: E402
 
 TOL = 1e-4
 
@@ -198,7 +198,7 @@ def test_bad_dtype_and_mismatched_config(tmp_path):
     model = random_model(tiny_config("llama"))
     with pytest.raises(ValueError, match="hidden_size"):
         save_hf(model, tiny_config("llama", hidden_size=32), tmp_path / "bad")
-    with pytest.raises(TypeError, match="model must be an llm.model.Transformer"):
+    with pytest.raises(TypeError, match="model must be an llm.models.transformer.Transformer"):
         save_hf(object(), None, tmp_path / "bad")
 
 

@@ -1,6 +1,6 @@
-"""Logits parity of llm.model.Transformer with transformers' PyTorch models (the reference).
+"""Logits parity of llm.models.transformer.Transformer with transformers' PyTorch models (the reference).
 
-Tiny random checkpoints (llm.tiny) of each family are loaded by both frameworks:
+Tiny random checkpoints (llm.models.tiny) of each family are loaded by both frameworks:
 Llama with "llama3" RoPE scaling, Qwen2 with q/k/v biases and tied embeddings, Qwen3 with
 q/k RMSNorm and an explicit head_dim. float32: max abs diff <= 1e-4.
 """
@@ -14,10 +14,10 @@ from flax import nnx
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from llm.hf_io import load_hf  # noqa: E402
-from llm.model import init_cache, positions_from_mask  # noqa: E402
-from llm.rope import inverse_frequencies  # noqa: E402
-from llm.tiny import make_tiny_checkpoint  # noqa: E402
+from llm.models.hf_io import load_hf  # noqa: E402
+from llm.models.rope import inverse_frequencies  # noqa: E402
+from llm.models.tiny import make_tiny_checkpoint  # noqa: E402
+from llm.models.transformer import init_cache, positions_from_mask  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 TOL_F32 = 1e-4

@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from llm.metrics import read_metrics
-from llm.tiny import make_tiny_checkpoint
+from llm.models.tiny import make_tiny_checkpoint
+from llm.rl.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 2

@@ -1,4 +1,4 @@
-"""llm.rewards: answer extraction, the three rewards, scales, and the math-verify pool's limits."""
+"""llm.data.rewards: answer extraction, the three rewards, scales, and the math-verify pool's limits."""
 
 import os
 import signal
@@ -8,8 +8,8 @@ from fractions import Fraction
 
 import pytest
 
-from llm.data import load_gsm8k, load_math500, make_arithmetic_examples
-from llm.rewards import (
+from llm.data.datasets import load_gsm8k, load_math500, make_arithmetic_examples
+from llm.data.rewards import (
     MathVerifyPool,
     arithmetic_reward,
     default_math_pool,

@@ -9,11 +9,11 @@ from flax import nnx
 from scipy import stats
 
 from llm import sampler
-from llm.config import ModelConfig
-from llm.hf_io import load_hf
-from llm.model import Transformer
+from llm.models.config import ModelConfig
+from llm.models.hf_io import load_hf
+from llm.models.tiny import make_tiny_checkpoint, random_model
+from llm.models.transformer import Transformer
 from llm.sampler import generate, generate_from_state
-from llm.tiny import make_tiny_checkpoint, random_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

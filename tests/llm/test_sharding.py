@@ -7,15 +7,15 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llm.hf_io import load_hf
-from llm.sharding import (
+from llm.models.hf_io import load_hf
+from llm.models.sharding import (
     logical_to_spec,
     make_mesh,
     param_shardings,
     parse_mesh_spec,
     shard_model,
 )
-from llm.tiny import make_tiny_checkpoint, random_model, tiny_config
+from llm.models.tiny import make_tiny_checkpoint, random_model, tiny_config
 
 pytestmark = pytest.mark.skipif(
     len(jax.devices()) < 8, reason="needs 8 devices (XLA_FLAGS host platform device count)"
@@ -125,7 +125,7 @@ def test_bfloat16_sharded_load(checkpoint, mesh):
 
 
 def test_save_hf_of_sharded_model_round_trips(checkpoint, mesh, tmp_path):
-    from llm.hf_io import save_hf
+    from llm.models.hf_io import save_hf
 
     sharded, config = load_hf(checkpoint, mesh=mesh)
     out = save_hf(sharded, config, tmp_path / "resaved", max_shard_bytes=60_000)

@@ -1,4 +1,4 @@
-"""llm.tiny checkpoints and llm.tokenizer: the byte-level tokenizer and its chat template."""
+"""llm.models.tiny checkpoints and llm.data.tokenizer: the byte-level tokenizer and its chat template."""
 
 import json
 
@@ -6,14 +6,14 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-from llm.config import ModelConfig  # noqa: E402
-from llm.tiny import SIZES, make_tiny_checkpoint, tiny_config  # noqa: E402
-from llm.tokenizer import (  # noqa: E402
+from llm.data.tokenizer import (  # noqa: E402
     SPECIAL_TOKENS,
     byte_level_tokenizer,
     load_tokenizer,
     render_chat,
 )
+from llm.models.config import ModelConfig  # noqa: E402
+from llm.models.tiny import SIZES, make_tiny_checkpoint, tiny_config  # noqa: E402
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from llm import train_step
-from llm.metrics import read_metrics
-from llm.tiny import make_tiny_checkpoint
+from llm.models.tiny import make_tiny_checkpoint
+from llm.rl import update as train_step
+from llm.rl.metrics import read_metrics
 from llm.trainer import TrainConfig, train
 
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
@@ -130,7 +130,7 @@ def test_non_finite_updates_are_skipped_then_stop(model_path, tmp_path):
     rows = read_metrics(tmp_path / "run")
     assert [r["skipped"] for r in rows] == [1, 1]
     # the checkpoint written after the first skipped step holds the initial, finite weights
-    from llm.checkpoint import Checkpointer
+    from llm.rl.checkpoint import Checkpointer
 
     ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
     assert ckpt.all_steps() == [1]

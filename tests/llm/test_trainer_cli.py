@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from llm.metrics import read_metrics
-from llm.tiny import make_tiny_checkpoint
+from llm.models.tiny import make_tiny_checkpoint
+from llm.rl.metrics import read_metrics
 from llm.train import main
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -163,7 +163,7 @@ def test_cli_smoke_trains_evaluates_checkpoints_exports(model_path, env, tmp_pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llm.hf_io import load_hf
+    from llm.models.hf_io import load_hf
 
     hf = AutoModelForCausalLM.from_pretrained(out / "hf", dtype=torch.float32)
     ours, _ = load_hf(out / "hf")

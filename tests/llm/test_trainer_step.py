@@ -1,6 +1,6 @@
 """The jitted train step on its own: sharding, micro-batching, skipping, teacher forcing.
 
-Tiny random qwen2 model (llm.tiny), 8 simulated CPU devices (tests/conftest.py).
+Tiny random qwen2 model (llm.models.tiny), 8 simulated CPU devices (tests/conftest.py).
 """
 
 import jax
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llm.checkpoint import abstract_like
-from llm.model import Transformer
-from llm.rollout import build_batch
+from llm.models.sharding import make_mesh, param_shardings
+from llm.models.tiny import tiny_config
+from llm.models.transformer import Transformer
+from llm.rl.checkpoint import abstract_like
+from llm.rl.rollout import build_batch
+from llm.rl.update import LossSpec, OptSpec, batch_spec, hyperparams, step_functions
 from llm.sampler import generate_from_state
-from llm.sharding import make_mesh, param_shardings
-from llm.tiny import tiny_config
-from llm.train_step import LossSpec, OptSpec, batch_spec, hyperparams, step_functions
 
 P, G, N = 2, 4, 6
 HYPER = dict(learning_rate=1e-2, weight_decay=0.01, max_grad_norm=1.0)
@@ -191,7 +191,7 @@ def test_build_batch_rejects_bad_shapes(setup):
 
 
 def test_chunked_entropy_matches_full_softmax():
-    from llm.train_step import _entropy_from_hidden
+    from llm.rl.update import _entropy_from_hidden
 
     rng = np.random.default_rng(1)
     h = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llm.config import ModelConfig
+from llm.models.config import ModelConfig
 
 
 def inverse_frequencies(config: ModelConfig) -> np.ndarray:

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from llm.rl.update import Batch
 from llm.sampler import bucket_size
-from llm.train_step import Batch
 
 MIN_PROMPT_BUCKET = 16
 

@@ -1,7 +1,7 @@
 """Tiny random Hugging Face checkpoints for tests, notebooks and the CPU demo (no download).
 
 ``make_tiny_checkpoint(path, family, size)`` writes config.json, model.safetensors (or a
-sharded index for big sizes) and the byte-level tokenizer of ``llm.tokenizer`` into
+sharded index for big sizes) and the byte-level tokenizer of ``llm.data.tokenizer`` into
 ``path``; ``transformers`` and ``llm.load_hf`` both load the folder. Each family exercises
 its distinguishing features:
 
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm.config import ModelConfig
-from llm.hf_io import save_hf
-from llm.model import Transformer
-from llm.tokenizer import byte_level_tokenizer
+from llm.data.tokenizer import byte_level_tokenizer
+from llm.models.config import ModelConfig
+from llm.models.hf_io import save_hf
+from llm.models.transformer import Transformer
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 SIZES = {

@@ -1,6 +1,6 @@
 """The trainer's run configuration: one flat, JSON-serialisable dataclass.
 
-`TrainConfig` holds every option of `llm.trainer.train` and of the `python -m llm.train`
+`TrainConfig` holds every option of `llm.rl.loop.train` and of the `python -m llm.train`
 command line (one flag per field). It is read from a JSON or YAML file
 (`TrainConfig.from_file`), updated with `key=value` overrides (`with_overrides`), checked
 once (`validate`, called by `train`), and stored in every checkpoint (`to_dict`) so a

@@ -22,7 +22,7 @@ that would make a parameter non-finite.
 
 Sharding: with a mesh, the step is ``jax.jit`` with ``in_shardings``/``out_shardings`` (what
 older JAX called pjit): params, optimizer state and behaviour params follow the rule table of
-``llm.sharding``, the batch is split along its row axis over "fsdp" (the data axis), params
+``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis), params
 and optimizer state are donated. Compiled functions are cached per (graphdef, mesh, static
 options), so a second run with the same shapes reuses them.
 """
@@ -288,7 +288,7 @@ def step_functions(
     """Build (or fetch from the module cache) the jitted step functions.
 
     ``param_shardings`` is a pure dict like the params with a NamedSharding per leaf (from
-    ``llm.sharding.param_shardings``); it is determined by (graphdef, mesh), which with the
+    ``llm.models.sharding.param_shardings``); it is determined by (graphdef, mesh), which with the
     static options form the cache key.
     """
     loss_spec, opt_spec = loss_spec or LossSpec(), opt_spec or OptSpec()

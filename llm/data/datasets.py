@@ -1,7 +1,7 @@
 """Prompt datasets: jsonl readers, chat rendering, a synthetic task, a resumable iterator.
 
 Every dataset is a list of `Example(prompt, answer, columns)`: the raw question, the reference
-final answer (a string the reward functions in `llm.rewards` compare against) and any other
+final answer (a string the reward functions in `llm.data.rewards` compare against) and any other
 columns of the row (kept so a reward function can receive them as keyword arguments).
 
 Readers: `load_jsonl` (any field names), `load_gsm8k` (`question`/`answer`, the final answer is

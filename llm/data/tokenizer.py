@@ -1,7 +1,7 @@
 """Tokenizers and chat templates, through ``transformers.AutoTokenizer``.
 
 ``load_tokenizer(path)`` reads the tokenizer files of a Hugging Face folder (as written by
-``save_hf(..., tokenizer=...)`` or ``llm.tiny``); ``render_chat`` turns a list of
+``save_hf(..., tokenizer=...)`` or ``llm.models.tiny``); ``render_chat`` turns a list of
 {"role", "content"} messages into prompt token ids with the folder's chat template.
 ``byte_level_tokenizer`` builds, without any download, a small byte-level BPE tokenizer
 (the ``tokenizers`` library) with special tokens and a chat template, for tests and demos.

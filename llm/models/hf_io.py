@@ -30,9 +30,9 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from llm.config import ModelConfig, dtype_name
-from llm.model import Transformer
-from llm.sharding import param_shardings
+from llm.models.config import ModelConfig, dtype_name
+from llm.models.sharding import param_shardings
+from llm.models.transformer import Transformer
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -185,7 +185,7 @@ def load_hf(
       path: folder with config.json and model.safetensors (or a sharded index).
       dtype: parameter dtype ("float32", "bfloat16", "float16" or a jnp dtype).
       mesh: optional ``jax.sharding.Mesh`` with axes ("fsdp", "tp"); each tensor is placed
-        directly into its NamedSharding (see ``llm.sharding``).
+        directly into its NamedSharding (see ``llm.models.sharding``).
       compute_dtype: matmul dtype; defaults to ``dtype``.
 
     Returns:
@@ -270,7 +270,9 @@ def save_hf(
     (token ids, rope, eps). ``tokenizer`` (a transformers tokenizer) is saved alongside.
     """
     if not isinstance(model, Transformer):
-        raise TypeError(f"model must be an llm.model.Transformer, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be an llm.models.transformer.Transformer, got {type(model).__name__}"
+        )
     config = model.config if config is None else config
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config must be a ModelConfig or None, got {type(config).__name__}")

@@ -17,7 +17,7 @@ in float32. Weights are stored in ``config.param_dtype`` and cast to
 Layout of the weights ([in, out], heads split out):
 embed [V, D], q [D, H, Dh], k/v [D, K, Dh], o [H, Dh, D], gate/up [D, F], down [F, D],
 lm_head [D, V] (absent when tied). Each carries logical axis names in its ``out_sharding``
-metadata (eager sharding off), mapped to mesh axes by ``llm.sharding``.
+metadata (eager sharding off), mapped to mesh axes by ``llm.models.sharding``.
 
 KV cache (``KVCache``: k, v of [L, B, S, K, Dh]): a call with ``cache`` and
 ``cache_index = i`` writes the T new keys/values into slots [i, i + T) and query t (slot
@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.config import ModelConfig
-from llm.rope import apply_rope, rope_angles
+from llm.models.config import ModelConfig
+from llm.models.rope import apply_rope, rope_angles
 
 _F32 = jnp.float32
 
