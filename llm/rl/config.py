@@ -54,7 +54,13 @@ HELP = {
     "delta_v": "AsymRE baseline shift: V = mean of the G rewards of a prompt + delta_v.",
     "normalization": "loss normalisation: sequence | token | sequence_mean | constant "
     "(None: sequence for asymre/is_reinforce, sequence_mean for grpo).",
-    "grpo_epsilon": "GRPO clip range epsilon.",
+    "grpo_epsilon": "GRPO clip range epsilon (lower side, and upper side unless set).",
+    "grpo_epsilon_high": "GRPO upper clip epsilon (DAPO's clip-higher; None: grpo_epsilon).",
+    "kl_beta": "GRPO k3 KL coefficient against the frozen initial policy (0 = off; > 0 keeps "
+    "a reference copy of the params).",
+    "leave_one_out": "AsymRE / IS-REINFORCE: baseline from the other G - 1 rewards of the "
+    "prompt (RLOO) instead of all G.",
+    "advantage_scale": "AsymRE / IS-REINFORCE advantage scale: none | group_std.",
     "is_truncation": "IS-REINFORCE weight truncation c.",
     "is_level": "IS-REINFORCE weight level: sequence | token.",
     "refresh_every": "copy the trained params into the behaviour params every N steps "
@@ -79,9 +85,8 @@ HELP = {
     "logits_chunk_size": "sequence positions per slice when computing log-probs from the "
     "hidden states (the [b, T, V] logits are never held at once).",
     "mesh": "device mesh, e.g. 'fsdp=4,tp=2' (None: all devices on fsdp).",
+    "mesh_subset": "allow a mesh that uses fewer than all devices (otherwise refused).",
     "max_nonfinite_steps": "stop with an error after this many non-finite steps in a row.",
-    "drift_metrics": "AsymRE only: recompute log mu under the behaviour params every step to "
-    "log the pi/mu drift (one extra forward pass; GRPO/IS always need it).",
     "eval_every": "evaluate every N steps (0 = only at the end when eval_prompts > 0).",
     "eval_prompts": "held-out prompts per evaluation (0 = no evaluation).",
     "eval_temperature": "evaluation sampling temperature (paper: 0.1).",
@@ -122,6 +127,10 @@ class TrainConfig:
     delta_v: float = -0.1
     normalization: str | None = None
     grpo_epsilon: float = 0.2
+    grpo_epsilon_high: float | None = None
+    kl_beta: float = 0.0
+    leave_one_out: bool = False
+    advantage_scale: str = "none"
     is_truncation: float = 1.0
     is_level: str = "sequence"
     refresh_every: int = 1
@@ -143,8 +152,8 @@ class TrainConfig:
     micro_batches: int = 1
     logits_chunk_size: int = 128
     mesh: str | None = None
+    mesh_subset: bool = False
     max_nonfinite_steps: int = 3
-    drift_metrics: bool = True
     eval_every: int = 0
     eval_prompts: int = 64
     eval_temperature: float = 0.1
