@@ -2,10 +2,12 @@
 
 A checkpoint at step s (the number of updates done) holds two items:
 
-* ``state`` (``StandardSave``): the trained params, the optimizer state, the behaviour
-  params and the base RNG key data, each array restored straight into its sharding;
-* ``meta`` (``JsonSave``): step, data-iterator state, the run config and the trainer's
-  counters.
+* ``state`` (``StandardSave``): the trained params, the optimizer state (with its count of
+  non-finite steps in a row), the behaviour params, the reference params of a KL term when
+  there is one, and the base RNG key data, each array restored straight into its sharding;
+* ``meta`` (``JsonSave``): step, data-iterator state and the run config.
+
+`save_state` / `restore_state` do this for a `llm.rl.state.RunState`.
 
 Saving refuses a state with a NaN or Inf (``FloatingPointError``): the trainer never
 applies a non-finite update, so this only guards against corruption. Checkpoints are
@@ -22,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from llm.data.datasets import IteratorState
 
 
 class Checkpointer:
@@ -87,3 +91,40 @@ def abstract_like(tree, shardings=None):
 def key_to_data(key: jax.Array) -> np.ndarray:
     """A typed PRNG key as its raw uint32 data (what a checkpoint stores)."""
     return np.asarray(jax.random.key_data(key))
+
+
+def _arrays(state) -> dict[str, Any]:
+    arrays = {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "behaviour": state.behaviour,
+        "key": key_to_data(state.key),
+    }
+    if state.reference is not None:
+        arrays["reference"] = state.reference
+    return arrays
+
+
+def save_state(ckpt: Checkpointer, state, *, config: Mapping[str, Any], finite) -> None:
+    """Checkpoint a `RunState` at ``state.step``; ``finite``: host all-finite check of it."""
+    meta = {"step": int(state.step), "iterator": state.data.to_dict(), "config": dict(config)}
+    ckpt.save(int(state.step), _arrays(state), meta, finite=finite)
+
+
+def restore_state(ckpt: Checkpointer, like, step: int | None = None):
+    """(state, meta): checkpoint ``step`` (default the latest) restored into the shapes,
+    dtypes and shardings of the `RunState` ``like``."""
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+    restored, meta = ckpt.restore(step, abstract_like(_arrays(like)))
+    state = like._replace(
+        params=restored["params"],
+        opt_state=restored["opt_state"],
+        behaviour=restored["behaviour"],
+        reference=restored.get("reference"),
+        key=jax.random.wrap_key_data(np.asarray(restored["key"], np.uint32)),
+        step=int(meta["step"]),
+        data=IteratorState.from_dict(meta["iterator"]),
+    )
+    return state, meta

@@ -15,6 +15,7 @@ Step t (0-based) of ``train(cfg)``:
 
 AsymRE maximises :math:`\mathbb{E}_{y\sim\mu}[(r(y) - V)\log\pi(y)]` with no importance
 ratio: the drift between pi and mu (|log pi - log mu|, ratio stats) is logged, not used.
+``train`` is a short loop over the pieces of ``llm.rl``; write your own loop from them.
 
 Everything derives from ``cfg.seed``: data order (``BatchIterator``), sampling keys
 ``fold_in(key(seed), t)``. Checkpoints (``llm.rl.checkpoint``) hold params, optimizer state,
@@ -29,27 +30,23 @@ import logging
 import math
 import os
 import pathlib
-import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
-import asymre_jax
 from llm.data import datasets as data_lib
-from llm.data import rewards as rewards_lib
-from llm.data.tokenizer import load_tokenizer
-from llm.models.hf_io import load_hf, save_hf
-from llm.models.sharding import make_mesh, param_shardings
-from llm.rl.checkpoint import Checkpointer, abstract_like, key_to_data
+from llm.models.hf_io import save_hf
+from llm.rl import evaluation
+from llm.rl.checkpoint import Checkpointer, restore_state, save_state
 from llm.rl.config import RESUME_MUTABLE, TrainConfig
-from llm.rl.metrics import MetricsWriter, sample_stats
-from llm.rl.rollout import batch_to_global, build_batch, to_host
-from llm.rl.update import LossSpec, OptSpec, batch_spec, hyperparams, step_functions
-from llm.sampler import generate_from_state
+from llm.rl.losses import LossFn
+from llm.rl.metrics import MetricsWriter
+from llm.rl.rollout import to_host
+from llm.rl.state import RunState, Setup, eval_key, init_run
+from llm.rl.step import rl_step
+from llm.rl.update import optimizer_moments
 
 __all__ = ["TrainConfig", "evaluate", "initialize_distributed", "train"]
 
@@ -71,9 +68,6 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
     )
 
 
-# ----------------------------------------------------------------------------- data
-
-
 def load_task(cfg: TrainConfig) -> tuple[list, list]:
     """(train examples, eval examples) of the configured task."""
     kwargs = dict(cfg.task_kwargs)
@@ -92,105 +86,29 @@ def load_task(cfg: TrainConfig) -> tuple[list, list]:
     return train_ex, eval_ex
 
 
-class _Prompts:
-    """Renders questions to token ids (cached) and completions to text."""
-
-    def __init__(self, tokenizer, cfg: TrainConfig):
-        self.tokenizer = tokenizer
-        chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
-        self.kwargs: dict[str, Any] = {"chat": chat, "system_prompt": cfg.system_prompt}
-        if cfg.instruction is not None:
-            self.kwargs["instruction"] = cfg.instruction or None
-        self._cache: dict[str, list[int]] = {}
-
-    def ids(self, question: str) -> list[int]:
-        if question not in self._cache:
-            self._cache[question] = data_lib.render_prompt(self.tokenizer, question, **self.kwargs)
-        return self._cache[question]
-
-    def decode(self, tokens_BxN: np.ndarray, lengths_B: np.ndarray) -> list[str]:
-        return [
-            self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
-            for row, n in zip(tokens_BxN, lengths_B, strict=True)
-        ]
-
-
-def _score(reward_fn, examples, completions: list[str], repeats: int) -> np.ndarray:
-    """Rewards [len(examples) * repeats] of prompt-major completions; must be finite."""
-    rows = [ex for ex in examples for _ in range(repeats)]
-    common = set.intersection(*(set(ex.columns) for ex in examples)) if examples else set()
-    columns = {k: [ex.columns[k] for ex in rows] for k in sorted(common - {"answer"})}
-    rewards = np.asarray(
-        reward_fn(
-            [ex.prompt for ex in rows], completions, answer=[ex.answer for ex in rows], **columns
-        ),
-        np.float64,
-    )
-    if rewards.shape != (len(rows),) or not np.all(np.isfinite(rewards)):
-        raise ValueError(
-            f"the reward function must return {len(rows)} finite floats, got shape "
-            f"{rewards.shape} with {int(np.sum(~np.isfinite(rewards)))} non-finite values"
-        )
-    return rewards
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def evaluate(
-    graphdef,
-    params,
-    examples,
-    prompts: _Prompts,
-    reward_fn,
-    correct: float,
-    *,
-    key,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    pass_k: int = 0,
-    eos_token_id=None,
-    pad_token_id: int = 0,
-    chunk: int = 64,
-) -> dict[str, float]:
-    """Held-out accuracy with the eval sampling, greedy accuracy, and optionally pass@k."""
-
-    def run(k: int, temp: float, sub_key) -> np.ndarray:
-        rows = [prompts.ids(ex.prompt) for ex in examples for _ in range(k)]
-        correct_R = []
-        for start in range(0, len(rows), chunk):
-            out = generate_from_state(
-                graphdef,
-                params,
-                rows[start : start + chunk],
-                max_new_tokens=max_new_tokens,
-                temperature=temp,
-                top_p=top_p if temp > 0 else 1.0,
-                eos_token_id=eos_token_id,
-                key=jax.random.fold_in(sub_key, start),
-                pad_token_id=pad_token_id,
+def as_examples(items: Iterable, name: str) -> list[data_lib.Example]:
+    """A list of `Example` from examples or dicts with "prompt" and "answer" (other keys
+    become columns the reward receives)."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, data_lib.Example):
+            out.append(item)
+        elif isinstance(item, Mapping) and "prompt" in item and "answer" in item:
+            columns = {k: v for k, v in item.items() if k not in ("prompt", "answer")}
+            out.append(data_lib.Example(str(item["prompt"]), str(item["answer"]), columns))
+        else:
+            raise TypeError(
+                f"{name}[{i}] must be an llm.data.Example or a mapping with 'prompt' and "
+                f"'answer', got {type(item).__name__}"
             )
-            texts = prompts.decode(to_host(out.tokens), to_host(out.lengths))
-            batch_ex = [examples[i // k] for i in range(start, start + len(texts))]
-            correct_R.append(_score(reward_fn, batch_ex, texts, 1) == correct)
-        return np.concatenate(correct_R).reshape(len(examples), k)
-
-    metrics = {
-        "eval_accuracy": float(run(1, temperature, jax.random.fold_in(key, 0)).mean()),
-        "eval_greedy_accuracy": float(run(1, 0.0, key).mean()),
-    }
-    if pass_k > 0:
-        hits_NxK = run(pass_k, temperature, jax.random.fold_in(key, 1))
-        metrics[f"eval_pass@{pass_k}"] = float(hits_NxK.any(axis=1).mean())
-        metrics[f"eval_mean@{pass_k}"] = float(hits_NxK.mean())
-    return metrics
+    if not out:
+        raise ValueError(f"{name} is empty")
+    return out
 
 
-# ----------------------------------------------------------------------------- training
-
-
-def _learning_rate_fn(cfg: TrainConfig) -> Callable[[int], float]:
+def learning_rate_fn(cfg: TrainConfig) -> Callable[[int], float]:
+    """Learning rate of step t (0-based): linear warmup reaching ``learning_rate / warmup``
+    at step 0 (never 0: every rollout is used), then constant or cosine decay."""
     if cfg.lr_schedule == "cosine":
         sched = optax.warmup_cosine_decay_schedule(
             0.0,
@@ -200,14 +118,45 @@ def _learning_rate_fn(cfg: TrainConfig) -> Callable[[int], float]:
             end_value=cfg.learning_rate * cfg.min_lr_ratio,
         )
     else:
-        sched = optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
-                optax.constant_schedule(cfg.learning_rate),
-            ],
-            [cfg.warmup_steps],
-        )
-    return lambda step: float(sched(step))
+        sched = optax.constant_schedule(cfg.learning_rate)
+        if cfg.warmup_steps:
+            sched = optax.warmup_constant_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return lambda step: float(sched(step + 1 if step < cfg.warmup_steps else step))
+
+
+def evaluate(setup: Setup, params, examples, *, key) -> dict[str, float]:
+    """`llm.rl.evaluation.evaluate` with the config's evaluation sampling."""
+    cfg = setup.cfg
+    sampling = setup.sampling._replace(
+        max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+        temperature=cfg.eval_temperature,
+        top_p=cfg.eval_top_p,
+    )
+    return evaluation.evaluate(
+        setup.graphdef,
+        params,
+        examples,
+        setup.renderer,
+        setup.reward_fn,
+        key=key,
+        sampling=sampling,
+        num_samples=max(cfg.eval_pass_k, 1),
+        chunk=max(cfg.batch_size, 64),
+    )
+
+
+def save_checkpoint(ckpt: Checkpointer, setup: Setup, state: RunState) -> None:
+    """Checkpoint ``state``, refusing one that holds a NaN or Inf."""
+    weights = (state.params, optimizer_moments(state.opt_state), state.behaviour)
+    finite = to_host(setup.fns.all_finite(weights))
+    save_state(ckpt, state, config=setup.cfg.to_dict(), finite=finite)
+
+
+def _resume(ckpt: Checkpointer, cfg: TrainConfig, state: RunState) -> RunState:
+    state, meta = restore_state(ckpt, state)
+    _check_resume_config(meta["config"], cfg)
+    log.info("resumed from %s at step %d", ckpt.directory, state.step)
+    return state
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
@@ -227,7 +176,10 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
 def train(
     cfg: TrainConfig,
     *,
+    dataset: Iterable | None = None,
+    eval_dataset: Iterable | None = None,
     reward_fn: Callable[..., list[float]] | None = None,
+    loss_fn: LossFn | None = None,
     callback: Callable[..., None] | None = None,
     return_state: bool = False,
 ):
@@ -235,238 +187,105 @@ def train(
 
     Args:
       cfg: the run configuration (`TrainConfig`).
-      reward_fn: optional reward function ``fn(prompts, completions, answer=..., **columns)``
-        replacing the task's.
-      callback: optional ``callback(step, params, behaviour_params, metrics)`` after each
-        update (params are pure dicts of arrays; copy them if you keep them).
-      return_state: also return the final ``{"params", "opt_state", "behaviour"}``.
+      dataset, eval_dataset: training / held-out examples (`llm.data.Example` or dicts with
+        prompt and answer) instead of ``cfg.task``'s.
+      reward_fn: ``fn(prompts, completions, answer=..., **columns) -> floats`` instead of the
+        task's; accuracy is reported when it has a ``correct_reward`` attribute.
+      loss_fn: a loss plug-in (``llm.rl.losses``) instead of ``cfg.loss``'s.
+      callback: ``callback(step, params, behaviour_params, metrics)`` after each update
+        (params are pure dicts of arrays; copy them if you keep them).
+      return_state: also return the final `RunState`.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    cfg.validate()
-    is_main = jax.process_index() == 0
-    out_dir = pathlib.Path(cfg.out_dir)
-    mesh = make_mesh(cfg.mesh or "fsdp=-1")
-    model, model_config = load_hf(
-        cfg.model_path, dtype=cfg.dtype, mesh=mesh, compute_dtype=cfg.compute_dtype
-    )
-    tokenizer = load_tokenizer(cfg.model_path)
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    shardings = nnx.to_pure_dict(param_shardings(model, mesh))
-    del model, state
-    P, G, M = cfg.prompts_per_step, cfg.samples_per_prompt, cfg.micro_batches
-    loss_spec = LossSpec(
-        cfg.loss,
-        cfg.loss_normalization,
-        cfg.grpo_epsilon,
-        cfg.is_truncation,
-        cfg.is_level,
-        cfg.logits_chunk_size,
-    )
-    fns = step_functions(
-        graphdef,
-        abstract_like(params, shardings),
-        mesh,
-        shardings,
-        loss_spec,
-        OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
-        batch_spec(mesh, P * G // M),
-    )
-
-    train_examples, eval_examples = load_task(cfg)
-    eval_examples = eval_examples[: cfg.eval_prompts]
-    iterator = data_lib.BatchIterator(train_examples, P, seed=cfg.seed)
-    prompts = _Prompts(tokenizer, cfg)
-    correct, _ = rewards_lib.reward_levels(cfg.reward_scale)
-    reward_fn = reward_fn or rewards_lib.get_reward_fn(cfg.reward_name, scale=cfg.reward_scale)
-    eos = sorted(set(model_config.eos_token_id) | {tokenizer.eos_token_id} - {None})
-    pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
-    lr_fn = _learning_rate_fn(cfg)
-
-    opt_state = fns.init_opt(params)
-    behaviour = fns.copy(params)
-    base_key = jax.random.key(cfg.seed)
-    start, streak = 0, 0
+    setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn)
+    train_ex, eval_ex = load_task(cfg) if dataset is None or eval_dataset is None else ([], [])
+    train_ex = as_examples(dataset, "dataset") if dataset is not None else train_ex
+    eval_ex = as_examples(eval_dataset, "eval_dataset") if eval_dataset is not None else eval_ex
+    eval_ex = eval_ex[: cfg.eval_prompts]
     ckpt = None
     if cfg.checkpoint_every or cfg.resume:
-        ckpt = Checkpointer(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        ckpt = Checkpointer(pathlib.Path(cfg.out_dir) / "checkpoints", keep=cfg.keep_checkpoints)
     if cfg.resume and ckpt.latest_step() is not None:
-        abstract = {
-            "params": abstract_like(params, shardings),
-            "opt_state": abstract_like(opt_state, fns.opt_shardings),
-            "behaviour": abstract_like(behaviour, shardings),
-            "key": jax.ShapeDtypeStruct(key_to_data(base_key).shape, np.uint32),
-        }
-        restored, meta = ckpt.restore(ckpt.latest_step(), abstract)
-        _check_resume_config(meta["config"], cfg)
-        params, opt_state, behaviour = (
-            restored["params"],
-            restored["opt_state"],
-            restored["behaviour"],
-        )
-        base_key = jax.random.wrap_key_data(np.asarray(restored["key"], np.uint32))
-        start, streak = int(meta["step"]), int(meta["nonfinite_streak"])
-        iterator.restore(meta["iterator"])
-        log.info("resumed from %s at step %d", ckpt.directory, start)
+        state = _resume(ckpt, cfg, state)
+    iterator = data_lib.BatchIterator(train_ex, cfg.prompts_per_step, state=state.data)
+    is_main = jax.process_index() == 0
     writer = MetricsWriter(
-        out_dir,
+        cfg.out_dir,
         tensorboard=cfg.tensorboard,
-        resume_step=start if cfg.resume else None,
+        resume_step=state.step if cfg.resume else None,
         enabled=is_main,
     )
-
-    def save_checkpoint(step: int):
-        state = {
-            "params": params,
-            "opt_state": opt_state,
-            "behaviour": behaviour,
-            "key": key_to_data(base_key),
-        }
-        # weights and optimizer moments (the injected hyperparameters are the user's)
-        weights = (params, opt_state.inner_state, behaviour)
-        finite = to_host(fns.all_finite(weights))
-        meta = {
-            "step": step,
-            "iterator": iterator.state.to_dict(),
-            "config": cfg.to_dict(),
-            "nonfinite_streak": streak,
-        }
-        ckpt.save(step, state, meta, finite=finite)
-
-    eval_kwargs = dict(
-        max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
-        temperature=cfg.eval_temperature,
-        top_p=cfg.eval_top_p,
-        pass_k=cfg.eval_pass_k,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        chunk=max(P * G, 1),
-    )
-    history = []
-    bar = None
-    if cfg.progress and is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True)
+    lr_fn, history = learning_rate_fn(cfg), []
+    bar = _progress_bar(cfg, state.step) if cfg.progress and is_main else None
     try:
-        for step in range(start, cfg.num_steps):
-            t0 = time.perf_counter()
-            if step % cfg.refresh_every == 0:
-                behaviour = fns.copy(params)
-            key = jax.random.fold_in(base_key, step)
-            examples = next(iterator)
-            rows = [prompts.ids(ex.prompt) for ex in examples for _ in range(G)]
-            out = generate_from_state(
-                graphdef,
-                behaviour,
-                rows,
-                max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                eos_token_id=eos,
-                key=jax.random.fold_in(key, 0),
-                pad_token_id=pad,
-            )
-            tokens_BxN, lengths_B = to_host(out.tokens), to_host(out.lengths)
-            finished_B = to_host(out.finished)
-            rewards_B = _score(reward_fn, examples, prompts.decode(tokens_BxN, lengths_B), G)
-            rewards_PxG = rewards_B.reshape(P, G)
-            if cfg.loss == "grpo":
-                adv_PxG = np.asarray(asymre_jax.grpo_advantages(rewards_PxG))
-            else:
-                adv_PxG = np.asarray(asymre_jax.asymre_advantages(rewards_PxG, cfg.delta_v))
-            host_batch = build_batch(
-                rows,
-                tokens_BxN,
-                lengths_B,
-                adv_PxG.reshape(-1),
-                pad_token_id=pad,
-                micro_batches=M,
-            )
-            batch = batch_to_global(host_batch, fns.batch_sharding)
-            with_mu = cfg.loss != "asymre" or cfg.drift_metrics
-            if with_mu:
-                batch = batch._replace(behaviour_logprobs=fns.score(behaviour, batch))
-            lr = lr_fn(step)
-            hyper = hyperparams(lr, cfg.weight_decay, cfg.max_grad_norm)
-            params, opt_state, step_metrics = fns.step(params, opt_state, batch, hyper)
-            step_metrics = {k: to_host(v).item() for k, v in step_metrics.items()}
-            finite = bool(step_metrics.pop("finite"))
-            if not with_mu:  # log mu was not computed: no drift statistics
-                for name in ("logratio_abs", "ratio_mean", "ratio_max"):
-                    step_metrics.pop(name)
-            dt = time.perf_counter() - t0
-            row = {
-                "step": step,
-                **sample_stats(rewards_PxG, adv_PxG, lengths_B, finished_B, correct),
-            }
-            row |= step_metrics
-            row |= {
-                "lr": lr,
-                "skipped": int(not finite),
-                "step_time": dt,
-                "tokens_per_s": float(np.sum(lengths_B)) / dt,
-                "behaviour_age": step % cfg.refresh_every,
-            }
-            if not finite:
-                streak += 1
-                log.warning(
-                    "step %d: non-finite loss or gradient, update skipped (%d in a row)",
-                    step,
-                    streak,
-                )
-            else:
-                streak = 0
-            if streak >= cfg.max_nonfinite_steps:
-                writer.write(row)
-                raise FloatingPointError(
-                    f"{streak} non-finite steps in a row (last at step {step}): loss="
-                    f"{row['loss']}, grad_norm={row['grad_norm']}; stopping. Lower the "
-                    "learning rate or check the rewards and the model dtype."
-                )
-            done = step + 1
-            is_last = done == cfg.num_steps
-            if eval_examples and ((cfg.eval_every and done % cfg.eval_every == 0) or is_last):
-                row |= evaluate(
-                    graphdef,
-                    params,
-                    eval_examples,
-                    prompts,
-                    reward_fn,
-                    correct,
-                    key=jax.random.fold_in(key, 1),
-                    **eval_kwargs,
-                )
+        while state.step < cfg.num_steps:
+            state, row = rl_step(setup, state, next(iterator), learning_rate=lr_fn(state.step))
+            state = state._replace(data=iterator.state)
+            _check_streak(cfg, writer, row)
+            done = state.step
+            if eval_ex and (
+                (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.num_steps
+            ):
+                row |= evaluate(setup, state.params, eval_ex, key=eval_key(state))
             writer.write(row)
             history.append(row)
             if callback is not None:
-                callback(step, params, behaviour, row)
+                callback(row["step"], state.params, state.behaviour, row)
             if ckpt is not None and (
-                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or is_last
+                (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.num_steps
             ):
-                save_checkpoint(done)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    reward=f"{row['reward_mean']:.3f}",
-                    acc=f"{row['accuracy']:.2f}",
-                    drift=f"{row.get('logratio_abs', float('nan')):.3f}",
-                    loss=f"{row['loss']:.3g}",
-                )
-            if is_main and step % cfg.log_every == 0:
-                log.info("step %d %s", step, {k: _short(v) for k, v in row.items()})
+                save_checkpoint(ckpt, setup, state)
+            _report(bar, cfg, row, is_main)
         if cfg.export_hf:
-            export(graphdef, params, model_config, out_dir / "hf", tokenizer)
+            export(
+                setup.graphdef,
+                state.params,
+                setup.model_config,
+                pathlib.Path(cfg.out_dir) / "hf",
+                setup.tokenizer,
+            )
     finally:
         if bar is not None:
             bar.close()
         writer.close()
         if ckpt is not None:
             ckpt.close()
-    if return_state:
-        return history, {"params": params, "opt_state": opt_state, "behaviour": behaviour}
-    return history
+    return (history, state) if return_state else history
+
+
+def _check_streak(cfg: TrainConfig, writer: MetricsWriter, row: dict) -> None:
+    if row["finite"]:
+        return
+    streak = row["nonfinite_streak"]
+    log.warning(
+        "step %d: non-finite loss or gradient, update skipped (%d in a row)", row["step"], streak
+    )
+    if streak >= cfg.max_nonfinite_steps:
+        writer.write(row)
+        raise FloatingPointError(
+            f"{streak} non-finite steps in a row (last at step {row['step']}): loss="
+            f"{row['loss']}, grad_norm={row['grad_norm']}; stopping. Lower the "
+            "learning rate or check the rewards and the model dtype."
+        )
+
+
+def _progress_bar(cfg: TrainConfig, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.num_steps, initial=start, desc="train", dynamic_ncols=True)
+
+
+def _report(bar, cfg: TrainConfig, row: dict, is_main: bool) -> None:
+    if bar is not None:
+        bar.update(1)
+        postfix = dict(reward=f"{row['reward_mean']:.3f}", loss=f"{row['loss']:.3g}")
+        postfix["drift"] = f"{row['logratio_abs']:.3f}"
+        if "accuracy" in row:
+            postfix["acc"] = f"{row['accuracy']:.2f}"
+        bar.set_postfix(**postfix)
+    if is_main and row["step"] % cfg.log_every == 0:
+        log.info("step %d %s", row["step"], {k: _short(v) for k, v in row.items()})
 
 
 def _short(v):

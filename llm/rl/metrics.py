@@ -27,23 +27,26 @@ def sample_stats(
     advantages_PxG: np.ndarray,
     lengths_B: np.ndarray,
     finished_B: np.ndarray,
-    correct_reward: float,
+    correct_reward: float | None,
 ) -> dict[str, float]:
-    """Statistics of one step's samples (B = P * G rows, prompt-major)."""
+    """Statistics of one step's samples (B = P * G rows, prompt-major); ``accuracy`` only
+    when the reward defines a correct level."""
     rewards_PxG = np.asarray(rewards_PxG, np.float64)
     if rewards_PxG.ndim != 2:
         raise ValueError(f"rewards must have shape [P, G], got {rewards_PxG.shape}")
     lengths_B = np.asarray(lengths_B)
-    return {
+    stats = {
         "reward_mean": float(rewards_PxG.mean()),
         "reward_std": float(rewards_PxG.std()),
-        "accuracy": float(np.mean(rewards_PxG == correct_reward)),
         "zero_variance_groups": float(np.mean(np.ptp(rewards_PxG, axis=1) == 0)),
         "adv_mean": float(np.mean(advantages_PxG)),
         "adv_std": float(np.std(advantages_PxG)),
         "completion_len": float(lengths_B.mean()),
         "truncated_frac": float(np.mean(~np.asarray(finished_B, bool))),
     }
+    if correct_reward is not None:
+        stats["accuracy"] = float(np.mean(rewards_PxG == correct_reward))
+    return stats
 
 
 def _clean(value: Any) -> Any:

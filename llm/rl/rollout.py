@@ -1,4 +1,11 @@
-"""From sampled completions to the train step's `Batch`, and host <-> device transfers.
+"""Rollouts: sample G completions per prompt from the behaviour params and score them; then
+the train step's `Batch`, and host <-> device transfers.
+
+`rollout` returns a `Rollout` of host arrays: the B = P * G completions, their lengths,
+whether they ended with EOS, their log-probs under the distribution they were drawn from
+(the behaviour policy at the sampling temperature / top-p: what an importance ratio needs)
+and the rewards [P, G]. A reward function is model-facing code: it must return B finite
+floats for any completion text (see `score_completions`).
 
 Row i of a step is prompt i // G, sample i % G (prompt-major, B = P * G rows). Each row is
 the left-padded prompt (padded to a power-of-two bucket of at least 16, so shapes repeat
@@ -6,7 +13,7 @@ and the step compiles once) followed by the N = max_new_tokens completion slots:
 
     tokens_BxS = [pad .. pad, prompt, completion (pad after the end)],  S = L + N
 
-The model reads tokens[:, :-1] and predicts tokens[:, 1:]; the loss mask is 1 on the
+The model reads tokens[:, :-1] and predicts tokens[:, 1:]; the loss mask [B, N] is 1 on the
 completion tokens (EOS included), rotary positions count from the first real prompt token
 (as in the sampler), so teacher forcing reproduces the sampler's log-probs.
 
@@ -17,16 +24,106 @@ its slice of the global batch), and `to_host` gathers a global array back.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from llm.data.prompts import PromptRenderer
 from llm.rl.update import Batch
-from llm.sampler import bucket_size
+from llm.sampler import bucket_size, generate_from_state
 
 MIN_PROMPT_BUCKET = 16
+
+
+class Sampling(NamedTuple):
+    """How completions are drawn (see `llm.sampler.generate`)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    eos_token_id: Sequence[int] | int | None = None
+    pad_token_id: int = 0
+
+
+class Rollout(NamedTuple):
+    """One step's samples on the host; B = P * G rows, prompt-major (row i: prompt i // G)."""
+
+    prompts: list[list[int]]  # B prompt token-id lists
+    tokens_BxN: np.ndarray  # int32 completion ids, pad after the end
+    lengths_B: np.ndarray  # int32, EOS included
+    finished_B: np.ndarray  # bool, True where the row emitted EOS
+    logprobs_BxN: np.ndarray  # float32 log mu(y_t) of the sampling distribution, 0 after end
+    rewards_PxG: np.ndarray  # float64
+
+
+def sample(graphdef, params, prompts, sampling: Sampling, key) -> tuple[np.ndarray, ...]:
+    """(tokens [B, N], lengths [B], finished [B], logprobs [B, N]) on the host."""
+    out = generate_from_state(
+        graphdef,
+        params,
+        prompts,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        eos_token_id=sampling.eos_token_id,
+        key=key,
+        pad_token_id=sampling.pad_token_id,
+    )
+    return to_host(out.tokens), to_host(out.lengths), to_host(out.finished), to_host(out.logprobs)
+
+
+def score_completions(
+    reward_fn: Callable, examples: Sequence, completions: Sequence[str], repeats: int
+) -> np.ndarray:
+    """Rewards [len(examples) * repeats] of prompt-major completions; must be finite.
+
+    ``reward_fn(prompts, completions, answer=[...], **columns)`` receives the examples' extra
+    columns (those every example has) as keyword lists.
+    """
+    rows = [ex for ex in examples for _ in range(repeats)]
+    common = set.intersection(*(set(ex.columns) for ex in examples)) if examples else set()
+    columns = {k: [ex.columns[k] for ex in rows] for k in sorted(common - {"answer"})}
+    prompts = [ex.prompt for ex in rows]
+    answers = [ex.answer for ex in rows]
+    rewards = np.asarray(reward_fn(prompts, list(completions), answer=answers, **columns), float)
+    if rewards.shape != (len(rows),) or not np.all(np.isfinite(rewards)):
+        raise ValueError(
+            f"the reward function must return {len(rows)} finite floats, got shape "
+            f"{rewards.shape} with {int(np.sum(~np.isfinite(rewards)))} non-finite values"
+        )
+    return rewards
+
+
+def rollout(
+    graphdef,
+    behaviour_params,
+    examples: Sequence,
+    renderer: PromptRenderer,
+    reward_fn: Callable,
+    *,
+    num_samples: int,
+    sampling: Sampling,
+    key: jax.Array,
+) -> Rollout:
+    """Sample ``num_samples`` (G) completions of each of the P ``examples`` from the behaviour
+    params and score them with ``reward_fn``."""
+    prompts = renderer.repeat(examples, num_samples)
+    tokens_BxN, lengths_B, finished_B, logprobs_BxN = sample(
+        graphdef, behaviour_params, prompts, sampling, key
+    )
+    texts = renderer.decode(tokens_BxN, lengths_B)
+    rewards_B = score_completions(reward_fn, examples, texts, num_samples)
+    return Rollout(
+        prompts,
+        tokens_BxN,
+        lengths_B,
+        finished_B,
+        logprobs_BxN,
+        rewards_B.reshape(len(examples), num_samples),
+    )
 
 
 def build_batch(
@@ -37,8 +134,9 @@ def build_batch(
     *,
     pad_token_id: int,
     micro_batches: int = 1,
+    behaviour_logprobs_BxN: np.ndarray | None = None,
 ) -> Batch:
-    """A host `Batch` of [M, B / M, S - 1] numpy arrays (behaviour log-probs zero)."""
+    """A host `Batch` of [M, B / M, ...] numpy arrays (behaviour log-probs zero if None)."""
     completions_BxN = np.asarray(completions_BxN, np.int32)
     B, N = completions_BxN.shape
     if len(prompts) != B or np.shape(lengths_B) != (B,) or np.shape(advantages_B) != (B,):
@@ -46,17 +144,23 @@ def build_batch(
             f"prompts ({len(prompts)}), lengths {np.shape(lengths_B)} and advantages "
             f"{np.shape(advantages_B)} must all have B = {B} rows like completions [B, N]"
         )
+    if behaviour_logprobs_BxN is None:
+        behaviour_logprobs_BxN = np.zeros((B, N), np.float32)
+    elif np.shape(behaviour_logprobs_BxN) != (B, N):
+        raise ValueError(
+            f"behaviour_logprobs_BxN must have shape [B, N] = {(B, N)}, "
+            f"got {np.shape(behaviour_logprobs_BxN)}"
+        )
     if B % micro_batches:
         raise ValueError(f"micro_batches={micro_batches} must divide the batch size {B}")
     L = bucket_size(max(len(p) for p in prompts), MIN_PROMPT_BUCKET)
     tokens_BxS = np.full((B, L + N), pad_token_id, np.int32)
     attention_BxS = np.zeros((B, L + N), np.int32)
-    loss_mask_BxS = np.zeros((B, L + N), np.float32)
     for b, prompt in enumerate(prompts):
         tokens_BxS[b, L - len(prompt) : L] = prompt
         attention_BxS[b, L - len(prompt) :] = 1
     tokens_BxS[:, L:] = completions_BxN
-    loss_mask_BxS[:, L:] = np.arange(N)[None, :] < np.asarray(lengths_B)[:, None]
+    loss_mask_BxN = (np.arange(N)[None, :] < np.asarray(lengths_B)[:, None]).astype(np.float32)
     positions_BxS = np.maximum(np.cumsum(attention_BxS, axis=1) - 1, 0).astype(np.int32)
 
     def split(x):
@@ -67,9 +171,10 @@ def build_batch(
         targets=split(tokens_BxS[:, 1:]),
         positions=split(positions_BxS[:, :-1]),
         attention_mask=split(attention_BxS[:, :-1]),
-        loss_mask=split(loss_mask_BxS[:, 1:]),
+        loss_mask=split(loss_mask_BxN),
         advantages=split(np.asarray(advantages_B, np.float32)),
-        behaviour_logprobs=split(np.zeros((B, L + N - 1), np.float32)),
+        behaviour_logprobs=split(np.asarray(behaviour_logprobs_BxN, np.float32) * loss_mask_BxN),
+        ref_logprobs=split(np.zeros((B, N), np.float32)),
     )
 
 

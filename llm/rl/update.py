@@ -1,30 +1,29 @@
 r"""The jitted pieces of one off-policy update: pure functions of (params, opt_state, batch).
 
 A batch holds B = P * G sampled sequences (prompt + completion, left-padded prompts), split
-into M micro-batches of b = B / M rows: every array is [M, b, ...]. With per-token log-probs
-:math:`\log\pi(y_{it})` (teacher forcing on the completion tokens, mask m) the step computes,
-for the chosen loss, the terms (numerator, denominator) of each micro-batch with
-``asymre_jax.*_loss_terms`` inside a ``lax.scan`` and divides once:
+into M micro-batches of b = B / M rows: every array is [M, b, ...]. The model reads the
+whole sequence; log-probs are taken on the N completion slots only, and the loss plug-in
+(:mod:`llm.rl.losses`) returns (numerator, denominator) per micro-batch inside a
+``lax.scan``, divided once:
 
 .. math::  L = \frac{\sum_k N_k}{\sum_k D_k}, \qquad
            \nabla L = \frac{\sum_k \nabla N_k}{\sum_k D_k}
 
 which is exactly the full-batch loss and gradient (D never depends on the parameters).
-AsymRE: :math:`N = -\sum_i A_i \sum_t m_{it} \log\pi(y_{it})`; GRPO and IS-REINFORCE also
-read the behaviour log-probs :math:`\log\mu(y_{it})` (temperature 1, recomputed under the
-behaviour params by :func:`StepFunctions.score`).
+The behaviour log-probs are the sampler's (the distribution the tokens were drawn from);
+:func:`score` recomputes log-probs under other params (the frozen reference of a KL term).
 
-The update is ``optax.chain(clip_by_global_norm, adamw)`` under ``optax.inject_hyperparams``,
-so the learning rate, weight decay and clipping norm are traced inputs of the step (changing
-them never recompiles). A non-finite loss or gradient norm keeps params and optimizer state
-unchanged (``jnp.where`` inside the jit) and reports ``finite = False``; so does an update
-that would make a parameter non-finite.
+The update is ``optax.apply_if_finite(chain(clip_by_global_norm, adamw))`` under
+``optax.inject_hyperparams``: the learning rate, weight decay and clipping norm are traced
+inputs of the step (changing them never recompiles), and a non-finite loss or gradient
+leaves params and moments unchanged without a second copy of either (params and optimizer
+state are donated); ``notfinite_count`` in the optimizer state counts such steps in a row.
 
 Sharding: with a mesh, the step is ``jax.jit`` with ``in_shardings``/``out_shardings`` (what
 older JAX called pjit): params, optimizer state and behaviour params follow the rule table of
-``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis), params
-and optimizer state are donated. Compiled functions are cached per (graphdef, mesh, static
-options), so a second run with the same shapes reuses them.
+``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis).
+Compiled functions are cached per (graphdef, mesh, loss, static options), so a second run
+with the same shapes reuses them.
 """
 
 from __future__ import annotations
@@ -39,31 +38,25 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 import asymre_jax
+from llm.rl.losses import AsymRE
 
 DATA_AXIS = "fsdp"
 
 
 class Batch(NamedTuple):
-    """One step's sequences, [M, b, T] (T = padded prompt + completion length - 1)."""
+    """One step's sequences as [M, b, ...] arrays.
 
-    inputs: Any  # int32 tokens fed to the model
-    targets: Any  # int32 next tokens (the inputs shifted by one)
-    positions: Any  # int32 rotary positions (0 at the first real prompt token)
-    attention_mask: Any  # int32, 0 on left padding
-    loss_mask: Any  # float32, 1 on completion tokens (EOS included)
+    T = padded prompt + completion length - 1 (model inputs), N = completion slots.
+    """
+
+    inputs: Any  # int32 [M, b, T] tokens fed to the model
+    targets: Any  # int32 [M, b, T] next tokens (the inputs shifted by one)
+    positions: Any  # int32 [M, b, T] rotary positions (0 at the first real prompt token)
+    attention_mask: Any  # int32 [M, b, T], 0 on left padding
+    loss_mask: Any  # float32 [M, b, N], 1 on completion tokens (EOS included)
     advantages: Any  # float32 [M, b]
-    behaviour_logprobs: Any  # float32, log mu(y_t) at temperature 1 (0 off the mask)
-
-
-class LossSpec(NamedTuple):
-    """Static options of the loss (hashable: part of the compile-cache key)."""
-
-    loss: str = "asymre"
-    normalization: str = "sequence"
-    grpo_epsilon: float = 0.2
-    is_truncation: float = 1.0
-    is_level: str = "sequence"
-    chunk_size: int = 128  # positions per slice of the [b, chunk, V] logits
+    behaviour_logprobs: Any  # float32 [M, b, N], log mu(y_t) of the sampler (0 off the mask)
+    ref_logprobs: Any  # float32 [M, b, N], log pi_ref(y_t) for a KL term (else zeros)
 
 
 class OptSpec(NamedTuple):
@@ -82,12 +75,15 @@ def _adamw_clipped(learning_rate, weight_decay, max_grad_norm, *, b1, b2, eps):
 
 
 def make_optimizer(spec: OptSpec | None = None) -> optax.GradientTransformation:
-    """clip_by_global_norm + AdamW with (learning_rate, weight_decay, max_grad_norm) injected."""
+    """clip_by_global_norm + AdamW with (learning_rate, weight_decay, max_grad_norm) injected,
+    under ``optax.apply_if_finite`` (a non-finite gradient leaves params and moments as they
+    were; the trainer, not optax, decides when to give up)."""
     spec = spec or OptSpec()
     factory = functools.partial(_adamw_clipped, b1=spec.b1, b2=spec.b2, eps=spec.eps)
-    return optax.inject_hyperparams(factory)(
+    inner = optax.inject_hyperparams(factory)(
         learning_rate=0.0, weight_decay=0.0, max_grad_norm=jnp.inf
     )
+    return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
 
 
 def hyperparams(learning_rate: float, weight_decay: float, max_grad_norm: float) -> dict:
@@ -124,58 +120,36 @@ def _entropy_from_hidden(hidden_BxTxD, unembedding_DxV, chunk_size: int):
 
 
 def _forward_logprobs(graphdef, params, mb: Batch, chunk_size: int):
-    """Per-token log pi and entropy of pi (float32, [b, T]) by teacher forcing.
+    """Per-token log pi and entropy of pi (float32, [b, N]) of the completion slots.
 
     The [b, T, V] logits are never materialised: log-probs come from the final hidden
     states ``chunk_size`` positions at a time (rematerialised in the backward pass).
     """
     model = nnx.merge(graphdef, params)
-    chunk_size = min(chunk_size, mb.inputs.shape[-1])
+    N = mb.loss_mask.shape[-1]
+    chunk_size = min(chunk_size, N)
     hidden_BxTxD = model.hidden_states(
         mb.inputs, positions=mb.positions, attention_mask=mb.attention_mask
     )
+    hidden_BxNxD = hidden_BxTxD[:, -N:]
     unembedding_DxV = model.unembedding()
-    logprobs_BxT = asymre_jax.token_logprobs_from_hidden(
-        hidden_BxTxD, unembedding_DxV, mb.targets, chunk_size=chunk_size
+    logprobs_BxN = asymre_jax.token_logprobs_from_hidden(
+        hidden_BxNxD, unembedding_DxV, mb.targets[:, -N:], chunk_size=chunk_size
     )
-    entropy_BxT = _entropy_from_hidden(
-        jax.lax.stop_gradient(hidden_BxTxD), jax.lax.stop_gradient(unembedding_DxV), chunk_size
+    entropy_BxN = _entropy_from_hidden(
+        jax.lax.stop_gradient(hidden_BxNxD), jax.lax.stop_gradient(unembedding_DxV), chunk_size
     )
-    return logprobs_BxT, entropy_BxT
+    return logprobs_BxN, entropy_BxN
 
 
-def _loss_terms(spec: LossSpec, logprobs_BxT, mb: Batch):
-    if spec.loss == "asymre":
-        return asymre_jax.asymre_loss_terms(
-            logprobs_BxT, mb.advantages, mb.loss_mask, spec.normalization
-        )
-    if spec.loss == "grpo":
-        return asymre_jax.grpo_loss_terms(
-            logprobs_BxT,
-            mb.behaviour_logprobs,
-            mb.advantages,
-            mb.loss_mask,
-            epsilon=spec.grpo_epsilon,
-            normalization=spec.normalization,
-        )
-    if spec.loss == "is_reinforce":
-        return asymre_jax.is_reinforce_loss_terms(
-            logprobs_BxT,
-            mb.behaviour_logprobs,
-            mb.advantages,
-            mb.loss_mask,
-            level=spec.is_level,
-            truncation=spec.is_truncation,
-            normalization=spec.normalization,
-        )
-    raise ValueError(f"unknown loss {spec.loss!r}; expected asymre, grpo or is_reinforce")
+def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
+    args = (logprobs_BxN, mb.behaviour_logprobs, mb.advantages, mb.loss_mask)
+    if getattr(loss_fn, "needs_reference", False):
+        return loss_fn(*args, ref_logprobs=mb.ref_logprobs)
+    return loss_fn(*args)
 
 
-def _tree_where(pred, new, old):
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
-def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, tx):
+def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, loss_fn, tx, chunk):
     """One exact, micro-batched update; returns (params, opt_state, metrics)."""
     f32 = jnp.float32
 
@@ -183,21 +157,21 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, 
         grads, num, den, stats = carry
 
         def numerator(p):
-            logprobs_BxT, entropy_BxT = _forward_logprobs(graphdef, p, mb, spec.chunk_size)
-            n, d = _loss_terms(spec, logprobs_BxT, mb)
-            return n, (d, logprobs_BxT, entropy_BxT)
+            logprobs_BxN, entropy_BxN = _forward_logprobs(graphdef, p, mb, chunk)
+            n, d = _loss_terms(loss_fn, logprobs_BxN, mb)
+            return n, (d, logprobs_BxN, entropy_BxN)
 
-        (n, (d, logprobs_BxT, entropy_BxT)), g = jax.value_and_grad(numerator, has_aux=True)(params)
+        (n, (d, logprobs_BxN, entropy_BxN)), g = jax.value_and_grad(numerator, has_aux=True)(params)
         m = mb.loss_mask
-        logratio_BxT = (logprobs_BxT - mb.behaviour_logprobs) * m
-        ratio_BxT = jnp.exp(logratio_BxT)
+        logratio_BxN = (logprobs_BxN - mb.behaviour_logprobs) * m
+        ratio_BxN = jnp.exp(logratio_BxN)
         new_stats = {
             "tokens": stats["tokens"] + m.sum(),
-            "entropy": stats["entropy"] + (entropy_BxT * m).sum(),
-            "logratio_abs": stats["logratio_abs"] + jnp.abs(logratio_BxT).sum(),
-            "ratio_sum": stats["ratio_sum"] + (ratio_BxT * m).sum(),
-            "ratio_max": jnp.maximum(stats["ratio_max"], jnp.max(jnp.where(m > 0, ratio_BxT, 0))),
-            "seq_logprob": stats["seq_logprob"] + (logprobs_BxT * m).sum(),
+            "entropy": stats["entropy"] + (entropy_BxN * m).sum(),
+            "logratio_abs": stats["logratio_abs"] + jnp.abs(logratio_BxN).sum(),
+            "ratio_sum": stats["ratio_sum"] + (ratio_BxN * m).sum(),
+            "ratio_max": jnp.maximum(stats["ratio_max"], jnp.max(jnp.where(m > 0, ratio_BxN, 0))),
+            "seq_logprob": stats["seq_logprob"] + (logprobs_BxN * m).sum(),
         }
         grads = jax.tree.map(jnp.add, grads, g)
         return (grads, num + n, den + d, new_stats), None
@@ -208,22 +182,21 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, 
     init = (zeros, f32(0), f32(0), stats0)
     (grad_sum, num, den, stats), _ = jax.lax.scan(micro, init, batch)
     den = jnp.maximum(den, jnp.finfo(f32).tiny)
-    grads = jax.tree.map(lambda g: g / den, grad_sum)
     loss = num / den
+    # a non-finite loss poisons the gradient, so apply_if_finite skips the step
+    scale = jnp.where(jnp.isfinite(loss), 1.0 / den, jnp.nan)
+    grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grad_sum)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    opt_state.hyperparams.update(hyper)
-    updates, new_opt_state = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    finite = finite & all_finite(new_params)
-    params = _tree_where(finite, new_params, params)
-    opt_state = _tree_where(finite, new_opt_state, opt_state)
+    opt_state.inner_state.hyperparams.update(hyper)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
     tokens = jnp.maximum(stats["tokens"], 1.0)
     num_seqs = batch.advantages.size
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
-        "finite": finite,
+        "finite": opt_state.last_finite,
+        "nonfinite_streak": opt_state.notfinite_count,
         "entropy": stats["entropy"] / tokens,
         "logratio_abs": stats["logratio_abs"] / tokens,
         "ratio_mean": stats["ratio_sum"] / tokens,
@@ -234,11 +207,11 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, spec, 
 
 
 def score(params, batch: Batch, *, graphdef, chunk_size: int = 128):
-    """log pi(y_t) of every target token at temperature 1, [M, b, T] (0 off the loss mask)."""
+    """log pi(y_t) of the completion tokens at temperature 1, [M, b, N] (0 off the mask)."""
 
     def one(_, mb):
-        logprobs_BxT, _ = _forward_logprobs(graphdef, params, mb, chunk_size)
-        return None, logprobs_BxT * mb.loss_mask
+        logprobs_BxN, _ = _forward_logprobs(graphdef, params, mb, chunk_size)
+        return None, logprobs_BxN * mb.loss_mask
 
     return jax.lax.scan(one, None, batch)[1]
 
@@ -246,6 +219,11 @@ def score(params, batch: Batch, *, graphdef, chunk_size: int = 128):
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def optimizer_moments(opt_state):
+    """The parameter-shaped part of the optimizer state (not the injected hyperparams)."""
+    return opt_state.inner_state.inner_state
 
 
 # ----------------------------------------------------------------------------- compiled bundle
@@ -281,9 +259,10 @@ def step_functions(
     abstract_params,
     mesh=None,
     param_shardings=None,
-    loss_spec: LossSpec | None = None,
+    loss_fn=None,
     opt_spec: OptSpec | None = None,
     data_spec: PartitionSpec | None = None,
+    chunk_size: int = 128,
 ) -> StepFunctions:
     """Build (or fetch from the module cache) the jitted step functions.
 
@@ -291,14 +270,17 @@ def step_functions(
     ``llm.models.sharding.param_shardings``); it is determined by (graphdef, mesh), which with the
     static options form the cache key.
     """
-    loss_spec, opt_spec = loss_spec or LossSpec(), opt_spec or OptSpec()
+    loss_fn = AsymRE() if loss_fn is None else loss_fn
+    opt_spec = opt_spec or OptSpec()
     data_spec = PartitionSpec() if data_spec is None else data_spec
-    key = (graphdef, mesh, loss_spec, opt_spec, data_spec)
+    key = (graphdef, mesh, loss_fn, opt_spec, data_spec, chunk_size)
     if key in _CACHE:
         return _CACHE[key]
     tx = make_optimizer(opt_spec)
-    step = functools.partial(train_step, graphdef=graphdef, spec=loss_spec, tx=tx)
-    score_fn = functools.partial(score, graphdef=graphdef, chunk_size=loss_spec.chunk_size)
+    step = functools.partial(
+        train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size
+    )
+    score_fn = functools.partial(score, graphdef=graphdef, chunk_size=chunk_size)
     copy = lambda p: jax.tree.map(jnp.copy, p)
     if mesh is None:
         fns = StepFunctions(

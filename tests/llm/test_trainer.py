@@ -7,8 +7,12 @@ import jax
 import numpy as np
 import pytest
 
+import asymre_jax
+from llm.data.datasets import Example
 from llm.models.tiny import make_tiny_checkpoint
 from llm.rl import update as train_step
+from llm.rl.loop import learning_rate_fn
+from llm.rl.losses import AsymRE
 from llm.rl.metrics import read_metrics
 from llm.trainer import TrainConfig, train
 
@@ -37,6 +41,7 @@ def _cfg(model_path, tmp_path, **kw):
         learning_rate=1e-2,
         eval_prompts=0,
         mesh="fsdp=1",
+        mesh_subset=True,
         out_dir=str(tmp_path / "run"),
         progress=False,
         tensorboard=False,
@@ -116,17 +121,15 @@ def test_second_run_does_not_recompile(model_path, tmp_path):
     assert {id(f): f.step._cache_size() for f in train_step._CACHE.values()} == sizes
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
 def test_non_finite_updates_are_skipped_then_stop(model_path, tmp_path):
-    cfg = _cfg(
-        model_path,
-        tmp_path,
-        learning_rate=float("inf"),
-        max_nonfinite_steps=2,
-        checkpoint_every=1,
-        num_steps=5,
-    )
+    def overflowing(prompts, completions, answer, **columns):
+        # finite rewards whose advantages overflow the float32 loss
+        return [3e38 * (-1) ** i for i in range(len(completions))]
+
+    cfg = _cfg(model_path, tmp_path, max_nonfinite_steps=2, checkpoint_every=1, num_steps=5)
     with pytest.raises(FloatingPointError, match="2 non-finite steps in a row"):
-        train(cfg, reward_fn=letter_reward)
+        train(cfg, reward_fn=overflowing)
     rows = read_metrics(tmp_path / "run")
     assert [r["skipped"] for r in rows] == [1, 1]
     # the checkpoint written after the first skipped step holds the initial, finite weights
@@ -136,7 +139,7 @@ def test_non_finite_updates_are_skipped_then_stop(model_path, tmp_path):
     assert ckpt.all_steps() == [1]
     ckpt.close()
     meta = json.loads((tmp_path / "run" / "checkpoints" / "1" / "meta" / "metadata").read_text())
-    assert meta["nonfinite_streak"] == 1
+    assert meta["step"] == 1
 
 
 def test_bad_config_is_rejected(model_path, tmp_path):
@@ -162,18 +165,50 @@ def test_grpo_comparator_runs_off_policy(model_path, tmp_path):
         assert abs(row["adv_mean"]) < 1e-5
 
 
-def test_asymre_without_drift_metrics_trains_identically(model_path, tmp_path):
-    runs = {}
-    for drift in (True, False):
+def plain_asymre(logprobs, behaviour_logprobs, advantages, mask):
+    """A user loss with the plug-in contract (no .advantages: AsymRE's are used)."""
+    return asymre_jax.asymre_loss_terms(logprobs, advantages, mask)
+
+
+@pytest.mark.parametrize("loss_fn", [AsymRE(delta_v=-0.1), plain_asymre])
+def test_loss_plugin_matches_the_configured_loss(model_path, tmp_path, loss_fn):
+    runs = []
+    for plugin in (None, loss_fn):
         _, state = train(
-            _cfg(
-                model_path, tmp_path / str(drift), num_steps=2, refresh_every=2, drift_metrics=drift
-            ),
+            _cfg(model_path, tmp_path / str(plugin is None), num_steps=2, refresh_every=2),
             reward_fn=letter_reward,
+            loss_fn=plugin,
             return_state=True,
         )
-        runs[drift] = jax.tree.map(np.asarray, state["params"])
-    for a, b in zip(jax.tree.leaves(runs[True]), jax.tree.leaves(runs[False]), strict=True):
-        np.testing.assert_array_equal(a, b)
-    rows = read_metrics(tmp_path / "False" / "run")
-    assert "logratio_abs" not in rows[1] and "loss" in rows[1]
+        runs.append(jax.tree.map(np.asarray, state.params))
+    for a, b in zip(*(jax.tree.leaves(r) for r in runs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_custom_reward_without_levels_reports_no_accuracy(model_path, tmp_path):
+    def graded(prompts, completions, answer, **columns):
+        return [0.3 * len(c) for c in completions]
+
+    history = train(_cfg(model_path, tmp_path, num_steps=1, eval_prompts=4), reward_fn=graded)
+    assert "accuracy" not in history[0] and "eval_greedy_accuracy" not in history[0]
+    assert np.isfinite(history[0]["eval_greedy_reward"])
+
+
+def test_dataset_and_eval_dataset_replace_the_task(model_path, tmp_path):
+    data = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(8)]
+    history = train(
+        _cfg(model_path, tmp_path, num_steps=2, eval_prompts=3),
+        dataset=data,
+        eval_dataset=[Example("1+1=", "2")],
+    )
+    assert len(history) == 2 and "eval_greedy_accuracy" in history[-1]
+    with pytest.raises(TypeError, match=r"dataset\[0\]"):
+        train(_cfg(model_path, tmp_path), dataset=["not an example"])
+
+
+def test_warmup_never_uses_learning_rate_zero():
+    cfg = TrainConfig(model_path="x", learning_rate=1e-3, warmup_steps=4, num_steps=10)
+    rates = [learning_rate_fn(cfg)(t) for t in range(6)]
+    np.testing.assert_allclose(rates, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
+    cosine = learning_rate_fn(cfg.replace(lr_schedule="cosine"))
+    assert cosine(0) > 0 and cosine(3) == pytest.approx(1e-3)

@@ -1,0 +1,168 @@
+"""The trainer's two halves: a static `Setup` (model graph, mesh, compiled step functions,
+tokenizer, loss, reward, sampling) and a `RunState` of arrays and counters that one update
+maps to the next.
+
+    setup, state = init_run(cfg)                       # or init_run(cfg, model, tokenizer)
+    state = refresh_behaviour(setup, state)            # mu <- pi (every refresh_every steps)
+    ro = rollout(setup.graphdef, state.behaviour, examples, setup.renderer, setup.reward_fn,
+                 num_samples=G, sampling=setup.sampling, key=step_key(state))
+    state, metrics = update(setup, state, ro, learning_rate=1e-5)
+
+`RunState` holds the trained params, the optimizer state, the behaviour params (a frozen copy
+that lags by up to ``refresh_every`` steps), the reference params of a KL term (or None), the
+step, the data position (`IteratorState`) and the base RNG key; everything a checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from llm.data import rewards as rewards_lib
+from llm.data.datasets import IteratorState
+from llm.data.prompts import PromptRenderer
+from llm.data.tokenizer import load_tokenizer
+from llm.models.hf_io import load_hf
+from llm.models.sharding import make_mesh, param_shardings
+from llm.rl.checkpoint import abstract_like
+from llm.rl.config import TrainConfig
+from llm.rl.losses import LossFn, advantages_fn, loss_from_config
+from llm.rl.rollout import Sampling
+from llm.rl.update import OptSpec, StepFunctions, batch_spec, step_functions
+
+
+class RunState(NamedTuple):
+    """Arrays and counters of a run (params are pure dicts of arrays, sharded on the mesh)."""
+
+    params: Any
+    opt_state: Any
+    behaviour: Any
+    reference: Any  # frozen initial params when the loss needs a reference, else None
+    step: int  # updates done
+    data: IteratorState  # where the training-data iterator stands
+    key: jax.Array  # base key: step t samples with fold_in(key, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What stays fixed during a run."""
+
+    cfg: TrainConfig
+    graphdef: Any
+    model_config: Any
+    tokenizer: Any
+    renderer: PromptRenderer
+    mesh: Any
+    shardings: Any  # pure dict of NamedSharding like the params
+    fns: StepFunctions
+    loss_fn: LossFn
+    advantages: Callable  # rewards [P, G] -> advantages [P, G]
+    reward_fn: Callable
+    sampling: Sampling
+
+
+def builtin_reward(cfg: TrainConfig) -> Callable:
+    """The task's reward function with ``correct_reward`` set (what counts as correct)."""
+    fn = functools.partial(rewards_lib.get_reward_fn(cfg.reward_name, scale=cfg.reward_scale))
+    fn.correct_reward = rewards_lib.reward_levels(cfg.reward_scale)[0]
+    return fn
+
+
+def make_setup(
+    cfg: TrainConfig,
+    model: nnx.Module | None = None,
+    tokenizer=None,
+    *,
+    loss_fn: LossFn | None = None,
+    reward_fn: Callable | None = None,
+) -> tuple[Setup, Any]:
+    """(setup, params): the model from ``cfg.model_path`` (or ``model``, resharded onto the
+    mesh), its tokenizer, the compiled step functions of ``loss_fn`` (default: the config's)."""
+    mesh = make_mesh(cfg.mesh or "fsdp=-1", allow_subset=cfg.mesh_subset)
+    if model is None:
+        model, model_config = load_hf(
+            cfg.model_path, dtype=cfg.dtype, mesh=mesh, compute_dtype=cfg.compute_dtype
+        )
+    else:
+        model_config = model.config
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
+    graphdef, state = nnx.split(model)
+    shardings = nnx.to_pure_dict(param_shardings(model, mesh))
+    params = jax.device_put(nnx.to_pure_dict(state), shardings)
+    loss_fn = loss_fn if loss_fn is not None else loss_from_config(cfg)
+    rows = cfg.batch_size // cfg.micro_batches
+    fns = step_functions(
+        graphdef,
+        abstract_like(params, shardings),
+        mesh,
+        shardings,
+        loss_fn,
+        OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
+        batch_spec(mesh, rows),
+        cfg.logits_chunk_size,
+    )
+    chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
+    renderer = PromptRenderer(
+        tokenizer, chat=chat, system_prompt=cfg.system_prompt, instruction=cfg.instruction
+    )
+    eos = sorted(set(model_config.eos_token_id) | {tokenizer.eos_token_id} - {None})
+    pad = model_config.pad_token_id if model_config.pad_token_id is not None else 0
+    setup = Setup(
+        cfg=cfg,
+        graphdef=graphdef,
+        model_config=model_config,
+        tokenizer=tokenizer,
+        renderer=renderer,
+        mesh=mesh,
+        shardings=shardings,
+        fns=fns,
+        loss_fn=loss_fn,
+        advantages=advantages_fn(loss_fn, cfg),
+        reward_fn=reward_fn if reward_fn is not None else builtin_reward(cfg),
+        sampling=Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos, pad),
+    )
+    return setup, params
+
+
+def init_state(setup: Setup, params, *, data: IteratorState | None = None) -> RunState:
+    """Step 0: fresh optimizer state, behaviour = a copy of the params, key of ``cfg.seed``."""
+    fns = setup.fns
+    reference = fns.copy(params) if getattr(setup.loss_fn, "needs_reference", False) else None
+    return RunState(
+        params=params,
+        opt_state=fns.init_opt(params),
+        behaviour=fns.copy(params),
+        reference=reference,
+        step=0,
+        data=data if data is not None else IteratorState(seed=setup.cfg.seed),
+        key=jax.random.key(setup.cfg.seed),
+    )
+
+
+def init_run(cfg: TrainConfig, model=None, tokenizer=None, **plugins) -> tuple[Setup, RunState]:
+    """`make_setup` then `init_state`: everything step 0 needs. ``plugins``: loss_fn, reward_fn."""
+    cfg.validate()
+    setup, params = make_setup(cfg, model, tokenizer, **plugins)
+    return setup, init_state(setup, params)
+
+
+def refresh_behaviour(setup: Setup, state: RunState) -> RunState:
+    """The behaviour params become a copy of the trained params."""
+    return state._replace(behaviour=setup.fns.copy(state.params))
+
+
+def step_key(state: RunState) -> jax.Array:
+    """The sampling key of the state's step (``fold_in(key, step)``)."""
+    return jax.random.fold_in(state.key, state.step)
+
+
+def eval_key(state: RunState) -> jax.Array:
+    """The evaluation key: the same at every step of a run and across runs of one seed
+    (common random numbers)."""
+    return jax.random.fold_in(state.key, np.uint32(2**32 - 1))

@@ -1,0 +1,95 @@
+"""One RL step on the host: refresh mu, roll out, turn rewards into advantages, update.
+
+    state, row = rl_step(setup, state, examples, learning_rate=lr)
+
+is what `llm.trainer.train` runs every step; `update` alone takes a `Rollout` made elsewhere
+(a replay buffer, another model's samples): its behaviour log-probs must be those of the
+distribution the tokens were drawn from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from llm.rl.evaluation import correct_reward
+from llm.rl.metrics import sample_stats
+from llm.rl.rollout import Rollout, batch_to_global, build_batch, rollout, to_host
+from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
+from llm.rl.update import hyperparams
+
+
+def update(
+    setup: Setup, state: RunState, ro: Rollout, *, learning_rate: float
+) -> tuple[RunState, dict]:
+    """Advantages of ``ro``'s rewards, one jitted optimizer step; (new state, metrics).
+
+    The metrics hold the loss, gradient norm, entropy, pi/mu drift (``logratio_abs``,
+    ``ratio_mean``, ``ratio_max``), ``finite`` (False: the step was skipped, params and
+    moments unchanged) and ``nonfinite_streak`` (skipped steps in a row).
+    """
+    cfg, fns = setup.cfg, setup.fns
+    advantages_PxG = np.asarray(setup.advantages(ro.rewards_PxG))
+    if advantages_PxG.shape != ro.rewards_PxG.shape:
+        raise ValueError(
+            f"advantages must have the rewards' shape {ro.rewards_PxG.shape}, "
+            f"got {advantages_PxG.shape}"
+        )
+    host_batch = build_batch(
+        ro.prompts,
+        ro.tokens_BxN,
+        ro.lengths_B,
+        advantages_PxG.reshape(-1),
+        pad_token_id=setup.sampling.pad_token_id,
+        micro_batches=cfg.micro_batches,
+        behaviour_logprobs_BxN=ro.logprobs_BxN,
+    )
+    batch = batch_to_global(host_batch, fns.batch_sharding)
+    if state.reference is not None:
+        batch = batch._replace(ref_logprobs=fns.score(state.reference, batch))
+    hyper = hyperparams(learning_rate, cfg.weight_decay, cfg.max_grad_norm)
+    params, opt_state, metrics = fns.step(state.params, state.opt_state, batch, hyper)
+    metrics = {k: to_host(v).item() for k, v in metrics.items()}
+    metrics["advantages"] = advantages_PxG
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+def rl_step(
+    setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
+) -> tuple[RunState, dict]:
+    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G, update; returns the
+    new state and the step's metrics row (sample statistics + update metrics + timing)."""
+    cfg = setup.cfg
+    t0 = time.perf_counter()
+    if state.step % cfg.refresh_every == 0:
+        state = refresh_behaviour(setup, state)
+    ro = rollout(
+        setup.graphdef,
+        state.behaviour,
+        examples,
+        setup.renderer,
+        setup.reward_fn,
+        num_samples=cfg.samples_per_prompt,
+        sampling=setup.sampling,
+        key=jax.random.fold_in(step_key(state), 0),
+    )
+    step = state.step
+    state, metrics = update(setup, state, ro, learning_rate=learning_rate)
+    advantages_PxG = metrics.pop("advantages")
+    dt = time.perf_counter() - t0
+    row = {"step": step}
+    row |= sample_stats(
+        ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, correct_reward(setup.reward_fn)
+    )
+    row |= metrics
+    row |= {
+        "lr": learning_rate,
+        "skipped": int(not metrics["finite"]),
+        "step_time": dt,
+        "tokens_per_s": float(np.sum(ro.lengths_B)) / dt,
+        "behaviour_age": step % cfg.refresh_every,
+    }
+    return state, row
