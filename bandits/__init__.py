@@ -8,9 +8,11 @@
     res = sweep(problem, delta_v=[-0.1, 0.0], num_seeds=8, steps_per_round=10,
                 num_rounds=100, batch_size=32, crn=True)                     # sampled grid
 
-Command line: ``python -m bandits.sweep --preset paper --out DIR``. (``sweep`` is not
-re-exported here: a package attribute named like the ``bandits.sweep`` module would be
-shadowed by it, and importing it here would make ``python -m bandits.sweep`` warn.)
+Command line: ``python -m bandits.sweep --preset paper --out DIR`` (:mod:`bandits.cli`).
+``sweep`` is not re-exported here: a package attribute named like the ``bandits.sweep``
+subpackage would be shadowed by it.
+
+Imports point one way: cli -> presets -> sweep -> simulator -> problem (all use _checks).
 """
 
 from bandits.problem import NOISE_KINDS, BanditProblem, make_problem

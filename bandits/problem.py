@@ -17,11 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bandits._checks import is_concrete
+
 NOISE_KINDS = ("none", "gaussian", "bernoulli")
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def _as_float_vector(x, name: str) -> jax.Array:
@@ -39,7 +37,7 @@ def _as_float_vector(x, name: str) -> jax.Array:
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     else:
         x = x.astype(jnp.result_type(float))
-    if _is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
         raise ValueError(f"{name} must be finite, got NaN/inf entries")
     return x
 
@@ -74,14 +72,14 @@ class BanditProblem:
         noise_std = jnp.asarray(noise_std, rewards_K.dtype)
         if noise_std.ndim != 0:
             raise ValueError(f"noise_std must be a scalar, got shape {tuple(noise_std.shape)}")
-        concrete_std = _is_concrete(noise_std)
+        concrete_std = is_concrete(noise_std)
         if concrete_std and not (np.isfinite(float(noise_std)) and float(noise_std) >= 0):
             raise ValueError(f"noise_std must be finite and >= 0, got {float(noise_std)}")
         if noise is None:
             noise = "gaussian" if (not concrete_std or float(noise_std) > 0) else "none"
         if noise not in NOISE_KINDS:
             raise ValueError(f"unknown noise {noise!r}; expected one of {', '.join(NOISE_KINDS)}")
-        if noise == "bernoulli" and _is_concrete(rewards_K):
+        if noise == "bernoulli" and is_concrete(rewards_K):
             if bool(jnp.any(rewards_K < 0)) or bool(jnp.any(rewards_K > 1)):
                 raise ValueError("noise='bernoulli' needs rewards in [0, 1] (probabilities)")
         object.__setattr__(self, "rewards", rewards_K)

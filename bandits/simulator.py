@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bandits._checks import as_key, check_positive_int, is_concrete
 from bandits.problem import BanditProblem
 
 BASELINES = ("exact", "batch")
@@ -57,31 +58,13 @@ class SimResult(NamedTuple):
     baseline: jax.Array  # [R], the V used in each round (batch baseline: mean over steps)
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _scalar(x, name: str, dtype) -> jax.Array:
     x = jnp.asarray(x)
     if x.ndim != 0:
         raise ValueError(f"{name} must be a scalar (vmap to sweep it), got shape {x.shape}")
-    if _is_concrete(x) and not np.isfinite(float(x)):
+    if is_concrete(x) and not np.isfinite(float(x)):
         raise ValueError(f"{name} must be finite, got {float(x)}")
     return x.astype(dtype)
-
-
-def _as_key(key):
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"key must be a single key (shape ()), got shape {key.shape}")
-        return key
-    if key.dtype != jnp.uint32 or key.shape != (2,):
-        raise ValueError(
-            "key must be a jax.random.key(...) or a raw uint32[2] PRNGKey, got "
-            f"dtype {key.dtype} shape {key.shape}"
-        )
-    return jax.random.wrap_key_data(key)
 
 
 def _normalise(logits_K):
@@ -119,9 +102,17 @@ def _pull_sums(u_B, z_B, cdf_K, success_K):
     return jax.lax.fori_loop(0, num_pulls, body, (zeros_K, zeros_K), unroll=unroll)
 
 
-def _run(
+def simulate_unchecked(
     problem, base, lr, key, init_logits, *, relative, steps, rounds, batch_size, baseline, tol
-):
+) -> SimResult:
+    """One run of :func:`simulate`, without its checks and not jitted (to vmap or jit).
+
+    Inputs must already be what ``simulate`` would pass on: ``base`` the scalar ``delta_v``
+    (``relative=True``) or ``V``, ``lr`` a scalar, ``key`` a typed key, ``init_logits``
+    ``[K]`` in the rewards' dtype; ``steps``, ``rounds``, ``batch_size`` (None = exact
+    update), ``baseline`` and ``tol`` (the support threshold) are static Python values.
+    :func:`bandits.sweep.sweep` vmaps it over a grid.
+    """
     rewards_K = problem.rewards
     dtype = rewards_K.dtype
     logp0_K, pi0_K = _normalise(init_logits)
@@ -199,14 +190,9 @@ def _run(
 
 
 _run_jit = jax.jit(
-    _run, static_argnames=("relative", "steps", "rounds", "batch_size", "baseline", "tol")
+    simulate_unchecked,
+    static_argnames=("relative", "steps", "rounds", "batch_size", "baseline", "tol"),
 )
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def simulate(
@@ -241,10 +227,10 @@ def simulate(
         raise TypeError(f"problem must be a BanditProblem, got {type(problem).__name__}")
     if (V is None) == (delta_v is None):
         raise ValueError("give exactly one of V (absolute baseline) or delta_v (relative)")
-    steps = _check_positive_int(steps_per_round, "steps_per_round")
-    rounds = _check_positive_int(num_rounds, "num_rounds")
+    steps = check_positive_int(steps_per_round, "steps_per_round")
+    rounds = check_positive_int(num_rounds, "num_rounds")
     if batch_size is not None:
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
         if key is None:
             raise ValueError("key is required in sampled mode (batch_size set)")
     if baseline not in BASELINES:
@@ -255,7 +241,7 @@ def simulate(
     relative = delta_v is not None
     base = _scalar(delta_v if relative else V, "delta_v" if relative else "V", dtype)
     lr = _scalar(lr, "lr", dtype)
-    key = _as_key(jax.random.key(0) if key is None else key)
+    key = as_key(jax.random.key(0) if key is None else key)
     if init_logits is None:
         init_logits = problem.mu_logits
     else:
@@ -265,7 +251,7 @@ def simulate(
                 f"init_logits must have shape [K] = {problem.rewards.shape}, "
                 f"got {init_logits.shape}"
             )
-        if _is_concrete(init_logits) and not bool(jnp.all(jnp.isfinite(init_logits))):
+        if is_concrete(init_logits) and not bool(jnp.all(jnp.isfinite(init_logits))):
             raise ValueError("init_logits must be finite")
     return _run_jit(
         problem,

@@ -1,13 +1,16 @@
 """sweep(): grid layout, common random numbers vs independent streams, save/load, CLI."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from bandits import BanditProblem, make_problem, simulate
-from bandits.sweep import SweepResult, _shard_grid_axis, _sweep_jit, main, sweep
+from bandits.cli import main
+from bandits.sweep import SweepResult, _shard_grid_axis, _sweep_jit, sweep
 
 SAMPLED = dict(steps_per_round=6, num_rounds=2, batch_size=8)
 
@@ -125,3 +128,19 @@ def test_cli_custom_grid(tmp_path, capsys):
     assert back.data["expected_reward"].shape == (2, 1, 2, 40)
     assert back.config["crn"] is False
     assert "final_reward_mean" in capsys.readouterr().out
+
+
+def test_module_entry_point_runs_cleanly_and_library_import_stays_light():
+    run = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "bandits.sweep", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("usage: python -m bandits.sweep")
+    assert "--preset" in run.stdout and "--delta-v" in run.stdout
+    # the library module does not pull in the CLI or the presets (no import cycle)
+    code = "import sys, bandits.sweep; print(sorted(m for m in sys.modules if m.startswith('bandits')))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "bandits.presets" not in run.stdout and "bandits.cli" not in run.stdout

@@ -13,12 +13,13 @@ of the grid with :func:`bandits.simulator.simulate` semantics in a single XLA pr
   so no two cells share noise.
 
 Results carry named axes (``dims``, ``coords``) and save to ``.npz`` + a ``.json`` summary.
-Command line: ``python -m bandits.sweep --preset paper --out DIR`` (see ``--help``).
+Command line: ``python -m bandits.sweep --preset paper --out DIR`` (see ``--help``); it runs
+``bandits/sweep/__main__.py``, which calls :func:`bandits.cli.main`. The CLI lives apart
+because it needs :mod:`bandits.presets`, which is built on this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bandits.problem import NOISE_KINDS, BanditProblem, make_problem
-from bandits.simulator import BASELINES, _as_key, _check_positive_int, _run
+from bandits._checks import as_key, check_positive_int
+from bandits.problem import BanditProblem
+from bandits.simulator import BASELINES, simulate_unchecked
 
 FIELDS = ("final_policy", "expected_reward", "entropy", "support", "behaviour_value", "baseline")
 
@@ -109,7 +111,7 @@ def _shard_grid_axis(bases: jax.Array) -> jax.Array:
 
 def _sweep_program(problem, bases, lrs, seed_keys, init_logits, *, crn, **static):
     def cell(base, lr, key):
-        return _run(problem, base, lr, key, init_logits, **static)
+        return simulate_unchecked(problem, base, lr, key, init_logits, **static)
 
     if crn:
         over_seeds = jax.vmap(cell, in_axes=(None, None, 0))
@@ -167,11 +169,11 @@ def sweep(
         raise TypeError(f"problem must be a BanditProblem, got {type(problem).__name__}")
     if (V is None) == (delta_v is None):
         raise ValueError("give exactly one of V (absolute baselines) or delta_v (relative)")
-    steps = _check_positive_int(steps_per_round, "steps_per_round")
-    rounds = _check_positive_int(num_rounds, "num_rounds")
-    num_seeds = _check_positive_int(num_seeds, "num_seeds")
+    steps = check_positive_int(steps_per_round, "steps_per_round")
+    rounds = check_positive_int(num_rounds, "num_rounds")
+    num_seeds = check_positive_int(num_seeds, "num_seeds")
     if batch_size is not None:
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
     if baseline == "batch" and (batch_size is None or delta_v is None):
@@ -185,7 +187,7 @@ def sweep(
     base_dim = "delta_v" if relative else "V"
     bases = _grid_axis(delta_v if relative else V, base_dim, dtype)
     lrs = _grid_axis(lr, "lr", dtype)
-    seed_keys = jax.random.split(_as_key(jax.random.key(seed) if key is None else key), num_seeds)
+    seed_keys = jax.random.split(as_key(jax.random.key(seed) if key is None else key), num_seeds)
     if init_logits is None:
         init_logits = problem.mu_logits
     init_logits = jnp.asarray(init_logits, dtype)
@@ -222,73 +224,3 @@ def sweep(
     }
     coords = {base_dim: np.asarray(bases), "lr": np.asarray(lrs), "seed": np.arange(num_seeds)}
     return SweepResult((base_dim, "lr", "seed"), coords, data, config)
-
-
-def _parser() -> argparse.ArgumentParser:
-    from bandits.presets import PRESETS
-
-    ap = argparse.ArgumentParser(
-        prog="python -m bandits.sweep",
-        description="AsymRE bandit sweeps: the paper's experiments (--preset) or a custom grid.",
-    )
-    ap.add_argument("--preset", choices=sorted(PRESETS), help="a paper experiment (or 'paper')")
-    ap.add_argument("--out", default="bandit_results", help="output folder (PNG, npz, json)")
-    ap.add_argument("--small", action="store_true", help="reduced sizes (smoke runs)")
-    ap.add_argument("--arms", type=int, default=100)
-    ap.add_argument("--problem-seed", type=int, default=0, help="seed of the reward draw")
-    ap.add_argument("--noise", choices=NOISE_KINDS, default="none")
-    ap.add_argument("--noise-std", type=float, default=0.0)
-    grid = ap.add_mutually_exclusive_group()
-    grid.add_argument("--V", type=float, nargs="+", help="absolute baselines")
-    grid.add_argument("--delta-v", type=float, nargs="+", help="baselines relative to V^mu")
-    ap.add_argument("--lr", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--steps-per-round", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=None, help="omit for the exact update")
-    ap.add_argument("--baseline", choices=BASELINES, default="exact")
-    ap.add_argument("--independent", action="store_true", help="independent streams (no CRN)")
-    ap.add_argument("--shard", action="store_true", help="split the V grid over jax.devices()")
-    return ap
-
-
-def main(argv=None) -> int:
-    from bandits.presets import PRESETS, print_table
-
-    args = _parser().parse_args(argv)
-    if args.preset:
-        summary = PRESETS[args.preset](args.out, small=args.small)
-        path = pathlib.Path(args.out) / f"summary_{args.preset}.json"
-        path.write_text(json.dumps(summary, indent=2) + "\n")
-        print_table(summary)
-        print(f"\nwrote figures, .npz and .json to {args.out}/")
-        return 0
-    if args.V is None and args.delta_v is None:
-        _parser().error("give --preset, or a grid with --V or --delta-v")
-    problem = make_problem(
-        jax.random.key(args.problem_seed),
-        args.arms,
-        noise=args.noise,
-        noise_std=args.noise_std,
-    )
-    res = sweep(
-        problem,
-        V=args.V,
-        delta_v=args.delta_v,
-        lr=args.lr,
-        num_seeds=args.seeds,
-        steps_per_round=args.steps_per_round,
-        num_rounds=args.rounds,
-        batch_size=args.batch_size,
-        baseline=args.baseline,
-        crn=not args.independent,
-        shard=args.shard,
-    )
-    npz_path, json_path = res.save(args.out, "sweep")
-    print_table(res.summary())
-    print(f"wrote {npz_path} and {json_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
