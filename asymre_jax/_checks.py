@@ -1,7 +1,14 @@
-"""Input validation shared by the public functions.
+"""Input validation shared by the public functions: the one place for these checks.
 
 Every check runs in Python at trace time: shapes and ranks are static under jit, and
 values are checked only when they are concrete (not inside a jit or vmap trace).
+
+Why not chex: the project's contract (DESIGN.md, Conventions) is that bad inputs raise
+ValueError/TypeError whose message names the argument and the expected shape, e.g.
+"rewards must have shape [P, G] ..."; chex's asserts raise AssertionError with chex's own
+wording. These helpers are a few lines each, so asymre_jax depends on jax alone (and the
+project does not depend on chex). Modules import the names they use:
+``from asymre_jax._checks import as_float, check_rank``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from asymre_jax import _checks
+from asymre_jax._checks import as_float, check_choice, check_finite, check_rank
 
 SCALES = ("none", "group_std")
 
@@ -50,21 +50,21 @@ def asymre_advantages(
     >>> asymre_advantages(jnp.array([[1.0, -1.0, 1.0, 1.0]]), delta_v=-0.1)
     Array([[ 0.6, -1.4,  0.6,  0.6]], dtype=float32)
     """
-    rewards_PxG = _checks.as_float(rewards, "rewards")
-    _checks.check_rank(rewards_PxG, 2, "rewards", "[P, G] (prompts x samples per prompt)")
-    _checks.check_choice(scale, SCALES, "scale")
-    _checks.check_finite(rewards_PxG, "rewards")
+    rewards_PxG = as_float(rewards, "rewards")
+    check_rank(rewards_PxG, 2, "rewards", "[P, G] (prompts x samples per prompt)")
+    check_choice(scale, SCALES, "scale")
+    check_finite(rewards_PxG, "rewards")
     num_prompts, group_size = rewards_PxG.shape
     if jnp.ndim(delta_v) != 0:
         raise ValueError(f"delta_v must be a scalar, got shape {jnp.shape(delta_v)}")
 
     if baseline is not None:
-        baseline_P = _checks.as_float(baseline, "baseline")
+        baseline_P = as_float(baseline, "baseline")
         if baseline_P.shape != (num_prompts,):
             raise ValueError(
                 f"baseline must have shape [P] = ({num_prompts},), got {tuple(baseline_P.shape)}"
             )
-        _checks.check_finite(baseline_P, "baseline")
+        check_finite(baseline_P, "baseline")
         baseline_PxG = jnp.broadcast_to(baseline_P[:, None], rewards_PxG.shape)
     elif group_size < 2:
         raise ValueError(

@@ -26,17 +26,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from asymre_jax import _checks
+from asymre_jax._checks import as_float, check_choice, check_same_shape
 from asymre_jax.losses import prepare_inputs, reduce_per_token, safe_ratio
 
 IS_LEVELS = ("sequence", "token")
 
 
 def _behaviour(behaviour_logprobs, logprobs_BxT: jax.Array, name: str) -> jax.Array:
-    behaviour = _checks.as_float(behaviour_logprobs, name)
+    behaviour = as_float(behaviour_logprobs, name)
     if behaviour.ndim == 1 and logprobs_BxT.shape[1] == 1:
         behaviour = behaviour[:, None]
-    _checks.check_same_shape(behaviour, logprobs_BxT, name, "logprobs")
+    check_same_shape(behaviour, logprobs_BxT, name, "logprobs")
     return jax.lax.stop_gradient(behaviour)
 
 
@@ -126,7 +126,7 @@ def is_reinforce_loss_terms(
     normalization: str = "sequence",
 ) -> tuple[jax.Array, jax.Array]:
     """Truncated-IS REINFORCE as ``(loss_sum, denominator)``; see :func:`is_reinforce_loss`."""
-    _checks.check_choice(level, IS_LEVELS, "level")
+    check_choice(level, IS_LEVELS, "level")
     if not truncation > 0:
         raise ValueError(f"truncation must be > 0, got {truncation}")
     logprobs_BxT, advantages_B, mask_BxT = prepare_inputs(logprobs, advantages, mask, normalization)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from asymre_jax import _checks
+from asymre_jax._checks import as_float, check_rank, check_same_shape
 
 
 def _check_targets(logits: jax.Array, targets: jax.Array, logits_name: str) -> jax.Array:
@@ -51,7 +51,7 @@ def token_logprobs(logits, targets) -> jax.Array:
     Array([[-1.3862944, -1.3862944]], dtype=float32)
     """
     logits = jnp.asarray(logits)
-    _checks.check_rank(logits, 3, "logits", "[B, T, V]")
+    check_rank(logits, 3, "logits", "[B, T, V]")
     targets = _check_targets(logits, targets, "logits")
     return _logprobs_of(logits, targets)
 
@@ -82,7 +82,7 @@ def token_logprobs_chunked(logits, targets, chunk_size: int = 128) -> jax.Array:
     Array([[-1.3862944, -1.3862944, -1.3862944]], dtype=float32)
     """
     logits = jnp.asarray(logits)
-    _checks.check_rank(logits, 3, "logits", "[B, T, V]")
+    check_rank(logits, 3, "logits", "[B, T, V]")
     targets = _check_targets(logits, targets, "logits")
     return _chunked(_logprobs_of, chunk_size, logits.shape[1], logits, targets)
 
@@ -108,8 +108,8 @@ def token_logprobs_from_hidden(
     """
     hidden = jnp.asarray(hidden)
     unembedding = jnp.asarray(unembedding)
-    _checks.check_rank(hidden, 3, "hidden", "[B, T, D]")
-    _checks.check_rank(unembedding, 2, "unembedding", "[D, V]")
+    check_rank(hidden, 3, "hidden", "[B, T, D]")
+    check_rank(unembedding, 2, "unembedding", "[D, V]")
     if unembedding.shape[0] != hidden.shape[-1]:
         raise ValueError(
             f"unembedding must have shape [D, V] with D = {hidden.shape[-1]} (hidden's last "
@@ -137,10 +137,10 @@ def sequence_logprobs(token_logprobs_BxT, mask=None) -> jax.Array:
     >>> sequence_logprobs(jnp.array([[-1.0, -2.0]]), jnp.array([[1, 0]]))
     Array([-1.], dtype=float32)
     """
-    token_logprobs_BxT = _checks.as_float(token_logprobs_BxT, "token_logprobs_BxT")
-    _checks.check_rank(token_logprobs_BxT, 2, "token_logprobs_BxT", "[B, T]")
+    token_logprobs_BxT = as_float(token_logprobs_BxT, "token_logprobs_BxT")
+    check_rank(token_logprobs_BxT, 2, "token_logprobs_BxT", "[B, T]")
     if mask is None:
         return token_logprobs_BxT.sum(axis=1)
     mask = jnp.asarray(mask)
-    _checks.check_same_shape(mask, token_logprobs_BxT, "mask", "token_logprobs_BxT")
+    check_same_shape(mask, token_logprobs_BxT, "mask", "token_logprobs_BxT")
     return (token_logprobs_BxT * mask).sum(axis=1)

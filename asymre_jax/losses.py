@@ -23,18 +23,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from asymre_jax import _checks
+from asymre_jax._checks import as_float, check_choice, check_rank, check_same_shape
 
 NORMALIZATIONS = ("sequence", "token", "sequence_mean", "constant")
 
 
 def prepare_inputs(logprobs, advantages, mask, normalization: str):
     """Validate and shape (logprobs [B, T], advantages [B], mask [B, T]) for a loss."""
-    _checks.check_choice(normalization, NORMALIZATIONS, "normalization")
-    logprobs = _checks.as_float(logprobs, "logprobs")
-    advantages_B = _checks.as_float(advantages, "advantages")
-    _checks.check_rank(logprobs, (1, 2), "logprobs", "[B, T] (per token) or [B] (per sequence)")
-    _checks.check_rank(advantages_B, 1, "advantages", "[B]")
+    check_choice(normalization, NORMALIZATIONS, "normalization")
+    logprobs = as_float(logprobs, "logprobs")
+    advantages_B = as_float(advantages, "advantages")
+    check_rank(logprobs, (1, 2), "logprobs", "[B, T] (per token) or [B] (per sequence)")
+    check_rank(advantages_B, 1, "advantages", "[B]")
     if advantages_B.shape[0] != logprobs.shape[0]:
         raise ValueError(
             f"advantages must have shape [B] = ({logprobs.shape[0]},) to match logprobs "
@@ -55,7 +55,7 @@ def prepare_inputs(logprobs, advantages, mask, normalization: str):
         mask_BxT = jnp.ones(logprobs_BxT.shape, logprobs_BxT.dtype)
     else:
         mask_BxT = jnp.asarray(mask)
-        _checks.check_same_shape(mask_BxT, logprobs_BxT, "mask", "logprobs")
+        check_same_shape(mask_BxT, logprobs_BxT, "mask", "logprobs")
         mask_BxT = mask_BxT.astype(logprobs_BxT.dtype)
     return logprobs_BxT, jax.lax.stop_gradient(advantages_B), mask_BxT
 

@@ -23,29 +23,29 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from asymre_jax import _checks
+from asymre_jax._checks import as_float, check_finite, check_rank, check_same_shape, is_concrete
 
 
 def _distribution(p, name: str) -> jax.Array:
-    p = _checks.as_float(p, name)
-    _checks.check_rank(p, 1, name, "[K]")
-    _checks.check_finite(p, name)
-    if _checks.is_concrete(p):
+    p = as_float(p, name)
+    check_rank(p, 1, name, "[K]")
+    check_finite(p, name)
+    if is_concrete(p):
         if bool(jnp.any(p < 0)) or abs(float(p.sum()) - 1.0) > 1e-5:
             raise ValueError(f"{name} must be a probability vector (>= 0, sums to 1)")
     return p
 
 
 def _rewards_like(rewards, k: int) -> jax.Array:
-    rewards_K = _checks.as_float(rewards, "rewards")
+    rewards_K = as_float(rewards, "rewards")
     if rewards_K.shape != (k,):
         raise ValueError(f"rewards must have shape [K] = ({k},), got {tuple(rewards_K.shape)}")
-    _checks.check_finite(rewards_K, "rewards")
+    check_finite(rewards_K, "rewards")
     return rewards_K
 
 
 def _scalar(v, name: str) -> jax.Array:
-    v = _checks.as_float(v, name)
+    v = as_float(v, name)
     if v.ndim != 0:
         raise ValueError(f"{name} must be a scalar, got shape {tuple(v.shape)}")
     return v
@@ -58,8 +58,8 @@ def value(pi, rewards) -> jax.Array:
     >>> value(jnp.array([0.25, 0.75]), jnp.array([1.0, 0.0]))
     Array(0.25, dtype=float32)
     """
-    pi_K = _checks.as_float(pi, "pi")
-    _checks.check_rank(pi_K, 1, "pi", "[K]")
+    pi_K = as_float(pi, "pi")
+    check_rank(pi_K, 1, "pi", "[K]")
     return pi_K @ _rewards_like(rewards, pi_K.shape[0])
 
 
@@ -70,7 +70,7 @@ def entropy(pi) -> jax.Array:
     >>> entropy(jnp.array([0.5, 0.5, 0.0]))
     Array(0.6931472, dtype=float32)
     """
-    pi_K = _checks.as_float(pi, "pi")
+    pi_K = as_float(pi, "pi")
     return -jnp.sum(jnp.where(pi_K > 0, pi_K * jnp.log(jnp.where(pi_K > 0, pi_K, 1.0)), 0.0))
 
 
@@ -81,7 +81,7 @@ def support_size(pi, tol: float = 1e-6) -> jax.Array:
     >>> support_size(jnp.array([0.5, 0.5, 1e-9]))
     Array(2, dtype=int32)
     """
-    return jnp.sum(_checks.as_float(pi, "pi") > tol, dtype=jnp.int32)
+    return jnp.sum(as_float(pi, "pi") > tol, dtype=jnp.int32)
 
 
 def expected_update(logits, mu, rewards, V) -> jax.Array:
@@ -91,10 +91,10 @@ def expected_update(logits, mu, rewards, V) -> jax.Array:
     >>> expected_update(jnp.zeros(2), jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0]), 0.0)
     Array([ 0.25, -0.25], dtype=float32)
     """
-    logits_K = _checks.as_float(logits, "logits")
-    _checks.check_rank(logits_K, 1, "logits", "[K]")
+    logits_K = as_float(logits, "logits")
+    check_rank(logits_K, 1, "logits", "[K]")
     mu_K = _distribution(mu, "mu")
-    _checks.check_same_shape(mu_K, logits_K, "mu", "logits")
+    check_same_shape(mu_K, logits_K, "mu", "logits")
     rewards_K = _rewards_like(rewards, logits_K.shape[0])
     V = _scalar(V, "V")
     pi_K = jax.nn.softmax(logits_K)
@@ -108,8 +108,8 @@ def project_to_simplex(x) -> jax.Array:
     >>> project_to_simplex(jnp.array([0.7, 0.6, -0.3])).round(4)
     Array([0.55, 0.45, 0.  ], dtype=float32)
     """
-    x_K = _checks.as_float(x, "x")
-    _checks.check_rank(x_K, 1, "x", "[K]")
+    x_K = as_float(x, "x")
+    check_rank(x_K, 1, "x", "[K]")
     sorted_K = jnp.sort(x_K)[::-1]
     cumsum_K = jnp.cumsum(sorted_K)
     ranks_K = jnp.arange(1, x_K.shape[0] + 1, dtype=x_K.dtype)
@@ -133,7 +133,7 @@ def limit_policy(mu, rewards, V) -> jax.Array:
     rewards_K = _rewards_like(rewards, mu_K.shape[0])
     V = _scalar(V, "V")
     value_mu = mu_K @ rewards_K
-    if _checks.is_concrete(V) and _checks.is_concrete(value_mu) and not bool(V < value_mu):
+    if is_concrete(V) and is_concrete(value_mu) and not bool(V < value_mu):
         raise ValueError(
             f"limit_policy needs V < V^mu: got V = {float(V):.6g} >= V^mu = {float(value_mu):.6g}"
             " (at or above V^mu the limit is not unique and depends on the initial policy)"
