@@ -212,3 +212,22 @@ def test_warmup_never_uses_learning_rate_zero():
     np.testing.assert_allclose(rates, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
     cosine = learning_rate_fn(cfg.replace(lr_schedule="cosine"))
     assert cosine(0) > 0 and cosine(3) == pytest.approx(1e-3)
+
+
+def test_grpo_ratio_is_against_the_sampling_distribution(model_path, tmp_path):
+    """At temperature 0.5 the behaviour log-probs are those of the tempered sampler, so even
+    on-policy (step 0) pi (temperature 1) / mu differs from 1; at temperature 1 it is 1."""
+    drift = {}
+    for temperature in (1.0, 0.5):
+        (row,) = train(
+            _cfg(
+                model_path,
+                tmp_path / str(temperature),
+                loss="grpo",
+                num_steps=1,
+                temperature=temperature,
+            ),
+            reward_fn=letter_reward,
+        )
+        drift[temperature] = row["logratio_abs"]
+    assert drift[1.0] < 1e-5 < 1e-2 < drift[0.5]

@@ -14,7 +14,9 @@ from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
 from llm.rl.checkpoint import abstract_like
 from llm.rl.rollout import build_batch
-from llm.rl.update import LossSpec, OptSpec, batch_spec, hyperparams, step_functions
+from llm.rl import update
+from llm.rl.losses import GRPO, AsymRE, ISReinforce
+from llm.rl.update import OptSpec, batch_spec, hyperparams, step_functions
 from llm.sampler import generate_from_state
 
 P, G, N = 2, 4, 6
@@ -57,7 +59,7 @@ def _fresh(params):
 def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behaviour=None):
     """One update from the setup's params; returns (host params, metrics, behaviour lp)."""
     adv = setup["advantages"] if advantages is None else advantages
-    spec = spec or LossSpec()
+    spec = spec or AsymRE()
     host = build_batch(
         setup["rows"],
         setup["completions"],
@@ -114,8 +116,8 @@ def test_sharded_step_matches_unsharded(setup):
 
 @pytest.mark.parametrize(
     "spec",
-    [LossSpec(), LossSpec("grpo", "sequence_mean", is_level="token")],
-    ids=["asymre", "grpo"],
+    [AsymRE(), GRPO(epsilon_high=0.3), ISReinforce(level="token", normalization="token")],
+    ids=["asymre", "grpo", "is_reinforce"],
 )
 def test_micro_batched_equals_full_batch(setup, spec):
     # a behaviour policy different from pi, so the ratios (GRPO/IS) are not all 1
@@ -162,12 +164,8 @@ def test_teacher_forcing_reproduces_sampler_logprobs(setup):
     )
     fns = step_functions(setup["graphdef"], None, None, None)
     blp = np.asarray(fns.score(setup["params"], jax.tree.map(jnp.asarray, host)))[0]
-    # the completion occupies the last N target positions
-    got = blp[:, -N:]
-    expected = np.asarray(out.logprobs)
-    np.testing.assert_allclose(got, expected, atol=2e-5)
-    mask = host.loss_mask[0][:, -N:]
-    np.testing.assert_array_equal(mask.sum(1), lengths)
+    np.testing.assert_allclose(blp, np.asarray(out.logprobs), atol=2e-5)
+    np.testing.assert_array_equal(host.loss_mask[0].sum(1), lengths)
 
 
 def test_build_batch_rejects_bad_shapes(setup):
@@ -202,3 +200,40 @@ def test_chunked_entropy_matches_full_softmax():
     expected = -(p * np.log(p)).sum(-1)
     for chunk in (1, 3, 7):
         np.testing.assert_allclose(_entropy_from_hidden(h, w, chunk), expected, rtol=1e-5)
+
+
+def test_constant_normalization_divides_by_the_generation_budget(setup):
+    """Dr. GRPO's constant is B * max_new_tokens, whatever the padded prompt bucket."""
+    loss_fn = AsymRE(normalization="constant")
+    for prompt_len in (3, 40):  # prompt buckets of 16 and 64
+        rows = [list(range(6, 6 + prompt_len))] * (P * G)
+        host = build_batch(
+            rows, setup["completions"], setup["lengths"], setup["advantages"], pad_token_id=0
+        )
+        mb = jax.tree.map(lambda x: jnp.asarray(x[0]), host)
+        _, den = update._loss_terms(loss_fn, jnp.zeros((P * G, N)), mb)
+        assert float(den) == P * G * N
+
+
+def test_reference_logprobs_reach_a_loss_that_needs_them(setup):
+    """GRPO with beta > 0 gets the frozen reference's log-probs; the KL is 0 at pi = ref."""
+    host = build_batch(
+        setup["rows"], setup["completions"], setup["lengths"], setup["advantages"], pad_token_id=0
+    )
+    batch = jax.tree.map(jnp.asarray, host)
+    fns = step_functions(setup["graphdef"], None, None, None, GRPO(beta=0.5), OPT)
+    lp = fns.score(setup["params"], batch)
+    batch = batch._replace(behaviour_logprobs=lp, ref_logprobs=lp)
+    with_kl = fns.step(
+        _fresh(setup["params"]), fns.init_opt(setup["params"]), batch, hyperparams(**HYPER)
+    )[2]
+    plain = step_functions(setup["graphdef"], None, None, None, GRPO(), OPT)
+    without = plain.step(
+        _fresh(setup["params"]), plain.init_opt(setup["params"]), batch, hyperparams(**HYPER)
+    )[2]
+    np.testing.assert_allclose(float(with_kl["loss"]), float(without["loss"]), rtol=1e-6)
+    far = batch._replace(ref_logprobs=lp - 1.0)
+    shifted = fns.step(
+        _fresh(setup["params"]), fns.init_opt(setup["params"]), far, hyperparams(**HYPER)
+    )[2]
+    assert float(shifted["loss"]) > float(without["loss"]) + 0.1
