@@ -8,6 +8,11 @@ call ``jax.distributed.initialize`` when ``--coordinator-address`` (with
 environment's settings (JAX_COORDINATOR_ADDRESS, which alone also turns it on, with
 JAX_NUM_PROCESSES and JAX_PROCESS_ID, or a cluster jax detects: SLURM, TPU pods, ...).
 
+A bad flag or config value stops the command before any work with one line on stderr,
+``python -m llm.train: error: --flag-name: what was expected, got what was given`` (or
+``--config FILE: ...`` for a problem of the file itself or of a value read from it), and
+exit status 2. A run that stops on non-finite steps exits with status 3.
+
 Example (the tiny CPU demo; see configs/):
 
     python -m llm.train --config configs/tiny_arithmetic.yaml --num-steps 20 --out-dir runs/demo
@@ -22,15 +27,24 @@ import logging
 import os
 import sys
 
-from llm.rl.config import HELP, TrainConfig
+from llm.rl.config import HELP, ConfigError, TrainConfig
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (the usage of ~60 flags would bury it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m llm.train",
         description=(
             "Off-policy RL fine-tuning of a Hugging Face causal LM with AsymRE (or GRPO / "
@@ -77,20 +91,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults, then the ``--config`` file, then the flags given (ConfigError if bad)."""
     cfg = TrainConfig.from_file(args.config) if args.config else TrainConfig()
+    return cfg.with_overrides(_overrides(args))
+
+
+def _overrides(args: argparse.Namespace) -> dict:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    return cfg.with_overrides(overrides)
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _from_file(args: argparse.Namespace) -> set[str]:
+    """The fields whose value comes from the --config file (set there, not by a flag)."""
+    if not args.config:
+        return set()
+    defaults, cfg = TrainConfig(), TrainConfig.from_file(args.config)
+    return {
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(cfg, f.name) != getattr(defaults, f.name)
+    } - set(_overrides(args))
+
+
+def _describe(err: ConfigError, args: argparse.Namespace) -> str:
+    """The error as argparse would word it: ``--flag: message`` or ``--config FILE: ...``."""
+    if err.source is not None:
+        return f"--config {err.source}: " + ": ".join(p for p in (err.field, err.message) if p)
+    if err.field is None:
+        return err.message
+    if err.field in _from_file(args):
+        return f"--config {args.config}: {err.field}: {err.message}"
+    return f"{err.flag}: {err.message}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = resolve_config(args)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
+    """Run the command line; returns the exit status (SystemExit(2) for a bad option)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = str(args.log_level).upper()
+    if level not in LOG_LEVELS:
+        parser.error(f"--log-level: must be one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}")
+    try:
+        cfg = resolve_config(args)
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        cfg.validate()
+    except ConfigError as err:
+        parser.error(_describe(err, args))
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper()),
+        level=getattr(logging, level),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     for noisy in ("absl", "jax", "orbax"):
@@ -100,10 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         from llm.trainer import initialize_distributed
 
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    from llm.models.sharding import make_mesh
     from llm.trainer import train
 
     try:
+        # the device count is known now (after jax.distributed.initialize): check the mesh
+        make_mesh(cfg.mesh or "fsdp=-1", allow_subset=cfg.mesh_subset)
         train(cfg)
+    except ConfigError as err:
+        parser.error(_describe(err, args))
     except FloatingPointError as err:
         logging.getLogger("llm.train").error("%s", err)
         return 3

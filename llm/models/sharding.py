@@ -26,6 +26,8 @@ import jax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from llm.errors import ConfigError
+
 RULES: dict[str, str | None] = {
     "vocab": "tp",
     "embed": "fsdp",
@@ -61,26 +63,42 @@ def parse_mesh_spec(spec: str | Mapping[str, int]) -> dict[str, int]:
     return sizes
 
 
-def make_mesh(spec: str | Mapping[str, int], devices=None) -> Mesh:
-    """A mesh with axes ("fsdp", "tp") (missing ones get size 1) over the first devices.
+def make_mesh(spec: str | Mapping[str, int], devices=None, *, allow_subset: bool = False) -> Mesh:
+    """A mesh with axes ("fsdp", "tp") (missing ones get size 1) over ``devices`` (all).
 
-    >>> dict(make_mesh("fsdp=1,tp=1").shape)
+    The mesh must use every device unless ``allow_subset`` (then it takes the first ones).
+    A malformed spec, a size the device count does not allow, or an unused device raises
+    `llm.errors.ConfigError` (a ValueError) naming the field "mesh".
+
+    >>> dict(make_mesh("fsdp=1,tp=1", allow_subset=True).shape)
     {'fsdp': 1, 'tp': 1}
     """
-    sizes = parse_mesh_spec(spec)
+    try:
+        sizes = parse_mesh_spec(spec)
+    except ValueError as err:
+        raise ConfigError("mesh", str(err)) from None
     devices = list(jax.devices() if devices is None else devices)
     known = math.prod(v for v in sizes.values() if v != -1)
     for name, value in sizes.items():
         if value == -1:
             if len(devices) % known:
-                raise ValueError(f"{len(devices)} devices are not divisible by {known}")
+                others = ",".join(f"{k}={v}" for k, v in sizes.items() if v != -1)
+                raise ConfigError(
+                    "mesh", f"{len(devices)} devices are not divisible by {others} = {known}"
+                )
             sizes[name] = len(devices) // known
     shape = tuple(sizes.get(axis, 1) for axis in MESH_AXES)
     n = math.prod(shape)
+    named = ",".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape, strict=True))
     if n > len(devices):
-        raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {n} devices, "
-            f"have {len(devices)}"
+        raise ConfigError("mesh", f"mesh {named} needs {n} devices, have {len(devices)}")
+    if n < len(devices) and not allow_subset:
+        tp = sizes.get("tp", 1)
+        hint = f"fsdp=-1,tp={tp}" if tp > 1 and len(devices) % tp == 0 else "fsdp=-1"
+        raise ConfigError(
+            "mesh",
+            f"mesh {named} uses {n} of the {len(devices)} devices; give a mesh over all of "
+            f"them (e.g. {hint}) or allow a subset (allow_subset=True, --mesh-subset)",
         )
     return jax.make_mesh(
         shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices[:n]
