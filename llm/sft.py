@@ -6,9 +6,11 @@ mean negative log-likelihood of the completion tokens only,
 
     L(theta) = - (1 / sum_i |y_i|) * sum_i sum_t log pi_theta(y_it | x_i, y_i,<t),
 
-minimised with optax AdamW in a jitted, pure step over (params, optimizer state). Every
-`eval_every` steps the accuracy of the model's own completions on held-out problems is
-measured with `llm.generate` (temperature 1, the sampling the RL trainer uses, and greedy);
+minimised in a jitted, pure step over (params, optimizer state) with the RL trainer's
+optimizer (`llm.rl.update.make_optimizer`: clipped AdamW, the learning rate a traced input).
+Prompts are rendered by `llm.data.prompts.PromptRenderer` and every `eval_every` steps the
+accuracy of the model's own completions on held-out problems is measured by
+`llm.rl.evaluation.evaluate` (temperature 1, the sampling the RL trainer uses, and greedy);
 training stops at the first evaluation whose temperature-1 accuracy reaches
 `target_accuracy` (or after `max_steps`). The result is saved with `save_hf` (weights,
 config, tokenizer) so that every RL run starts from the very same weights, with
@@ -36,12 +38,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from asymre_jax import token_logprobs
-from llm.data.datasets import Example, make_arithmetic_examples, render_prompt
+from llm.data.datasets import Example, make_arithmetic_examples
+from llm.data.prompts import PromptRenderer
 from llm.data.rewards import arithmetic_reward
 from llm.data.tokenizer import byte_level_tokenizer, load_tokenizer
 from llm.models.hf_io import save_hf
 from llm.models.tiny import tiny_config
-from llm.sampler import generate_from_state
+from llm.rl.evaluation import evaluate
+from llm.rl.rollout import Sampling
+from llm.rl.update import hyperparams, make_optimizer
 
 # The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.models.tiny).
 TINY_ARITH_MODEL = dict(
@@ -81,9 +86,9 @@ class SFTConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def render_arithmetic_prompts(tokenizer, examples: Sequence[Example]) -> list[list[int]]:
-    """Prompt ids of the tiny-arith task: the chat template, the bare expression as user turn."""
-    return [render_prompt(tokenizer, ex.prompt, chat=True, instruction=None) for ex in examples]
+def arithmetic_renderer(tokenizer) -> PromptRenderer:
+    """Prompts of the tiny-arith task: the chat template, the bare expression as user turn."""
+    return PromptRenderer(tokenizer, chat=True, instruction="")
 
 
 def completion_ids(tokenizer, answer: str) -> list[int]:
@@ -120,54 +125,22 @@ def sft_loss(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT, mask_BxTm1) 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnums=(1, 2))
-def sft_step(graphdef, params, opt_state, tokens_BxT, mask_BxTm1, *, tx):
-    """One AdamW step: (params, opt_state, loss)."""
+def sft_step(graphdef, params, opt_state, tokens_BxT, mask_BxTm1, hyper, *, tx):
+    """One optimizer step of ``make_optimizer``: (params, opt_state, loss)."""
     loss, grads = jax.value_and_grad(sft_loss, argnums=1)(graphdef, params, tokens_BxT, mask_BxTm1)
+    opt_state.inner_state.hyperparams.update(hyper)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-
-def decode_completions(tokenizer, tokens_BxN, lengths_B) -> list[str]:
-    """Completion texts (special tokens such as EOS dropped)."""
-    tokens_BxN, lengths_B = np.asarray(tokens_BxN), np.asarray(lengths_B)
-    return [
-        tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
-        for row, n in zip(tokens_BxN, lengths_B, strict=True)
-    ]
-
-
-def arithmetic_accuracy(
-    graphdef,
-    params,
-    tokenizer,
-    examples: Sequence[Example],
-    *,
-    temperature: float,
-    key: jax.Array | None = None,
-    max_new_tokens: int = 6,
-    batch_size: int = 256,
-) -> float:
-    """Fraction of `examples` whose sampled (or greedy, temperature 0) completion is correct."""
-    prompts = render_arithmetic_prompts(tokenizer, examples)
-    correct = []
-    for start in range(0, len(examples), batch_size):
-        out = generate_from_state(
-            graphdef,
-            params,
-            prompts[start : start + batch_size],
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            key=None if temperature == 0 else jax.random.fold_in(key, start),
-        )
-        texts = decode_completions(tokenizer, out.tokens, out.lengths)
-        answers = [ex.answer for ex in examples[start : start + batch_size]]
-        correct += arithmetic_reward(None, texts, answers, scale="01")
-    return float(np.mean(correct))
+def arithmetic_accuracy(graphdef, params, renderer, examples, *, key, max_new_tokens: int):
+    """(temperature-1 accuracy, greedy accuracy) on ``examples`` (`llm.rl.evaluation`)."""
+    reward = functools.partial(arithmetic_reward, scale="01")
+    reward.correct_reward = 1.0
+    tokenizer = renderer.tokenizer
+    sampling = Sampling(max_new_tokens, 1.0, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    metrics = evaluate(graphdef, params, examples, renderer, reward, key=key, sampling=sampling)
+    return metrics["eval_accuracy"], metrics["eval_greedy_accuracy"]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -209,24 +182,16 @@ def run_sft(
     train = [ex for ex in train if ex.prompt not in unseen]
     if not train:
         raise ValueError("every training problem is excluded; raise num_train_examples")
-    prompts = render_arithmetic_prompts(tokenizer, train)
+    renderer = arithmetic_renderer(tokenizer)
+    prompts = renderer.repeat(train, 1)
     completions = [completion_ids(tokenizer, ex.answer) for ex in train]
     length = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
     schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
-    tx = optax.chain(
-        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    )
+    tx = make_optimizer()
     opt_state = tx.init(params)
     rng = np.random.default_rng(cfg.seed)
     key = jax.random.key(cfg.seed)
     history, start, step = [], time.perf_counter(), 0
-    evaluate = functools.partial(
-        arithmetic_accuracy,
-        graphdef,
-        tokenizer=tokenizer,
-        examples=held_out,
-        max_new_tokens=cfg.max_new_tokens,
-    )
     bar = tqdm(total=cfg.max_steps, desc="sft", disable=not cfg.progress)
     reached = False
     while step < cfg.max_steps and not reached:
@@ -234,12 +199,19 @@ def run_sft(
         tokens, mask = sft_batch(
             [prompts[i] for i in idx], [completions[i] for i in idx], length, config.pad_token_id
         )
-        params, opt_state, loss = sft_step(graphdef, params, opt_state, tokens, mask, tx=tx)
+        hyper = hyperparams(float(schedule(step)), cfg.weight_decay, 1.0)
+        params, opt_state, loss = sft_step(graphdef, params, opt_state, tokens, mask, hyper, tx=tx)
         step += 1
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            acc = evaluate(params, temperature=1.0, key=jax.random.fold_in(key, step))
-            greedy = evaluate(params, temperature=0.0)
+            acc, greedy = arithmetic_accuracy(
+                graphdef,
+                params,
+                renderer,
+                held_out,
+                key=jax.random.fold_in(key, step),
+                max_new_tokens=cfg.max_new_tokens,
+            )
             history.append(dict(step=step, loss=float(loss), accuracy=acc, greedy_accuracy=greedy))
             bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}", greedy=f"{greedy:.2f}")
             reached = acc >= cfg.target_accuracy
