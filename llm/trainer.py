@@ -1,6 +1,7 @@
 """``llm.trainer.train``: the off-policy trainer's entry point (its pieces live in ``llm.rl``)."""
 
 from llm.rl.config import TrainConfig
-from llm.rl.loop import evaluate, initialize_distributed, train
+from llm.rl.evaluation import evaluate
+from llm.rl.loop import initialize_distributed, run_evaluation, train
 
-__all__ = ["TrainConfig", "evaluate", "initialize_distributed", "train"]
+__all__ = ["TrainConfig", "evaluate", "initialize_distributed", "run_evaluation", "train"]

@@ -37,6 +37,7 @@ import optax
 from flax import nnx
 
 from llm.data import datasets as data_lib
+from llm.errors import ConfigError
 from llm.models.hf_io import save_hf
 from llm.rl import evaluation
 from llm.rl.checkpoint import Checkpointer, restore_state, save_state
@@ -48,7 +49,7 @@ from llm.rl.state import RunState, Setup, eval_key, init_run
 from llm.rl.step import rl_step
 from llm.rl.update import optimizer_moments
 
-__all__ = ["TrainConfig", "evaluate", "initialize_distributed", "train"]
+__all__ = ["TrainConfig", "initialize_distributed", "run_evaluation", "train"]
 
 log = logging.getLogger("llm.train")
 
@@ -124,7 +125,7 @@ def learning_rate_fn(cfg: TrainConfig) -> Callable[[int], float]:
     return lambda step: float(sched(step + 1 if step < cfg.warmup_steps else step))
 
 
-def evaluate(setup: Setup, params, examples, *, key) -> dict[str, float]:
+def run_evaluation(setup: Setup, params, examples, *, key) -> dict[str, float]:
     """`llm.rl.evaluation.evaluate` with the config's evaluation sampling."""
     cfg = setup.cfg
     sampling = setup.sampling._replace(
@@ -167,9 +168,10 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         if k not in RESUME_MUTABLE and saved.get(k) != v
     }
     if diffs:
-        raise ValueError(
+        raise ConfigError(
+            "resume",
             "cannot resume: the run config differs from the checkpoint's in "
-            + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diffs.items())
+            + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diffs.items()),
         )
 
 
@@ -227,7 +229,7 @@ def train(
             if eval_ex and (
                 (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.num_steps
             ):
-                row |= evaluate(setup, state.params, eval_ex, key=eval_key(state))
+                row |= run_evaluation(setup, state.params, eval_ex, key=eval_key(state))
             writer.write(row)
             history.append(row)
             if callback is not None:

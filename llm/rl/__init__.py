@@ -1,0 +1,58 @@
+"""The off-policy RL trainer as pieces; ``llm.trainer.train`` is a short loop over them.
+
+    setup, state = init_run(cfg)                   # model, mesh, compiled step, RunState
+    state = refresh_behaviour(setup, state)        # mu <- pi
+    ro = rollout(setup.graphdef, state.behaviour, examples, setup.renderer, setup.reward_fn,
+                 num_samples=G, sampling=setup.sampling, key=step_key(state))
+    state, metrics = update(setup, state, ro, learning_rate=lr)
+    scores = evaluate(setup.graphdef, state.params, held_out, setup.renderer,
+                      setup.reward_fn, key=eval_key(state), sampling=setup.sampling)
+
+Modules: ``config`` (TrainConfig), ``state`` (Setup, RunState), ``rollout``, ``losses``
+(the loss plug-in contract; AsymRE, GRPO, ISReinforce), ``update`` (the jitted step),
+``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train).
+"""
+
+from llm.rl.checkpoint import Checkpointer, restore_state, save_state
+from llm.rl.config import TrainConfig
+from llm.rl.evaluation import evaluate
+from llm.rl.losses import GRPO, AsymRE, ISReinforce, loss_from_config
+from llm.rl.metrics import MetricsWriter
+from llm.rl.rollout import Rollout, Sampling, rollout
+from llm.rl.state import (
+    RunState,
+    Setup,
+    eval_key,
+    init_run,
+    init_state,
+    make_setup,
+    refresh_behaviour,
+    step_key,
+)
+from llm.rl.step import rl_step, update
+
+__all__ = [
+    "GRPO",
+    "AsymRE",
+    "Checkpointer",
+    "ISReinforce",
+    "MetricsWriter",
+    "Rollout",
+    "RunState",
+    "Sampling",
+    "Setup",
+    "TrainConfig",
+    "eval_key",
+    "evaluate",
+    "init_run",
+    "init_state",
+    "loss_from_config",
+    "make_setup",
+    "refresh_behaviour",
+    "restore_state",
+    "rl_step",
+    "rollout",
+    "save_state",
+    "step_key",
+    "update",
+]
