@@ -119,11 +119,7 @@ class ISReinforce:
     scale: str = _host("none")
     normalization: str = "sequence"
     needs_reference = False
-
-    def advantages(self, rewards_PxG):
-        return asymre_jax.asymre_advantages(
-            rewards_PxG, self.delta_v, leave_one_out=self.leave_one_out, scale=self.scale
-        )
+    advantages = AsymRE.advantages  # the same fields, the same advantages
 
     def __call__(self, logprobs, behaviour_logprobs, advantages, mask):
         return asymre_jax.is_reinforce_loss_terms(
