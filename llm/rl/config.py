@@ -10,18 +10,15 @@ resumed run can refuse a configuration that would not continue the same run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import math
-import numbers
-import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from llm.errors import ConfigError
+from llm.rl.config_checks import IS_LEVELS as IS_LEVELS
+from llm.rl.config_checks import REWARD_SCALES as REWARD_SCALES
+from llm.rl.config_checks import coerce, unknown_message, validate_config
 
 TASKS = ("arithmetic", "gsm8k", "math500", "jsonl")
 LOSSES = ("asymre", "grpo", "is_reinforce")
@@ -189,8 +186,8 @@ class TrainConfig:
         """
         unknown = [k for k in d if k not in _FIELDS]
         if unknown:
-            raise ConfigError(None, _unknown_message(unknown))
-        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+            raise ConfigError(None, unknown_message(unknown, _FIELDS))
+        return cls(**{k: coerce(_FIELDS, k, v) for k, v in d.items()})
 
     @classmethod
     def from_file(cls, path: str | pathlib.Path) -> TrainConfig:
@@ -238,7 +235,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
+        return dataclasses.replace(self, **{k: coerce(_FIELDS, k, v) for k, v in changes.items()})
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
         return self.replace(**overrides)
@@ -268,245 +265,10 @@ class TrainConfig:
         Checks every field's type, the range of every number (NaN and inf are refused
         wherever they mean nothing), the choices of every named option, the options that only
         one loss reads, the mesh syntax (the device count is checked by `make_mesh`), and
-        that ``model_path`` is a folder with a config.json.
+        that ``model_path`` is a folder with a config.json (see `llm.rl.config_checks`).
         """
-        from asymre_jax import NORMALIZATIONS
-        from asymre_jax.advantages import SCALES
-        from llm.data.rewards import REWARD_FNS
-        from llm.models.config import DTYPES
-
-        for f in dataclasses.fields(self):
-            _check_type(f, getattr(self, f.name))
-
-        def need(name: str, ok: bool, expected: str):
-            if not ok:
-                raise ConfigError(name, f"{expected}, got {_show(getattr(self, name))}")
-
-        def choice(name: str, choices, optional: bool = False):
-            value = getattr(self, name)
-            if value in choices or (optional and value is None):
-                return
-            expected = f"must be one of {', '.join(map(str, choices))}"
-            if optional:
-                expected += " (or none)"
-            close = difflib.get_close_matches(str(value), list(map(str, choices)), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(name, f"{expected}, got {_show(value)}{hint}")
-
-        # named options
-        choice("dtype", tuple(DTYPES))
-        choice("compute_dtype", tuple(DTYPES), optional=True)
-        choice("task", TASKS)
-        choice("reward", tuple(REWARD_FNS), optional=True)
-        choice("reward_scale", REWARD_SCALES)
-        choice("loss", LOSSES)
-        choice("normalization", NORMALIZATIONS, optional=True)
-        choice("advantage_scale", SCALES)
-        choice("is_level", IS_LEVELS)
-        choice("lr_schedule", SCHEDULES)
-
-        # numbers
-        for name in _FINITE:
-            need(name, math.isfinite(getattr(self, name)), "must be a finite number")
-        for name in _NONNEGATIVE:
-            value = getattr(self, name)
-            need(name, math.isfinite(value) and value >= 0, "must be a finite number >= 0")
-        for name in ("temperature", "adam_eps"):
-            value = getattr(self, name)
-            need(name, math.isfinite(value) and value > 0, "must be a finite number > 0")
-        for name in ("top_p", "eval_top_p"):
-            need(name, 0 < getattr(self, name) <= 1, "must be in (0, 1]")
-        for name in ("adam_b1", "adam_b2"):
-            need(name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
-        need("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
-        need("is_truncation", self.is_truncation > 0, "must be > 0 (inf: no truncation)")
-        need(
-            "grpo_epsilon_high",
-            self.grpo_epsilon_high is None
-            or (math.isfinite(self.grpo_epsilon_high) and self.grpo_epsilon_high >= 0),
-            "must be a finite number >= 0 (or none: grpo_epsilon)",
-        )
-        for name in _AT_LEAST_ONE:
-            need(name, getattr(self, name) >= 1, "must be an integer >= 1")
-        for name in _AT_LEAST_ZERO:
-            need(name, getattr(self, name) >= 0, "must be an integer >= 0")
-        need(
-            "samples_per_prompt",
-            self.samples_per_prompt >= 2,
-            "must be >= 2 (G samples per prompt give the per-prompt baseline)",
-        )
-        need(
-            "eval_max_new_tokens",
-            self.eval_max_new_tokens is None or self.eval_max_new_tokens >= 1,
-            "must be an integer >= 1 (or none: max_new_tokens)",
-        )
-        need(
-            "micro_batches",
-            self.batch_size % self.micro_batches == 0,
-            f"must divide prompts_per_step * samples_per_prompt = {self.batch_size}",
-        )
-
-        # options that only some losses read
-        grpo = self.loss == "grpo"
-        need("kl_beta", grpo or self.kl_beta == 0, f"must be 0 with loss={self.loss} (grpo only)")
-        need(
-            "grpo_epsilon_high",
-            grpo or self.grpo_epsilon_high is None,
-            f"must be none with loss={self.loss} (grpo only)",
-        )
-        need(
-            "leave_one_out",
-            not (grpo and self.leave_one_out),
-            "must be false with loss=grpo (asymre / is_reinforce only)",
-        )
-        need(
-            "advantage_scale",
-            not grpo or self.advantage_scale == "none",
-            "must be none with loss=grpo (GRPO always divides by the group std)",
-        )
-
-        # the mesh syntax (the device count is checked when the mesh is built)
-        if self.mesh is not None:
-            from llm.models.sharding import parse_mesh_spec
-
-            try:
-                parse_mesh_spec(self.mesh)
-            except ValueError as err:
-                raise ConfigError("mesh", str(err)) from None
-
-        # files
-        if self.task != "arithmetic":
-            need("data_path", self.data_path is not None, f"is required by task={self.task}")
-        for name in ("data_path", "eval_data_path"):
-            path = getattr(self, name)
-            need(name, path is None or pathlib.Path(path).exists(), "must be an existing path")
-        need("model_path", bool(self.model_path), "is required (a Hugging Face model folder)")
-        model = pathlib.Path(self.model_path)
-        need("model_path", model.is_dir(), "must be an existing folder")
-        need(
-            "model_path",
-            (model / "config.json").is_file(),
-            "must be a Hugging Face model folder with a config.json",
-        )
+        validate_config(self)
         return self
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-REWARD_SCALES = ("pm1", "01")
-IS_LEVELS = ("sequence", "token")
-# float fields that may take any finite value / any finite value >= 0 (NaN and inf refused)
-_FINITE = ("delta_v",)
-_NONNEGATIVE = (
-    "grpo_epsilon",
-    "kl_beta",
-    "learning_rate",
-    "weight_decay",
-    "max_grad_norm",
-    "eval_temperature",
-)
-_AT_LEAST_ONE = (
-    "refresh_every",
-    "prompts_per_step",
-    "max_new_tokens",
-    "micro_batches",
-    "logits_chunk_size",
-    "max_nonfinite_steps",
-    "keep_checkpoints",
-    "log_every",
-)
-_AT_LEAST_ZERO = (
-    "num_steps",
-    "warmup_steps",
-    "eval_every",
-    "eval_prompts",
-    "eval_pass_k",
-    "checkpoint_every",
-    "seed",
-)
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it: 'abc' quoted, nan / inf / 3 bare."""
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def _unknown_message(keys) -> str:
-    parts = []
-    for key in keys:
-        close = difflib.get_close_matches(str(key), list(_FIELDS), n=1)
-        parts.append(f"{str(key)!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    return f"unknown field{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
-
-
-def _kind(field: dataclasses.Field) -> tuple[str, bool]:
-    """(base type name: str | bool | int | float | dict, whether None is allowed)."""
-    kind = str(field.type)
-    return kind.split("|")[0].split("[")[0].strip(), "None" in kind
-
-
-def _check_type(field: dataclasses.Field, value: Any) -> Any:
-    """``value`` converted to the field's type (int -> float, Path -> str, Mapping -> dict);
-    ConfigError naming the field when it is of another type."""
-    base, optional = _kind(field)
-    if value is None:
-        if optional:
-            return None
-        if base == "dict":
-            return {}
-    expected = {
-        "str": "a string",
-        "bool": "true or false",
-        "int": "an integer",
-        "float": "a number",
-        "dict": "a mapping (JSON object)",
-    }[base]
-    if base == "str" and isinstance(value, str | os.PathLike):
-        return os.fspath(value) if not isinstance(value, str) else value
-    if base == "bool" and isinstance(value, bool | np.bool_):
-        return bool(value)
-    if base == "int" and not isinstance(value, bool | np.bool_):
-        if isinstance(value, numbers.Integral):
-            return int(value)
-        if isinstance(value, numbers.Real) and float(value).is_integer():
-            return int(value)
-    if base == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    if base == "dict" and isinstance(value, Mapping):
-        return dict(value)
-    raise ConfigError(
-        field.name, f"must be {expected}{' (or none)' if optional else ''}, got {_show(value)}"
-    )
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Values from files and `key=value` strings into the field's type (ConfigError if not)."""
-    field = _FIELDS.get(name)
-    if field is None:
-        raise ConfigError(None, _unknown_message([name]))
-    base, optional = _kind(field)
-    if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
-        return None
-    if not isinstance(value, str) or base == "str":
-        return _check_type(field, value)
-    text = value.strip()
-    if base == "dict":
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(name, f"must be a JSON object ({err.msg}), got {value!r}") from None
-        if not isinstance(parsed, dict):
-            raise ConfigError(name, f"must be a JSON object, got {value!r}")
-        return parsed
-    if base == "bool":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ConfigError(name, f"must be true or false, got {value!r}")
-    try:
-        return int(text) if base == "int" else float(text)
-    except ValueError:
-        expected = "an integer" if base == "int" else "a number"
-        raise ConfigError(name, f"must be {expected}, got {value!r}") from None
