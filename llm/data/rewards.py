@@ -4,12 +4,16 @@ Contract: `fn(prompts, completions, **columns) -> list[float]`, one reward per c
 each column (e.g. `answer`, the reference final answer) is a list aligned with `completions`
 (the trainer repeats a prompt's columns for its G samples). Columns a function does not use
 are ignored. Rewards are +1/-1 by default (the paper's), `scale="01"` gives 0/1, and
-`correct=`/`incorrect=` set any pair. Malformed output is a wrong answer, never an exception.
+`correct=`/`incorrect=` set any pair. Malformed output is a wrong answer, never an exception:
+any str completion is scored, whatever it holds (a 1 MB runaway generation, huge numbers,
+deeply nested braces, NUL bytes), in time linear in its length (math_reward: bounded by the
+pool's timeout); a non-str entry (None) scores as wrong.
 
 Answer extraction (`extract_answer`): the content of the last balanced \\boxed{...} (or
 \\fbox), else the text after the last "####", else the last number in the text.
 
-- `gsm8k_reward`: numbers compared exactly as fractions ("1,234", "$18.00", "\\frac{1}{2}").
+- `gsm8k_reward`: numbers compared exactly as fractions ("1,234", "$18.00", "\\frac{1}{2}",
+  "1.5e3"); a number past `MAX_DIGITS` significant digits or `MAX_EXPONENT` does not parse.
 - `arithmetic_reward`: strict: the boxed answer, or else the completion's first line, must be
   one integer equal to the reference (no credit for a number buried in text).
 - `math_reward`: math-verify (symbolic/numeric equivalence: \\frac12 = 0.5 = \\frac{1}{2}).
@@ -58,11 +62,20 @@ def reward_levels(
 
 
 def _check_columns(completions: Sequence[str], **columns: Sequence) -> None:
-    if isinstance(completions, str):
-        raise TypeError("completions must be a list of strings, got a single str")
+    if isinstance(completions, (str, bytes)):
+        raise TypeError(
+            f"completions must be a list of strings, got a single {type(completions).__name__}"
+        )
+    if not hasattr(completions, "__len__"):
+        raise TypeError(f"completions must be a list of strings, got {type(completions).__name__}")
     for name, column in columns.items():
-        if isinstance(column, str) or len(column) != len(completions):
-            got = "a str" if isinstance(column, str) else f"length {len(column)}"
+        if not isinstance(column, (str, bytes)) and not hasattr(column, "__len__"):
+            raise TypeError(
+                f"column {name!r} must be a list aligned with completions, "
+                f"got {type(column).__name__}"
+            )
+        if isinstance(column, (str, bytes)) or len(column) != len(completions):
+            got = "a str" if isinstance(column, (str, bytes)) else f"length {len(column)}"
             raise ValueError(
                 f"column {name!r} must be a list aligned with completions "
                 f"(length {len(completions)}), got {got}"
@@ -70,30 +83,52 @@ def _check_columns(completions: Sequence[str], **columns: Sequence) -> None:
 
 
 # ----------------------------------------------------------------------------- extraction
+# Completions are untrusted and may be huge (a runaway generation, a 1 MB string), so every
+# helper below is linear-time in the text and never raises on a str: regexes without nested
+# quantifiers, one pass for brace matching, and numbers bounded before they become ints.
+
+# Longest number (significant digits) and largest |exponent| parsed; past them a number does
+# not parse (a wrong answer). MAX_DIGITS stays below the smallest limit Python allows for
+# int(str) (sys.set_int_max_str_digits, 640), so int() never raises, whatever the setting.
+MAX_DIGITS = 600
+MAX_EXPONENT = 1000
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_BRACES = re.compile(r"[{}]")
+_SPACES = re.compile(r" *")
+_TOKEN = re.compile(r"[^\s$]+")
+_NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?")
+_DECIMAL = re.compile(r"(-?)(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?")
+_INTEGER = re.compile(r"\s*([+-]?)(\d+)\s*")
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """{index of "{": index of its matching "}"} for every balanced pair, in one pass."""
+    stack: list[int] = []
+    pairs: dict[int, int] = {}
+    for match in _BRACES.finditer(text):
+        if match.group() == "{":
+            stack.append(match.start())
+        elif stack:
+            pairs[stack.pop()] = match.start()
+    return pairs
 
 
 def last_boxed(text: str) -> str | None:
     r"""Content of the last \boxed{...} with balanced braces (or `\boxed 5`), else None."""
     if not isinstance(text, str):
         return None
+    pairs = None  # computed on first need
     for match in reversed(list(_BOXED.finditer(text))):
-        i = match.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
+        i = _SPACES.match(text, match.end()).end()
         if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
+            if pairs is None:
+                pairs = _matching_braces(text)
+            j = pairs.get(i)
+            if j is not None:
+                return text[i + 1 : j].strip()
         elif i > match.end():  # "\boxed 5": one token after a space
-            token = re.match(r"[^\s$]+", text[i:])
+            token = _TOKEN.match(text, i)
             if token:
                 return token.group(0)
     return None
@@ -118,6 +153,53 @@ def extract_answer(text: str, *, hash_marker: bool = True, last_number: bool = T
     return None
 
 
+def _bounded_int(digits: str) -> int | None:
+    """int of a string of decimal digits, None past MAX_DIGITS significant digits."""
+    digits = digits.lstrip("0")
+    if len(digits) > MAX_DIGITS:
+        return None
+    return int(digits) if digits else 0
+
+
+def _decimal(text: str) -> Fraction | None:
+    """Exact value of "-12.50", ".5", "1,234", "3e-2"; None if malformed or out of bounds.
+
+    Never calls Fraction(str), which would expand "1e999999999" into a billion-digit int."""
+    match = _DECIMAL.fullmatch(text.replace(",", ""))
+    if match is None:
+        return None
+    sign, whole, frac, exp = match.groups()
+    frac = (frac or "").rstrip("0")
+    if not (whole or match.group(3)):
+        return None  # "", "-", "e5"
+    whole = whole.lstrip("0")
+    if len(whole) + len(frac) > MAX_DIGITS:  # also bounds 10**len(frac) below
+        return None
+    mantissa = int(whole + frac or "0")
+    power = -len(frac)
+    if exp:
+        digits = exp.lstrip("+-").lstrip("0")
+        if len(digits) > len(str(MAX_EXPONENT)):
+            return None
+        exponent = int(digits or "0") * (-1 if exp.startswith("-") else 1)
+        if abs(exponent) > MAX_EXPONENT:
+            return None
+        power += exponent
+    if mantissa == 0:
+        return Fraction(0)
+    value = Fraction(mantissa * 10**power) if power >= 0 else Fraction(mantissa, 10**-power)
+    return -value if sign else value
+
+
+def _ratio(num: str, den: str) -> Fraction | None:
+    """num/den for two integer strings (optionally signed); None if out of bounds or den 0."""
+    n = _bounded_int(num.lstrip("-"))
+    d = _bounded_int(den.lstrip("-"))
+    if n is None or not d:
+        return None
+    return Fraction(n, d) * (-1 if num.startswith("-") else 1) * (-1 if den.startswith("-") else 1)
+
+
 _LATEX_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _FRAC = re.compile(
     r"^(-?)\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}$|^(-?)\\[dt]?frac(\d)(\d)$"
@@ -125,33 +207,43 @@ _FRAC = re.compile(
 
 
 def parse_number(text: str | None, *, strict: bool = False) -> Fraction | None:
-    """Exact value of a numeric answer: "1,234", "$18.00", "-3", "50%", "1/2", "\\frac{1}{2}".
+    """Exact value of a numeric answer: "1,234", "$18.00", "-3", "50%", "1/2", "\\frac{1}{2}",
+    "1.5e3".
 
     strict=False falls back to the last number inside the text ("18 dollars" -> 18);
-    strict=True accepts only a text that is one number. None when nothing parses.
+    strict=True accepts only a text that is one number. None when nothing parses, including
+    numbers past MAX_DIGITS significant digits or |exponent| > MAX_EXPONENT.
     """
     if not isinstance(text, str):
         return None
     s = _LATEX_WRAPPERS.sub(r"\1", text)
     s = re.sub(r"\\[!,;: ]|\\\$|\$|\\%|%|\\left|\\right", "", s)
     s = re.sub(r"(?<=\d),(?=\d)", "", s).strip().rstrip(".").strip()
-    if re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)", s):
-        return Fraction(s)
+    if re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", s):
+        return _decimal(s)
     frac = _FRAC.match(s)
     if frac:
         sign, num, den = (frac.group(1), frac.group(2), frac.group(3))
         if num is None:
             sign, num, den = frac.group(4), frac.group(5), frac.group(6)
-        return None if int(den) == 0 else Fraction(int(num), int(den)) * (-1 if sign else 1)
+        value = _ratio(num, den)
+        return None if value is None else -value if sign else value
     ratio = re.fullmatch(r"(-?\d+)\s*/\s*(-?\d+)", s)
     if ratio:
-        return (
-            None if int(ratio.group(2)) == 0 else Fraction(int(ratio.group(1)), int(ratio.group(2)))
-        )
+        return _ratio(ratio.group(1), ratio.group(2))
     if strict:
         return None
     numbers = _NUMBER.findall(s)
-    return Fraction(numbers[-1].replace(",", "")) if numbers else None
+    return _decimal(numbers[-1]) if numbers else None
+
+
+def _parse_int(text: str, *, allow_plus: bool = False) -> int | None:
+    """The integer a text is ("19", " -7 \\n"), else None; bounded like parse_number."""
+    match = _INTEGER.fullmatch(text)
+    if match is None or (match.group(1) == "+" and not allow_plus):
+        return None
+    value = _bounded_int(match.group(2))
+    return None if value is None else -value if match.group(1) == "-" else value
 
 
 # ----------------------------------------------------------------------------- simple rewards
@@ -201,10 +293,9 @@ def arithmetic_reward(
         if isinstance(completion, str):
             boxed = last_boxed(completion)
             lines = completion.strip().splitlines()
-            text = boxed if boxed is not None else (lines[0] if lines else "")
-            ok = re.fullmatch(r"\s*-?\d+\s*", text) is not None and int(text) == int(
-                str(ref).strip()
-            )
+            pred = _parse_int(boxed if boxed is not None else (lines[0] if lines else ""))
+            gold = _parse_int(str(ref), allow_plus=True)
+            ok = pred is not None and pred == gold
         rewards.append(hi if ok else lo)
     return rewards
 

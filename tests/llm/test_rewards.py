@@ -1,7 +1,10 @@
 """llm.data.rewards: answer extraction, the three rewards, scales, and the math-verify pool's limits."""
 
+import functools
 import os
+import random
 import signal
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -10,6 +13,7 @@ import pytest
 
 from llm.data.datasets import load_gsm8k, load_math500, make_arithmetic_examples
 from llm.data.rewards import (
+    MAX_DIGITS,
     MathVerifyPool,
     arithmetic_reward,
     default_math_pool,
@@ -171,6 +175,206 @@ def test_arithmetic_reward_is_strict():
     assert arithmetic_reward(None, ["-7"], ["-7"]) == [1.0]
 
 
+# ----------------------------------------------------------------------------- hostile output
+# Model output is untrusted: any str completion must be scored, fast, and never raised on.
+
+KB = 1 << 10
+HOSTILE = [
+    "9" * 5000,  # past Python's int(str) limit (4300 digits)
+    "The answer is " + "9" * 5000 + ".",
+    "\\boxed{" + "9" * 5000 + "}",
+    "#### -" + "9" * 5000,
+    "\\boxed{1." + "9" * 5000 + "}",
+    "\\boxed{\\frac{" + "9" * 5000 + "}{3}}",
+    "\\boxed{" + "9" * 5000 + "/3}",
+    "\\boxed{3/" + "9" * 5000 + "}",
+    "\\boxed{1e999999999}",  # Fraction("1e999999999") would build a billion-digit int
+    "\\boxed{1e-999999999}",
+    "\\boxed{3e99999999999999999999}",
+    "\\boxed{0." + "0" * 100_000 + "3}",
+    "7" * (16 * KB),
+    "so 1 + 1 = 2; " * (16 * KB),
+    "1," * (8 * KB),
+    "\\boxed{" * (8 * KB),  # many unbalanced boxes: quadratic if each one rescans the text
+    "\\boxed \n" * (8 * KB),
+    "\\boxed{" + "{" * (16 * KB) + "}" * (16 * KB) + "}",  # deep nesting
+    "}" * (16 * KB) + "{" * (16 * KB),
+    "\\text{" * (8 * KB),
+    "\\frac{1}{" * (16 * KB),
+    "$" * (16 * KB),
+    "-" * (16 * KB),
+    "." * (16 * KB),
+    "####" * (16 * KB),
+    "1" + "e" * (16 * KB) + "5",
+    "\x00" * (16 * KB),
+    "\x00\\boxed{\x00}\x00",
+    "\ud800\udfff\u202e\ufeff\u2028\x85",
+    "\\boxed{\U0001d7d7}\ud800",  # a non-ASCII Unicode digit (nine)
+]
+
+
+def _within(seconds):
+    """Run the test in a daemon thread and fail it (rather than hang) past `seconds`."""
+
+    def decorate(test):
+        @functools.wraps(test)
+        def run():
+            outcome = {}
+
+            def target():
+                try:
+                    test()
+                except BaseException as err:  # re-raised in the test's thread
+                    outcome["error"] = err
+
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            thread.join(seconds)
+            assert not thread.is_alive(), f"{test.__name__} took more than {seconds}s"
+            if "error" in outcome:
+                raise outcome["error"]
+
+        return run
+
+    return decorate
+
+
+def test_parse_number_huge_numbers_do_not_raise():
+    big = "9" * 5000
+    for text in (big, f"-{big}", f"{big}.5", f"0.{big}", f"\\frac{{{big}}}{{2}}", f"1/{big}"):
+        assert parse_number(text) is None
+    for text in (big, f"-{big}", f"{big}.5", f"0.{big}", f"1,{big}"):
+        assert parse_number(f"so {text} dollars") is None  # the last-number fallback too
+    assert parse_number("9" * MAX_DIGITS) == int("9" * MAX_DIGITS)  # the bound is inclusive
+    assert parse_number("9" * (MAX_DIGITS + 1)) is None
+    # leading zeros of the integer part and trailing zeros of the decimals are not digits
+    assert parse_number("0" * 5000 + "7") == 7
+    assert parse_number("7." + "0" * 5000) == 7
+    assert parse_number("\\frac{" + "0" * 5000 + "1}{2}") == Fraction(1, 2)
+
+
+def test_parse_number_under_the_smallest_int_str_limit():
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)  # the smallest limit Python allows
+    try:
+        assert parse_number("9" * MAX_DIGITS) == 10**MAX_DIGITS - 1
+        assert parse_number("9" * 700) is None
+        assert gsm8k_reward(None, ["\\boxed{" + "9" * 700 + "}"], ["3"]) == [-1.0]
+        assert arithmetic_reward(None, ["9" * 700], ["3"]) == [-1.0]
+    finally:
+        sys.set_int_max_str_digits(previous)
+
+
+@_within(2.0)
+def test_parse_number_exponents_bounded():
+    assert parse_number("1.5e3") == 1500
+    assert parse_number("2.5E-2") == Fraction(1, 40)
+    assert parse_number("-4e+0") == -4
+    assert parse_number("about 3e2 apples") == 300
+    for text in ("1e999999999", "1e-999999999", "9e99999999999999999999", "1e1001"):
+        assert parse_number(text) is None
+        assert parse_number(text, strict=True) is None
+    assert parse_number("1e1000") == 10**1000
+    assert parse_number("3e") == 3  # no exponent digits: not an exponent
+
+
+def test_gsm8k_reward_huge_number_is_wrong_not_an_error():
+    big = "9" * 5000
+    comps = [big, f"\\boxed{{{big}}}", f"#### {big}", f"The answer is {big}.", "\\boxed{3}"]
+    assert gsm8k_reward(None, comps, ["3"] * 5) == [-1.0] * 4 + [1.0]
+    assert gsm8k_reward(None, comps, [big] * 5) == [-1.0] * 5  # an unparsable reference too
+    # "1e999999999" is not "999999999" (the old last-number reading of the exponent)
+    assert gsm8k_reward(None, ["\\boxed{1e999999999}"], ["999999999"]) == [-1.0]
+    assert gsm8k_reward(None, ["\\boxed{1.5e3}", "\\boxed{1e3}"], ["1500", "1,000"]) == [1, 1]
+
+
+def test_arithmetic_reward_huge_number_and_bad_reference():
+    big = "9" * 5000
+    comps = [big, f"\\boxed{{{big}}}", f"-{big}\nmore", "\\boxed{3}"]
+    assert arithmetic_reward(None, comps, ["3"] * 4) == [-1.0] * 3 + [1.0]
+    assert arithmetic_reward(None, ["3"], [big]) == [-1.0]
+    # a reference that is not an integer scores every completion as wrong, like gsm8k's
+    assert arithmetic_reward(None, ["3", "x"], ["three", None]) == [-1.0, -1.0]
+    assert arithmetic_reward(None, ["7", "\\boxed{-2}"], [" +7 ", -2]) == [1.0, 1.0]
+
+
+@_within(3.0)  # quadratic scanning takes minutes here
+def test_last_boxed_linear_time():
+    n = 16 * KB
+    assert last_boxed("\\boxed{" * n) is None
+    assert last_boxed("\\boxed{1}" + "\\boxed{" * n) == "1"
+    assert last_boxed("\\boxed \n" * n) is None
+    assert last_boxed("\\boxed{" + "{" * n + "x" + "}" * n + "}") == "{" * n + "x" + "}" * n
+    assert last_boxed("\\boxed" + " " * n + "{2}") == "2"
+    assert extract_answer("\\boxed{" * n + " #### 5") == "5"
+
+
+@_within(10.0)  # a few tenths of a second when linear
+def test_simple_rewards_never_raise_on_hostile_completions():
+    for fn in (gsm8k_reward, arithmetic_reward):
+        rewards = fn(None, HOSTILE, ["3"] * len(HOSTILE), scale="01")
+        assert rewards == [0.0] * len(HOSTILE), fn.__name__
+        assert fn(None, [*HOSTILE, "\\boxed{3}"], ["3"] * (len(HOSTILE) + 1))[-1] == 1.0
+    for text in HOSTILE:
+        for strict in (False, True):
+            value = parse_number(text, strict=strict)
+            assert value is None or isinstance(value, Fraction)
+        assert extract_answer(text) is None or isinstance(extract_answer(text), str)
+
+
+@_within(5.0)
+def test_one_megabyte_completions():
+    mb = "a long digression. " * (55 * KB)  # about 1 MB
+    boxes = "\\boxed{" * (146 * KB)  # about 1 MB of unbalanced boxes
+    comps = [mb, mb + "\\boxed{3}", "3\n" + mb, boxes]
+    assert gsm8k_reward(None, comps, ["3"] * 4) == [-1.0, 1.0, 1.0, -1.0]
+    assert arithmetic_reward(None, comps, ["3"] * 4) == [-1.0, 1.0, 1.0, -1.0]
+
+
+@_within(10.0)
+def test_simple_rewards_never_raise_fuzz():
+    """Random strings over the tokens the parsers look at: scored, never raised on."""
+    tokens = [
+        *"0123456789{}-+.,/$%eE \n\x00",
+        "\\boxed",
+        "\\fbox",
+        "\\frac",
+        "\\dfrac",
+        "\\text{",
+        "\\left",
+        "\\!",
+        "####",
+        "9" * 700,
+        "e999999999",
+        "\u0663",
+        "\ud800",
+    ]
+    rng = random.Random(0)
+    comps = ["".join(rng.choices(tokens, k=rng.randint(0, 16))) for _ in range(2000)]
+    answers = [rng.choice(["3", "-7", "0", "1.5", "1e3", "x", "9" * 700]) for _ in comps]
+    for fn in (gsm8k_reward, arithmetic_reward):
+        rewards = fn(None, comps, answers, scale="01")
+        assert len(rewards) == len(comps) and set(rewards) <= {0.0, 1.0}
+    for text in comps:
+        parse_number(text)
+        parse_number(text, strict=True)
+        extract_answer(text)
+
+
+def test_rewards_argument_types():
+    for fn in (gsm8k_reward, arithmetic_reward, math_reward):
+        with pytest.raises(TypeError, match="completions"):
+            fn(None, None, ["1"])
+        with pytest.raises(TypeError, match="completions"):
+            fn(None, b"1", ["1"])
+        with pytest.raises(TypeError, match="column 'answer'"):
+            fn(None, ["1"], None)
+    # a non-str entry is a wrong answer, like a malformed one
+    odd = [None, b"\\boxed{3}", 3, 3.0, ["3"]]
+    assert gsm8k_reward(None, odd, ["3"] * len(odd)) == [-1.0] * len(odd)
+    assert arithmetic_reward(None, odd, ["3"] * len(odd)) == [-1.0] * len(odd)
+
+
 # ----------------------------------------------------------------------------- math
 
 
@@ -222,6 +426,22 @@ def test_math_reward_malformed(pool):
         0.0
     ] * len(malformed)
     assert math_reward(None, [], [], pool=pool) == []
+
+
+def test_math_reward_hostile_completions(fast_pool):
+    comps = [
+        "\\boxed{" + "9" * 5000 + "}",
+        "\\boxed{" * (8 * KB),  # quadratic box scanning alone takes ~15 s here
+        "a" * (64 * KB),
+        "\x00" * 1000 + "\ud800\\boxed{\x00}",
+        b"\\boxed{3}",
+        3,
+        "\\boxed{3}",
+    ]
+    start = time.monotonic()
+    assert math_reward(None, comps, ["3"] * len(comps), pool=fast_pool) == [-1.0] * 6 + [1.0]
+    # each item is bounded by the pool's timeout; two workers
+    assert time.monotonic() - start < len(comps) / 2 * TIMEOUT + 2.0
 
 
 def test_math_reward_slow_completions_bounded(fast_pool):
