@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=getattr(logging, level),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        force=True,  # an import (absl) may have configured the root logger already
     )
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -291,7 +291,7 @@ def _report(bar, cfg: TrainConfig, row: dict, is_main: bool) -> None:
 
 
 def _short(v):
-    return round(v, 4) if isinstance(v, float) and math.isfinite(v) else v
+    return float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
 def export(graphdef, params, model_config, path, tokenizer=None) -> pathlib.Path:
