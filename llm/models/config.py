@@ -15,6 +15,13 @@ The config is frozen and hashable (it is static in the model's graph); ``rope_sc
 kept as a sorted tuple of items and read back with :meth:`ModelConfig.rope_scaling_dict`.
 Both config.json spellings of RoPE are read: transformers 5's ``rope_parameters`` and the
 older ``rope_theta`` + ``rope_scaling``.
+
+Stop ids: ``eos_token_id`` is every id that ends a generation. Checkpoints often declare more
+of them in generation_config.json than in config.json (Qwen2.5-Instruct: 151645 in
+config.json, [151645, 151643] in generation_config.json); :meth:`ModelConfig.from_json` reads
+both and keeps the union, config.json's ids first. ``config_json_eos_token_id`` remembers
+config.json's own ids in that case, so that writing the config back (:meth:`to_hf_dict`,
+:meth:`to_hf_generation_dict`, ``llm.models.hf_io.save_hf``) reproduces both files.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import jax.numpy as jnp
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
@@ -65,6 +74,24 @@ def _as_id_tuple(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+def _eos_ids(value: Any, source: str) -> tuple[int, ...]:
+    """Token ids from a JSON "eos_token_id" (null, an id, or a list of ids), checked."""
+    if value is None:
+        return ()
+    ids = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(
+            f"eos_token_id in {source} must be null, a token id or a list of token ids, "
+            f"got {value!r}"
+        )
+    return tuple(ids)
+
+
+def _ids_json(ids: tuple[int, ...]) -> int | list[int] | None:
+    """How config.json / generation_config.json spell a tuple of ids."""
+    return (ids[0] if len(ids) == 1 else list(ids)) if ids else None
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture and dtypes of a decoder. Build with :meth:`from_hf_dict` / :meth:`from_json`.
@@ -96,6 +123,11 @@ class ModelConfig:
     initializer_range: float = 0.02
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
+    # config.json's own eos ids when generation_config.json added more (None: eos_token_id).
+    # Bookkeeping for writing the files back; not compared, not part of the hash.
+    config_json_eos_token_id: tuple[int, ...] | None = dataclasses.field(
+        default=None, compare=False
+    )
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -123,6 +155,9 @@ class ModelConfig:
         if isinstance(self.rope_scaling, dict):
             object.__setattr__(self, "rope_scaling", _freeze(self.rope_scaling))
         object.__setattr__(self, "eos_token_id", _as_id_tuple(self.eos_token_id))
+        if self.config_json_eos_token_id is not None:
+            ids = _as_id_tuple(self.config_json_eos_token_id)
+            object.__setattr__(self, "config_json_eos_token_id", ids)
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype, "compute_dtype"))
         if self.use_qk_norm != (self.model_type == "qwen3"):
@@ -174,8 +209,14 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ HF I/O
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> ModelConfig:
-        """Config from a parsed config.json; ``overrides`` replace fields (e.g. dtypes)."""
+    def from_hf_dict(
+        cls, d: dict[str, Any], generation_config: dict[str, Any] | None = None, **overrides
+    ) -> ModelConfig:
+        """Config from a parsed config.json; ``overrides`` replace fields (e.g. dtypes).
+
+        ``generation_config``: the parsed generation_config.json, if any; its eos ids are
+        added to config.json's (an ``eos_token_id`` override wins over both).
+        """
         model_type = d.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
@@ -221,24 +262,69 @@ class ModelConfig:
             mlp_bias=bool(d.get("mlp_bias", False)),
             use_qk_norm=model_type == "qwen3",
             bos_token_id=d.get("bos_token_id"),
-            eos_token_id=d.get("eos_token_id"),
+            eos_token_id=_as_id_tuple(d.get("eos_token_id")),
             pad_token_id=d.get("pad_token_id"),
             initializer_range=float(d.get("initializer_range", 0.02)),
             param_dtype=dtype if dtype in DTYPES else "float32",
             compute_dtype=dtype if dtype in DTYPES else "float32",
         )
+        if generation_config is not None:
+            if not isinstance(generation_config, dict):
+                raise ValueError(
+                    f"{GENERATION_CONFIG_FILE} must hold a JSON object, "
+                    f"got {type(generation_config).__name__}"
+                )
+            own = fields["eos_token_id"]
+            extra = _eos_ids(generation_config.get("eos_token_id"), GENERATION_CONFIG_FILE)
+            merged = tuple(dict.fromkeys(own + extra))
+            if merged != own:
+                fields.update(eos_token_id=merged, config_json_eos_token_id=own)
+        if "eos_token_id" in overrides:
+            fields.pop("config_json_eos_token_id", None)
         fields.update(overrides)
         return cls(**fields)
 
     @classmethod
-    def from_json(cls, path: str | pathlib.Path, **overrides) -> ModelConfig:
-        """Config from a config.json file or a folder holding one."""
+    def from_json(
+        cls, path: str | pathlib.Path, *, generation_config: bool = True, **overrides
+    ) -> ModelConfig:
+        """Config from a config.json file or a folder holding one.
+
+        A generation_config.json beside it adds its eos ids (``generation_config=False``
+        ignores the file).
+        """
         path = pathlib.Path(path)
         if path.is_dir():
-            path = path / "config.json"
+            path = path / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"config.json not found at {path}")
-        return cls.from_hf_dict(json.loads(path.read_text()), **overrides)
+        generation = None
+        generation_path = path.parent / GENERATION_CONFIG_FILE
+        if generation_config and generation_path.is_file():
+            try:
+                generation = json.loads(generation_path.read_text())
+            except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+                raise ValueError(f"{generation_path} is not valid JSON: {err}") from err
+        return cls.from_hf_dict(json.loads(path.read_text()), generation, **overrides)
+
+    def _config_json_eos(self) -> tuple[int, ...]:
+        """The eos ids config.json gets: its own ones if still all stop ids, else all ids."""
+        own = self.config_json_eos_token_id
+        if own is None or not set(own) <= set(self.eos_token_id):
+            return self.eos_token_id
+        return own
+
+    def to_hf_generation_dict(self) -> dict[str, Any] | None:
+        """The token ids of a generation_config.json, needed when config.json cannot hold all
+        the eos ids (see :meth:`to_hf_dict`); None when it is not needed."""
+        if self._config_json_eos() == self.eos_token_id:
+            return None
+        d = {
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": _ids_json(self.eos_token_id),
+            "pad_token_id": self.pad_token_id,
+        }
+        return {k: v for k, v in d.items() if v is not None}
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A config.json dict that transformers (5.x, and older via the legacy keys) loads."""
@@ -247,7 +333,6 @@ class ModelConfig:
             rope_parameters.update(self.rope_scaling_dict)
             rope_parameters.pop("type", None)
             rope_parameters["rope_type"] = self.rope_type
-        eos = self.eos_token_id
         d = {
             "architectures": [_ARCHITECTURES[self.model_type]],
             "model_type": self.model_type,
@@ -265,7 +350,7 @@ class ModelConfig:
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
-            "eos_token_id": (eos[0] if len(eos) == 1 else list(eos)) if eos else None,
+            "eos_token_id": _ids_json(self._config_json_eos()),
             "pad_token_id": self.pad_token_id,
             "initializer_range": self.initializer_range,
             "dtype": self.param_dtype,

@@ -30,7 +30,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from llm.models.config import ModelConfig, dtype_name
+from llm.models.config import GENERATION_CONFIG_FILE, ModelConfig, dtype_name
 from llm.models.sharding import param_shardings
 from llm.models.transformer import Transformer
 
@@ -182,7 +182,9 @@ def load_hf(
     """Load a Llama 3.x / Qwen2 / Qwen2.5 / Qwen3 folder into a ``Transformer``.
 
     Args:
-      path: folder with config.json and model.safetensors (or a sharded index).
+      path: folder with config.json and model.safetensors (or a sharded index); the eos ids
+        of a generation_config.json there are added to config.json's (``config.eos_token_id``
+        holds them all; see ``ModelConfig.from_json``).
       dtype: parameter dtype ("float32", "bfloat16", "float16" or a jnp dtype).
       mesh: optional ``jax.sharding.Mesh`` with axes ("fsdp", "tp"); each tensor is placed
         directly into its NamedSharding (see ``llm.models.sharding``).
@@ -253,6 +255,26 @@ def _check_same_architecture(model: Transformer, config: ModelConfig) -> None:
         raise ValueError(f"config does not describe model; (config, model) differ in {diffs}")
 
 
+def _write_generation_config(path: pathlib.Path, config: ModelConfig, hf_config: dict) -> None:
+    """generation_config.json with every eos id when config.json does not hold them all. A
+    file already there keeps its other settings but gets these ids: its stale ones would
+    otherwise be merged back by ``load_hf``."""
+    file = path / GENERATION_CONFIG_FILE
+    ids = config.to_hf_generation_dict()
+    if ids is None and not file.is_file():
+        return
+    existing = {}
+    if file.is_file():
+        try:
+            existing = json.loads(file.read_text())
+        except ValueError:  # unreadable: replaced
+            existing = {}
+        existing = existing if isinstance(existing, dict) else {}
+    if ids is None:
+        ids = {"eos_token_id": hf_config["eos_token_id"]}
+    file.write_text(json.dumps({**existing, **ids}, indent=2) + "\n")
+
+
 def save_hf(
     model: Transformer,
     config: ModelConfig | None,
@@ -265,9 +287,12 @@ def save_hf(
 
     Writes config.json and model.safetensors, or model-0000i-of-0000N.safetensors plus
     model.safetensors.index.json when the weights exceed ``max_shard_bytes``; weights keep
-    the model's parameter dtype. One shard is gathered to the host at a time. ``config``
-    (None: ``model.config``) may differ from the model's only in non-architectural fields
-    (token ids, rope, eps). ``tokenizer`` (a transformers tokenizer) is saved alongside.
+    the model's parameter dtype. A generation_config.json holds the eos ids when they are
+    more than config.json's own (a Qwen2.5-Instruct checkpoint read by ``load_hf``), so both
+    ``load_hf`` and transformers' ``generate`` see every stop id. One shard is gathered to
+    the host at a time. ``config`` (None: ``model.config``) may differ from the model's only
+    in non-architectural fields (token ids, rope, eps). ``tokenizer`` (a transformers
+    tokenizer) is saved alongside.
     """
     if not isinstance(model, Transformer):
         raise TypeError(
@@ -284,6 +309,7 @@ def save_hf(
     hf_config = config.to_hf_dict()
     hf_config["dtype"] = model.config.param_dtype
     (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    _write_generation_config(path, config, hf_config)
 
     flat = dict(nnx.to_flat_state(nnx.state(model)))
     specs = tensor_specs(model.config)

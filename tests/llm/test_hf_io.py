@@ -301,3 +301,120 @@ def test_released_model_configs_parse():
         ModelConfig.from_hf_dict(
             {**QWEN3_0_6B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
         )
+
+
+# ------------------------------------------------------------------- generation_config.json
+# Qwen2.5-Instruct's generation_config.json (abridged): more stop ids than config.json's 151645.
+QWEN2_5_INSTRUCT_GENERATION = {
+    "bos_token_id": 151643,
+    "do_sample": True,
+    "eos_token_id": [151645, 151643],
+    "pad_token_id": 151643,
+    "temperature": 0.7,
+    "top_p": 0.8,
+}
+
+
+def _write_generation_config(path, **fields):
+    (path / "generation_config.json").write_text(json.dumps(fields))
+    return path
+
+
+def test_generation_config_eos_ids_are_merged(tmp_path):
+    path = _write_generation_config(_write(tmp_path, "qwen2"), eos_token_id=[7, 2], top_p=0.8)
+    model, config = load_hf(path)
+    assert config.eos_token_id == (2, 7)  # config.json's first, then the new ones
+    assert set(config.eos_token_id) == {2, 7}  # what the trainer does with them
+    assert config.config_json_eos_token_id == (2,)
+    assert model.config == config == tiny_config("qwen2", eos_token_id=(2, 7))
+    assert ModelConfig.from_json(path, generation_config=False).eos_token_id == (2,)
+    assert ModelConfig.from_json(path, eos_token_id=9).eos_token_id == (9,)  # override wins
+    assert ModelConfig.from_json(path / "config.json").eos_token_id == (2, 7)
+    for eos, expected in ((5, (2, 5)), (2, (2,)), ([2], (2,)), (None, (2,)), ([], (2,))):
+        _write_generation_config(path, eos_token_id=eos)
+        config = ModelConfig.from_json(path)
+        assert config.eos_token_id == expected, eos
+        assert config.config_json_eos_token_id == (None if expected == (2,) else (2,))
+    (path / "generation_config.json").write_text(json.dumps({"do_sample": True}))
+    assert ModelConfig.from_json(path).eos_token_id == (2,)
+
+
+def test_released_generation_config_parses():
+    qwen = ModelConfig.from_hf_dict(QWEN2_5_0_5B_INSTRUCT, QWEN2_5_INSTRUCT_GENERATION)
+    assert qwen.eos_token_id == (151645, 151643) and qwen.config_json_eos_token_id == (151645,)
+    assert qwen.to_hf_dict()["eos_token_id"] == 151645  # config.json as released
+    assert qwen.to_hf_generation_dict() == {
+        "bos_token_id": 151643,
+        "eos_token_id": [151645, 151643],
+    }
+    # Llama 3.2 Instruct declares the same three ids in both files: nothing to add
+    llama_generation = {"bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009]}
+    llama = ModelConfig.from_hf_dict(LLAMA_3_2_3B_INSTRUCT, llama_generation)
+    assert llama.eos_token_id == (128001, 128008, 128009)
+    assert llama.config_json_eos_token_id is None and llama.to_hf_generation_dict() is None
+
+
+def test_malformed_generation_config(tmp_path):
+    path = _write(tmp_path, "qwen2")
+    (path / "generation_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="generation_config.json is not valid JSON"):
+        load_hf(path)
+    for bad in ("2", [2, "7"], [True], [-1], {"a": 1}):
+        _write_generation_config(path, eos_token_id=bad)
+        with pytest.raises(ValueError, match="eos_token_id in generation_config.json"):
+            load_hf(path)
+    (path / "generation_config.json").write_text("[2, 7]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        load_hf(path)
+
+
+def test_save_hf_writes_generation_config_for_extra_eos_ids(tmp_path):
+    source = _write_generation_config(_write(tmp_path, "qwen2"), eos_token_id=[2, 7])
+    model, config = load_hf(source)
+    out = save_hf(model, config, tmp_path / "out")
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == 2
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": 1, "eos_token_id": [2, 7], "pad_token_id": 0}
+    again, config_again = load_hf(out)
+    assert config_again == config and config_again.eos_token_id == (2, 7)
+    assert config_again.config_json_eos_token_id == (2,)
+    for p, value in _state_arrays(model).items():
+        np.testing.assert_array_equal(_state_arrays(again)[p], value)
+    # transformers reads the same stop ids
+    assert transformers.GenerationConfig.from_pretrained(out).eos_token_id == [2, 7]
+    assert transformers.AutoConfig.from_pretrained(out).eos_token_id == 2
+    # a second save into the same folder changes nothing
+    save_hf(again, config_again, out)
+    assert json.loads((out / "generation_config.json").read_text()) == generation
+
+
+def test_save_hf_generation_config_only_when_needed(tmp_path):
+    model = random_model(tiny_config("qwen2"))
+    out = save_hf(model, None, tmp_path / "plain")
+    assert not (out / "generation_config.json").exists()
+    assert load_hf(out)[1].eos_token_id == (2,)
+    # ids set by hand all go to config.json, as before
+    listed = save_hf(model, model.config.replace(eos_token_id=(2, 7)), tmp_path / "listed")
+    assert json.loads((listed / "config.json").read_text())["eos_token_id"] == [2, 7]
+    assert not (listed / "generation_config.json").exists()
+    assert load_hf(listed)[1].eos_token_id == (2, 7)
+    # a loaded config whose stop ids were then replaced: config.json cannot keep its old id
+    source = _write_generation_config(_write(tmp_path, "qwen2"), eos_token_id=[2, 7])
+    _, loaded = load_hf(source)
+    replaced = loaded.replace(eos_token_id=(5,))
+    assert replaced.to_hf_dict()["eos_token_id"] == 5
+    assert replaced.to_hf_generation_dict() is None
+    more = loaded.replace(eos_token_id=(2, 7, 9))
+    assert more.to_hf_dict()["eos_token_id"] == 2
+    assert more.to_hf_generation_dict()["eos_token_id"] == [2, 7, 9]
+
+
+def test_save_hf_rewrites_stale_generation_config(tmp_path):
+    model = random_model(tiny_config("qwen2"))
+    out = tmp_path / "out"
+    out.mkdir()
+    _write_generation_config(out, eos_token_id=[2, 7], temperature=0.7)  # from an older save
+    save_hf(model, None, out)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation == {"eos_token_id": 2, "temperature": 0.7}  # other settings kept
+    assert load_hf(out)[1].eos_token_id == (2,)
