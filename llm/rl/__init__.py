@@ -9,7 +9,7 @@
                       setup.reward_fn, key=eval_key(state), sampling=setup.sampling)
 
 Modules: ``config`` (TrainConfig), ``state`` (Setup, RunState), ``rollout``, ``losses``
-(the loss plug-in contract; AsymRE, GRPO, ISReinforce), ``update`` (the jitted step),
+(the loss plug-in contract; AsymRE, GRPO, ISReinforce), ``train_step`` (the jitted step),
 ``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train).
 """
 

@@ -10,7 +10,7 @@ Step t (0-based) of ``train(cfg)``:
    normalised ones;
 5. behaviour log-probs log mu(y_t) at temperature 1, recomputed under mu by teacher forcing
    (GRPO and IS use them; for AsymRE they only feed the drift metrics);
-6. the jitted, sharded update of ``llm.rl.update`` (exact micro-batch accumulation, clipped
+6. the jitted, sharded update of ``llm.rl.train_step`` (exact micro-batch accumulation, clipped
    AdamW, a non-finite step is skipped).
 
 AsymRE maximises :math:`\mathbb{E}_{y\sim\mu}[(r(y) - V)\log\pi(y)]` with no importance
@@ -47,7 +47,7 @@ from llm.rl.metrics import MetricsWriter
 from llm.rl.rollout import to_host
 from llm.rl.state import RunState, Setup, eval_key, init_run
 from llm.rl.step import rl_step
-from llm.rl.update import optimizer_moments
+from llm.rl.train_step import optimizer_moments
 
 __all__ = ["TrainConfig", "initialize_distributed", "run_evaluation", "train"]
 

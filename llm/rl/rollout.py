@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from llm.data.prompts import PromptRenderer
-from llm.rl.update import Batch
+from llm.rl.train_step import Batch
 from llm.sampler import bucket_size, generate_from_state
 
 MIN_PROMPT_BUCKET = 16

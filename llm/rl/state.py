@@ -34,7 +34,7 @@ from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
 from llm.rl.rollout import Sampling
-from llm.rl.update import OptSpec, StepFunctions, batch_spec, step_functions
+from llm.rl.train_step import OptSpec, StepFunctions, batch_spec, step_functions
 
 
 class RunState(NamedTuple):

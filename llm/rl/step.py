@@ -19,7 +19,7 @@ from llm.rl.evaluation import correct_reward
 from llm.rl.metrics import sample_stats
 from llm.rl.rollout import Rollout, batch_to_global, build_batch, rollout, to_host
 from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
-from llm.rl.update import hyperparams
+from llm.rl.train_step import hyperparams
 
 
 def update(

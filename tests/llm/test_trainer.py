@@ -10,7 +10,7 @@ import pytest
 import asymre_jax
 from llm.data.datasets import Example
 from llm.models.tiny import make_tiny_checkpoint
-from llm.rl import update as train_step
+from llm.rl import train_step
 from llm.rl.loop import learning_rate_fn
 from llm.rl.losses import AsymRE
 from llm.rl.metrics import read_metrics

@@ -12,11 +12,11 @@ from flax import nnx
 from llm.models.sharding import make_mesh, param_shardings
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
+from llm.rl import train_step as update
 from llm.rl.checkpoint import abstract_like
-from llm.rl.rollout import build_batch
-from llm.rl import update
 from llm.rl.losses import GRPO, AsymRE, ISReinforce
-from llm.rl.update import OptSpec, batch_spec, hyperparams, step_functions
+from llm.rl.rollout import build_batch
+from llm.rl.train_step import OptSpec, batch_spec, hyperparams, step_functions
 from llm.sampler import generate_from_state
 
 P, G, N = 2, 4, 6
@@ -189,7 +189,7 @@ def test_build_batch_rejects_bad_shapes(setup):
 
 
 def test_chunked_entropy_matches_full_softmax():
-    from llm.rl.update import _entropy_from_hidden
+    from llm.rl.train_step import _entropy_from_hidden
 
     rng = np.random.default_rng(1)
     h = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
