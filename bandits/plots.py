@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -66,3 +67,51 @@ def plot_trajectories(
 def quantile_band(x_SxT: np.ndarray, low: float = 0.1, high: float = 0.9):
     """(low, high) quantiles over the seed axis."""
     return np.quantile(x_SxT, low, axis=0), np.quantile(x_SxT, high, axis=0)
+
+
+def plot_plateau(fractions: dict, example: dict, simulated: dict, path) -> pathlib.Path:
+    """Policy-iteration plateaus: (a) fraction of draws vs gap, (b, c) one example draw.
+
+    ``fractions``: label -> (gaps [G], fraction [G], low [G], high [G]) (Wilson bars).
+    ``example``: ``rounds`` [N+1], ``curves`` (label -> value per round, round 0 = V^mu0),
+    ``best`` (best arm), ``title``. ``simulated``: ``rounds`` [N+1], ``curves`` (label ->
+    value at the end of each round), ``exact`` (the exact iteration, same rounds), ``title``.
+    """
+    fig = Figure(figsize=(16, 4.4), layout="constrained")
+    ax_a, ax_b, ax_c = fig.subplots(1, 3)
+    for i, (label, (gaps, frac, low, high)) in enumerate(fractions.items()):
+        frac, low, high = (np.asarray(a, float) for a in (frac, low, high))
+        yerr = np.clip(np.stack([frac - low, high - frac]), 0.0, None)
+        ax_a.errorbar(gaps, frac, yerr=yerr, fmt="o-", ms=4, capsize=3, color=f"C{i}",
+                      label=label)  # fmt: skip
+    ax_a.set_xscale("log")
+    ax_a.invert_xaxis()
+    ax_a.set_ylim(-0.02, 1.02)
+    ax_a.set_xlabel(r"gap $V^{\mu_0} - V$ (log scale; V nears $V^{\mu_0}$ to the right)")
+    ax_a.set_ylabel("fraction of draws below the best arm by > 1e-6")
+    ax_a.set_title("(a) Policy iteration, fixed V: plateau frequency", fontsize=10)
+    ax_a.legend(fontsize=7)
+    relative = [lab for lab in example["curves"] if "V^mu0" in lab]
+    colors = matplotlib.colormaps["viridis"](np.linspace(0.0, 0.9, max(len(relative), 1)))
+    absolute = iter(("tab:red", "tab:orange", "tab:pink", "tab:brown"))
+    for label, y in example["curves"].items():
+        if label in relative:
+            color, style = colors[relative.index(label)], "o-"
+        else:
+            color, style = next(absolute, "gray"), "s--"
+        ax_b.plot(example["rounds"], y, style, ms=2.5, lw=1.2, color=color, label=label)
+    for ax in (ax_b, ax_c):
+        ax.axhline(example["best"], color="black", ls=":", lw=1, label="best arm")
+        ax.set_xlabel("round (policy iteration, mu <- pi)")
+        ax.set_ylabel("expected reward")
+    ax_b.set_title(example["title"], fontsize=10)
+    ax_b.legend(fontsize=7, ncol=2)
+    for i, (label, y) in enumerate(simulated["curves"].items()):
+        ax_c.plot(simulated["rounds"], y, "-", lw=3 - 0.7 * i, color=f"C{i}", label=label)
+    ax_c.plot(simulated["rounds"], simulated["exact"], "kx", ms=5,
+              label="exact iteration (each round to convergence)")  # fmt: skip
+    ax_c.set_title(simulated["title"], fontsize=10)
+    ax_c.legend(fontsize=7)
+    for ax in (ax_a, ax_b, ax_c):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -11,11 +11,15 @@ Setting (the paper's, whose exact draw is not public): K = 100 arms, rewards uni
 - ``offpolicy-delta``: the LLM-like setting: Bernoulli rewards, 32 pulls per step, the
   baseline is the batch mean + delta_v, the behaviour policy refreshed every 100 steps
   (100 rounds); mean and a 10-90% band over 16 seeds (common random numbers).
-- ``paper``: the first three (what the README's main command runs); ``all``: all four.
+- ``paper-plateau``: exact policy iteration (rounds run to convergence, fixed V) over many
+  reward draws (:mod:`bandits.plateau`): how often V just below V^{mu_0} plateaus below the
+  best arm, one such draw round by round, and the simulator on it with short vs long rounds.
+- ``paper``: the first three (what the README's main command runs); ``all``: all five.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -23,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from asymre_jax import theory
-from bandits import plots
+from bandits import plateau, plots
 from bandits.problem import make_problem
 from bandits.sweep import sweep
 
@@ -195,6 +199,126 @@ def offpolicy_delta(out_dir, small: bool = False) -> dict:
     return {"name": "offpolicy-delta", "figures": [str(fig)], "rows": rows}
 
 
+def _plateau_rows(rows: list[dict], rounds: int) -> list[dict]:
+    """The columns print_table shows (the JSON keeps every column)."""
+    return [
+        {
+            "V": row["V"],
+            "draws": row["draws"],
+            "plateau (limit)": row["plateau fraction (limit)"],
+            "CI low": row["plateau 95% CI (limit)"][0],
+            "CI high": row["plateau 95% CI (limit)"][1],
+            "shortfall mean": row["shortfall mean (limit)"],
+            "median": row["shortfall median (limit)"],
+            "max": row["shortfall max (limit)"],
+            "round-1 support": row["round-1 support median"],
+            f"short @{rounds}": row[f"fraction short @round{rounds}"],
+            f"support @{rounds}": row[f"support median @round{rounds}"],
+        }
+        for row in rows
+    ]
+
+
+def paper_plateau(out_dir, small: bool = False) -> dict:
+    draws, rounds = (24, 10) if small else (1000, 40)
+    sim_steps, sim_rounds = ((50, 200), 10) if small else ((500, 5000, 50_000), 40)
+    ramps = {"project (ramp 3)": 3.0, "mu = softmax(index / 10)": 9.9}
+    tables, fractions = {}, {}
+    for name, ramp in ramps.items():
+        mu_K, rewards_DxK = plateau.draw_instances(draws, mu_ramp=ramp)
+        rows = plateau.plateau_table(mu_K, rewards_DxK, num_rounds=rounds)
+        tables[name] = {"mu_ramp": ramp, "rows": rows}
+        gap_rows = [r for r in rows if r["V value"] < 0]
+        gaps = [-r["V value"] for r in gap_rows]
+        keys = [("limit", "plateau fraction (limit)", "plateau 95% CI (limit)")]
+        if ramp == 3.0:
+            keys.append((f"after {rounds} rounds", f"fraction short @round{rounds}",
+                         f"short 95% CI @round{rounds}"))  # fmt: skip
+            mu0_K, rewards0_DxK = mu_K, rewards_DxK
+        for tag, frac, ci in keys:
+            fractions[f"{name}: {tag}"] = (
+                gaps, [r[frac] for r in gap_rows], [r[ci][0] for r in gap_rows],
+                [r[ci][1] for r in gap_rows],
+            )  # fmt: skip
+
+    d = plateau.pick_example(mu0_K, rewards0_DxK)
+    rewards_K = rewards0_DxK[d]
+    value_mu, best = float(rewards_K @ mu0_K), float(rewards_K.max())
+    V_N = [value_mu - g for g in plateau.PAPER_GAPS] + [v for v in plateau.PAPER_V if v < value_mu]
+    labels = [f"V = V^mu0 - {g:g}" for g in plateau.PAPER_GAPS]
+    labels += [f"V = {v:g}" for v in plateau.PAPER_V if v < value_mu]
+    ex = plateau.plateau_draws(mu0_K, np.tile(rewards_K, (len(V_N), 1)), V_N, sim_rounds)
+    rounds_R = np.arange(sim_rounds + 1)
+    curves = {lab: np.r_[value_mu, ex["values"][i]] for i, lab in enumerate(labels)}
+
+    # the simulator (softmax logits, lr 1, exact expected update) on the same draw
+    V_sim = value_mu - 0.005
+    problem = make_problem(jax.random.key(d), rewards_K.shape[0])
+    sims = {}
+    for steps in sim_steps:
+        res = sweep(problem, V=[V_sim], steps_per_round=steps, num_rounds=sim_rounds)
+        reward_T = res.data["expected_reward"][0, 0, 0]
+        sims[f"simulator, {steps} steps/round"] = np.r_[value_mu, reward_T[steps - 1 :: steps]]
+    exact_sim = np.r_[value_mu, ex["values"][plateau.PAPER_GAPS.index(0.005)]]
+
+    fig = plots.plot_plateau(
+        fractions,
+        {"rounds": rounds_R, "curves": curves, "best": best,
+         "title": f"(b) draw {d} (V^mu0 = {value_mu:.4f}): exact policy iteration"},
+        {"rounds": rounds_R, "curves": sims, "exact": exact_sim,
+         "title": f"(c) draw {d}, V = V^mu0 - 0.005: simulator vs exact"},
+        pathlib.Path(out_dir) / "paper_plateau.png",
+    )  # fmt: skip
+    example = {
+        "draw": d,
+        "V^mu0": value_mu,
+        "best arm": best,
+        "rows": [
+            {
+                "V": lab,
+                "V value": float(V_N[i]),
+                "round-1 support": int(ex["first_support"][i]),
+                "best arm kept": bool(ex["best_kept"][i]),
+                "limit value": float(ex["limit_value"][i]),
+                f"value @round{sim_rounds}": float(ex["values"][i, -1]),
+            }
+            for i, lab in enumerate(labels)
+        ],
+        "simulator (V = V^mu0 - 0.005)": {
+            lab: {"value @round1": float(y[1]), f"value @round{sim_rounds}": float(y[-1])}
+            for lab, y in sims.items()
+        },
+        f"exact (V = V^mu0 - 0.005) value @round{sim_rounds}": float(exact_sim[-1]),
+    }
+    g_G = np.array(plateau.PAPER_GAPS)
+    r0_GxK = np.tile(rewards0_DxK[0], (len(g_G), 1))
+    d0 = plateau.plateau_draws(mu0_K, r0_GxK, float(rewards0_DxK[0] @ mu0_K) - g_G, 1)
+    example["draw 0 (the README's problem)"] = [
+        {
+            "V": f"V^mu0 - {g:g}",
+            "round-1 support": int(d0["first_support"][i]),
+            "best arm kept": bool(d0["best_kept"][i]),
+            "limit shortfall": float(d0["limit_shortfall"][i]),
+        }
+        for i, g in enumerate(plateau.PAPER_GAPS)
+    ]
+    summary = {
+        "name": "paper-plateau",
+        "figures": [str(fig)],
+        "draws": draws,
+        "rounds": rounds,
+        "num_arms": int(rewards0_DxK.shape[1]),
+        "plateau": "best arm - value > 1e-6; 'limit' = n -> infinity (max r over round 1's "
+        f"support), '@round{rounds}' = after {rounds} exact rounds; 95% Wilson intervals",
+        "tables": tables,
+        "example": example,
+        "rows": _plateau_rows(tables["project (ramp 3)"]["rows"], rounds),
+    }
+    path = pathlib.Path(out_dir) / "paper_plateau.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def _group(names):
     def run(out_dir, small: bool = False) -> dict:
         parts = []
@@ -210,9 +334,12 @@ PRESETS = {
     "paper-iteration": paper_iteration,
     "paper-entropy": paper_entropy,
     "offpolicy-delta": offpolicy_delta,
+    "paper-plateau": paper_plateau,
 }
 PRESETS["paper"] = _group(["paper-limit", "paper-iteration", "paper-entropy"])
-PRESETS["all"] = _group(["paper-limit", "paper-iteration", "paper-entropy", "offpolicy-delta"])
+PRESETS["all"] = _group(
+    ["paper-limit", "paper-iteration", "paper-entropy", "offpolicy-delta", "paper-plateau"]
+)
 
 
 def _fmt(x) -> str:
