@@ -7,7 +7,7 @@ mean negative log-likelihood of the completion tokens only,
     L(theta) = - (1 / sum_i |y_i|) * sum_i sum_t log pi_theta(y_it | x_i, y_i,<t),
 
 minimised in a jitted, pure step over (params, optimizer state) with the RL trainer's
-optimizer (`llm.rl.update.make_optimizer`: clipped AdamW, the learning rate a traced input).
+optimizer (`llm.rl.train_step.make_optimizer`: clipped AdamW, the learning rate a traced input).
 Prompts are rendered by `llm.data.prompts.PromptRenderer` and every `eval_every` steps the
 accuracy of the model's own completions on held-out problems is measured by
 `llm.rl.evaluation.evaluate` (temperature 1, the sampling the RL trainer uses, and greedy);
@@ -46,7 +46,7 @@ from llm.models.hf_io import save_hf
 from llm.models.tiny import tiny_config
 from llm.rl.evaluation import evaluate
 from llm.rl.rollout import Sampling
-from llm.rl.update import hyperparams, make_optimizer
+from llm.rl.train_step import hyperparams, make_optimizer
 
 # The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.models.tiny).
 TINY_ARITH_MODEL = dict(
@@ -159,13 +159,18 @@ def _initial_model(cfg: SFTConfig):
 
 
 def run_sft(
-    cfg: SFTConfig, *, held_out: Sequence[Example] | None = None, exclude: Sequence[str] = ()
+    cfg: SFTConfig,
+    *,
+    held_out: Sequence[Example] | None = None,
+    exclude: Sequence[str] = (),
+    train: Sequence[Example] | None = None,
 ) -> dict[str, Any]:
     """Warm-start a model on arithmetic; save it to `cfg.out_dir`; return the summary dict.
 
     `held_out`: the problems whose accuracy decides when to stop (default: `num_eval_examples`
     fresh ones); `exclude`: prompts never trained on (pass the RL held-out prompts so that
-    they stay unseen). Training problems that appear in either are dropped.
+    they stay unseen); `train`: the training problems (default: `num_train_examples` drawn
+    from `cfg.seed`). Training problems that appear in `held_out` or `exclude` are dropped.
     """
     if not 0.0 < cfg.target_accuracy <= 1.0:
         raise ValueError(f"target_accuracy must be in (0, 1], got {cfg.target_accuracy}")
@@ -178,7 +183,8 @@ def run_sft(
             cfg.num_eval_examples, seed=cfg.seed + 10_000, **cfg.task_kwargs
         )
     unseen = {ex.prompt for ex in held_out} | set(exclude)
-    train = make_arithmetic_examples(cfg.num_train_examples, seed=cfg.seed, **cfg.task_kwargs)
+    if train is None:
+        train = make_arithmetic_examples(cfg.num_train_examples, seed=cfg.seed, **cfg.task_kwargs)
     train = [ex for ex in train if ex.prompt not in unseen]
     if not train:
         raise ValueError("every training problem is excluded; raise num_train_examples")

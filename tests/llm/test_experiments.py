@@ -1,12 +1,15 @@
-"""The off-policy sweep pipeline (warm start -> runs -> figures + table) and its pieces."""
+"""The off-policy sweep pipeline (splits -> warm start -> lr choice -> runs -> report)."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from llm.data.datasets import Example
 from llm.experiments import offpolicy_sweep as sweep
+from llm.experiments import report
+from llm.experiments.splits import SPLITS, disjoint_splits
+from llm.experiments.stats import bootstrap_ci, mean_ci
 from llm.sft import sft_batch
 
 
@@ -19,65 +22,106 @@ def test_sft_batch_masks_exactly_the_completion_targets():
         sft_batch([[1, 2, 3]], [[4, 5]], length=4, pad_id=0)
 
 
-def test_moving_average_and_collapse_detection():
-    np.testing.assert_allclose(
-        sweep.moving_average(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1, 2, 4, 6]
-    )
+def test_tiny_arith_splits_are_disjoint():
+    """The four splits of the real preset share no problem (and have the promised sizes)."""
+    splits = sweep.make_splits(sweep.TINY_ARITH)
+    assert set(splits) == set(SPLITS)
+    prompts = {k: {ex.prompt for ex in v} for k, v in splits.items()}
+    for name, exs in splits.items():
+        assert len(prompts[name]) == len(exs), f"{name} repeats a problem"
+    names = list(prompts)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not prompts[a] & prompts[b], (a, b)
+    sizes = sweep.TINY_ARITH.split_sizes
+    assert len(splits["test"]) == sizes["test"] >= 500
+    assert len(splits["sft_train"]) > 1000
+
+
+def test_disjoint_splits_errors():
+    pool = [Example(f"{i}+0=", str(i)) for i in range(5)] * 3
+    with pytest.raises(ValueError, match="need 6 distinct problems, there are 5"):
+        disjoint_splits(pool, {"a": 3, "b": 3}, seed=0)
+    with pytest.raises(ValueError, match="at most one split"):
+        disjoint_splits(pool, {"a": None, "b": None}, seed=0)
+
+
+def test_bootstrap_interval_covers_the_mean_and_shrinks_with_data():
+    rng = np.random.default_rng(0)
+    small = (rng.random((3, 50)) < 0.3).astype(float)
+    large = (rng.random((3, 2000)) < 0.3).astype(float)
+    s, lg = mean_ci(small), mean_ci(large)
+    assert s["lo"] <= s["mean"] <= s["hi"] and lg["lo"] <= lg["mean"] <= lg["hi"]
+    assert lg["hi"] - lg["lo"] < s["hi"] - s["lo"]
+    assert bootstrap_ci(np.zeros(10)) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        bootstrap_ci(np.zeros((2, 2, 2)))
+
+
+def test_collapse_step():
     acc = [0.4] * 10 + [0.5] * 10 + [0.1] * 10
-    history = [{"step": i, "accuracy": a, "entropy": 1.0 - i / 40} for i, a in enumerate(acc)]
-    history[-1]["eval_accuracy"] = 0.05
-    s = sweep.run_summary(history, smooth=5)
-    assert s["initial_train_acc"] == pytest.approx(0.4)
-    assert s["peak_train_acc"] == pytest.approx(0.5)
-    assert s["final_train_acc"] == pytest.approx(0.1)
-    assert s["final_eval_acc"] == pytest.approx(0.05)
-    # the 5-step average first drops below 0.5 * 0.4 at index 23 (0.5, 0.1 x 4 -> 0.18);
-    # steps are reported from 1
-    assert s["collapse_step"] == 24
-    stable = [{"step": i, "accuracy": 0.4 + 0.01 * i, "entropy": 1.0} for i in range(30)]
-    assert sweep.run_summary(stable, smooth=5)["collapse_step"] is None
+    # the 5-step average first drops below 0.5 * 0.4 at index 23 (0.5, 0.1 x 4 -> 0.18)
+    assert report.collapse_step(acc, 5) == 24
+    assert report.collapse_step([0.4 + 0.01 * i for i in range(30)], 5) is None
 
 
 def test_run_specs_cover_the_claim():
     specs = sweep.run_specs(sweep.TINY_ARITH)
     stale = {s.delta_v for s in specs if s.loss == "asymre" and s.refresh_every > 1}
     assert stale == {-0.5, -0.2, -0.1, 0.0, 0.1, 0.3}
-    assert any(s.loss == "asymre" and s.refresh_every == 1 for s in specs)
+    assert any(s.loss == "asymre" and s.refresh_every == 1 and s.delta_v == 0.3 for s in specs)
     assert any(
         s.loss == "grpo" and s.refresh_every == sweep.TINY_ARITH.refresh_every for s in specs
     )
     assert len({s.name for s in specs}) == len(specs)
     assert len(sweep.TINY_ARITH.seeds) >= 3
+    assert sweep.TINY_ARITH.num_steps // sweep.TINY_ARITH.refresh_every >= 3  # refreshes
     quick = sweep.TINY_ARITH.quick()
-    assert len(quick.seeds) == 1 and quick.train["num_steps"] < sweep.TINY_ARITH.train["num_steps"]
+    assert len(quick.seeds) == 1 and quick.num_steps < sweep.TINY_ARITH.num_steps
+    assert quick.split_sizes == sweep.TINY_ARITH.split_sizes  # the same protocol
 
 
 @pytest.mark.slow
-def test_quick_pipeline_end_to_end(tmp_path):
+def test_smoke_pipeline_end_to_end(tmp_path):
     preset = sweep.SMOKE
-    histories = sweep.run_sweep(preset, tmp_path, progress=False)
+    summary = sweep.run_sweep(preset, tmp_path, progress=False)
     specs = sweep.run_specs(preset)
-    steps = preset.train["num_steps"]
     assert (tmp_path / "warm_start" / "config.json").is_file()
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert all(v == 0 for v in splits["overlaps"].values())
     for spec in specs:
         for seed in preset.seeds:
-            lines = (tmp_path / "runs" / spec.name / f"seed{seed}" / "metrics.jsonl").read_text()
-            rows = [json.loads(x) for x in lines.splitlines()]
-            assert [r["step"] for r in rows] == list(range(steps))
-            assert all(np.isfinite(r["entropy"]) and 0 <= r["accuracy"] <= 1 for r in rows)
-            assert sum("eval_accuracy" in r for r in rows) == steps // preset.train["eval_every"]
-            assert histories[spec.name][seed] == rows
-    for name in ("offpolicy_delta_v.png", "grpo_vs_asymre.png", "staleness.png"):
+            run_dir = tmp_path / "runs" / spec.name / f"seed{seed}"
+            rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows] == list(range(preset.num_steps))
+            with np.load(run_dir / "evals.npz") as ev:
+                assert list(ev["steps"]) == [0, 2, 4]  # step 0, then every eval_every
+                assert ev["sampled"].shape == (3, 16, preset.eval_samples)
+    keys = {
+        "name",
+        "loss",
+        "delta_v",
+        "refresh_every",
+        "seed",
+        "heldout_step0",
+        "heldout_final",
+        "heldout_final_mean_at_k",
+        "collapsed_step",
+    }
+    assert len(summary["runs"]) == len(specs) * len(preset.seeds)
+    assert all(keys <= set(r) for r in summary["runs"])
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["runs"] == json.loads(json.dumps(summary["runs"]))
+    assert summary["learning_rate"]["chosen"] in preset.learning_rates
+    assert "sft_val" in summary["learning_rate"]["scored_on"]
+    # step 0 is the same warm start for every run, scored with the same key
+    assert len({r["heldout_step0"] for r in summary["runs"]}) == 1
+    for name in ("heldout_and_train.png", "changes.png"):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    table = (tmp_path / "summary.md").read_text()
-    assert all(f"| {spec.label} |" in table for spec in specs)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [r["name"] for r in summary["rows"]] == [s.name for s in specs]
-    assert all(r["seeds"] == len(preset.seeds) for r in summary["rows"])
-    # a second call reuses the warm start and the finished runs (no new training)
+    assert "| AsymRE δV=-0.1 |" in (tmp_path / "summary.md").read_text()
+    # a second call reuses the warm start and the finished runs
     mtime = (tmp_path / "warm_start" / "model.safetensors").stat().st_mtime_ns
-    (tmp_path / "timings.json").unlink()
-    sweep.run_sweep(dataclasses.replace(preset), tmp_path, progress=False)
+    again = sweep.run_sweep(preset, tmp_path, progress=False)
     assert (tmp_path / "warm_start" / "model.safetensors").stat().st_mtime_ns == mtime
-    assert not (tmp_path / "timings.json").exists()
+    assert again["seconds"]["runs"] == {} and again["runs"] == summary["runs"]
