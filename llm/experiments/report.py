@@ -227,17 +227,18 @@ def write_report(preset, specs, results, summary, out: pathlib.Path) -> None:
 
 
 def _colors(specs) -> dict[str, Any]:
+    """Blues for delta_v < 0 (darker = further below 0), reds for delta_v >= 0, GRPO black."""
     from matplotlib import colormaps
 
-    cmap = colormaps["coolwarm"]
-    stale = sorted({s.delta_v for s in specs if s.loss == "asymre"})
-    span = max(max(stale) - min(stale), 1e-9) if stale else 1.0
     colors = {}
-    for s in specs:
-        if s.loss == "grpo":
-            colors[s.name] = "black"
-        else:
-            colors[s.name] = cmap((s.delta_v - min(stale)) / span)
+    for family, sign in (("Blues", -1), ("Reds", 1)):
+        values = sorted(
+            {s.delta_v for s in specs if s.loss == "asymre" and (s.delta_v < 0) == (sign < 0)}
+        )
+        for i, dv in enumerate(sorted(values, key=abs)):
+            shade = colormaps[family](0.45 + 0.5 * i / max(len(values) - 1, 1))
+            colors.update({s.name: shade for s in specs if s.loss == "asymre" and s.delta_v == dv})
+    colors.update({s.name: "black" for s in specs if s.loss == "grpo"})
     return colors
 
 
