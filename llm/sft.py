@@ -158,6 +158,21 @@ def _initial_model(cfg: SFTConfig):
     return model, config, byte_level_tokenizer(config.vocab_size)
 
 
+def _problems(cfg: SFTConfig, held_out, exclude, train) -> tuple[list, list]:
+    """(held-out problems, training problems without any held-out or excluded prompt)."""
+    if held_out is None:
+        held_out = make_arithmetic_examples(
+            cfg.num_eval_examples, seed=cfg.seed + 10_000, **cfg.task_kwargs
+        )
+    unseen = {ex.prompt for ex in held_out} | set(exclude)
+    if train is None:
+        train = make_arithmetic_examples(cfg.num_train_examples, seed=cfg.seed, **cfg.task_kwargs)
+    train = [ex for ex in train if ex.prompt not in unseen]
+    if not train:
+        raise ValueError("every training problem is excluded; raise num_train_examples")
+    return list(held_out), train
+
+
 def run_sft(
     cfg: SFTConfig,
     *,
@@ -178,16 +193,7 @@ def run_sft(
         raise ValueError("batch_size, max_steps and eval_every must be >= 1")
     model, config, tokenizer = _initial_model(cfg)
     graphdef, params = nnx.split(model)
-    if held_out is None:
-        held_out = make_arithmetic_examples(
-            cfg.num_eval_examples, seed=cfg.seed + 10_000, **cfg.task_kwargs
-        )
-    unseen = {ex.prompt for ex in held_out} | set(exclude)
-    if train is None:
-        train = make_arithmetic_examples(cfg.num_train_examples, seed=cfg.seed, **cfg.task_kwargs)
-    train = [ex for ex in train if ex.prompt not in unseen]
-    if not train:
-        raise ValueError("every training problem is excluded; raise num_train_examples")
+    held_out, train = _problems(cfg, held_out, exclude, train)
     renderer = arithmetic_renderer(tokenizer)
     prompts = renderer.repeat(train, 1)
     completions = [completion_ids(tokenizer, ex.answer) for ex in train]
