@@ -149,21 +149,23 @@ def targets(configs: dict[str, dict], specs) -> list[dict[str, Any]]:
     return out
 
 
-def grpo_comparison(specs, results) -> dict[str, Any] | None:
-    """AsymRE δV=-0.1 minus GRPO (same N, seeds and problems), final greedy accuracy."""
-    ref = next(
-        (s for s in specs if s.loss == "asymre" and s.delta_v == -0.1 and s.refresh_every > 1), None
-    )
+def comparisons(specs, results) -> dict[str, Any]:
+    """Paired differences of final test greedy accuracy (same seeds, same problems): AsymRE
+    δV=-0.1 minus GRPO, and between the stale negative δV."""
+    stale = {s.delta_v: s for s in specs if s.loss == "asymre" and s.refresh_every > 1}
     grpo = next((s for s in specs if s.loss == "grpo"), None)
-    if ref is None or grpo is None:
-        return None
-    seeds = sorted(seed for name, seed in results if name == ref.name)
+    seeds = sorted({seed for _, seed in results})
 
-    def final(name):
-        ev = [results[(name, s)]["evals"] for s in seeds]
-        return np.stack([e[max(e)][0] for e in ev]).astype(float)
+    def final(spec):
+        evals = [results[(spec.name, seed)]["evals"] for seed in seeds]
+        return np.stack([e[max(e)][0] for e in evals]).astype(float)
 
-    return {"asymre_minus_grpo": mean_ci(final(ref.name) - final(grpo.name))}
+    pairs = []
+    if -0.1 in stale and grpo is not None:
+        pairs.append((stale[-0.1], grpo))
+    negatives = sorted(dv for dv in stale if dv < 0)
+    pairs += [(stale[a], stale[b]) for i, a in enumerate(negatives) for b in negatives[:i]]
+    return {f"{a.label} minus {b.label}": mean_ci(final(a) - final(b)) for a, b in pairs}
 
 
 def summarize(preset, specs, results, *, step0, lr_choice) -> dict[str, Any]:
@@ -187,7 +189,7 @@ def summarize(preset, specs, results, *, step0, lr_choice) -> dict[str, Any]:
         "runs": runs,
         "configs": list(configs.values()),
         "targets": targets(configs, specs),
-        "comparisons": grpo_comparison(specs, results),
+        "comparisons": comparisons(specs, results),
     }
 
 
@@ -203,6 +205,13 @@ def summary_markdown(summary: dict) -> str:
         "",
         "Test split, 95% bootstrap intervals (problems x seeds).",
         "",
+        "Warm start at step 0 ("
+        + ", ".join(f"{k} {_ci(v)}" for k, v in summary["step0"].items() if isinstance(v, dict))
+        + f"); learning rate {summary['learning_rate']['chosen']:g}, chosen by "
+        + f"{summary['learning_rate']['scored_on']} among "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in summary["learning_rate"]["scores"].items())
+        + ".",
+        "",
         f"| run | N | greedy step 0 | greedy final | change | mean@{k} final | collapsed |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -212,6 +221,8 @@ def summary_markdown(summary: dict) -> str:
             f"{_ci(c['heldout_final'])} | {_ci(c['heldout_change'])} | "
             f"{_ci(c['heldout_final_mean_at_k'])} | {c['collapsed_seeds']}/{c['seeds']} |"
         )
+    lines += ["", "Paired differences of final test greedy accuracy (95% intervals):", ""]
+    lines += [f"- {name}: {_ci(d)}" for name, d in summary["comparisons"].items()]
     lines += ["", "Targets:", ""]
     lines += [
         f"- [{'x' if t['met'] else ' '}] {t['target']}: {t['evidence']}" for t in summary["targets"]

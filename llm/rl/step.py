@@ -29,7 +29,8 @@ def update(
 
     The metrics hold the loss, gradient norm, entropy, pi/mu drift (``logratio_abs``,
     ``ratio_mean``, ``ratio_max``), ``finite`` (False: the step was skipped, params and
-    moments unchanged) and ``nonfinite_streak`` (skipped steps in a row).
+    moments unchanged), ``nonfinite_streak`` (skipped steps in a row) and ``advantages``
+    (the [P, G] host array the step used).
     """
     cfg, fns = setup.cfg, setup.fns
     advantages_PxG = np.asarray(setup.advantages(ro.rewards_PxG))

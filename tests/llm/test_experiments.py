@@ -125,3 +125,15 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     again = sweep.run_sweep(preset, tmp_path, progress=False)
     assert (tmp_path / "warm_start" / "model.safetensors").stat().st_mtime_ns == mtime
     assert again["seconds"]["runs"] == {} and again["runs"] == summary["runs"]
+
+
+@pytest.mark.slow
+def test_quick_cli_runs_the_same_protocol(tmp_path, capsys):
+    """`python -m llm.experiments.offpolicy_sweep --quick` (on the smoke preset): one seed,
+    fewer steps, and still step-0 evaluation, the lr choice and the summary."""
+    sweep.main(["--preset", "smoke", "--quick", "--out", str(tmp_path), "--no-progress"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["num_steps"] == sweep.SMOKE.quick_steps
+    assert summary["learning_rate"]["chosen"] in sweep.SMOKE.learning_rates
+    assert "pass@4" in summary["step0"]
+    assert "sweep done in" in capsys.readouterr().out
