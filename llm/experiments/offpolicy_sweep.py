@@ -51,6 +51,7 @@ class Preset:
     sft: dict[str, Any]  # SFTConfig fields
     train: dict[str, Any]  # TrainConfig fields
     learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    fixed_learning_rate: float | None = None  # skip the selection (a sensitivity run)
     delta_vs: tuple[float, ...] = (-0.5, -0.2, -0.1, 0.0, 0.1, 0.3)
     refresh_every: int = 25  # N, the staleness of the behaviour policy
     on_policy_delta_vs: tuple[float, ...] = (0.3,)  # N = 1 controls
@@ -300,6 +301,9 @@ def load_evals(path: pathlib.Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 
 def choose_learning_rate(preset, model_path, splits, out, *, progress) -> dict[str, Any]:
     """Greedy SFT-validation accuracy after a delta_v = -0.1 stale run, per candidate rate."""
+    if preset.fixed_learning_rate is not None:
+        lr = preset.fixed_learning_rate
+        return {"scored_on": "fixed by the user (no selection)", "scores": {}, "chosen": lr}
     spec = RunSpec("lr_sweep", "", "asymre", -0.1, preset.refresh_every)
     scores = {}
     for lr in preset.learning_rates:
@@ -381,9 +385,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="one seed, fewer steps, same protocol")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--learning-rate", type=float, help="a fixed rate instead of the selection on SFT val"
+    )
+    p.add_argument("--delta-vs", type=float, nargs="+", help="the stale AsymRE delta_v values")
+    p.add_argument("--no-grpo", action="store_true", help="leave out the GRPO runs")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     preset = PRESETS[a.preset].quick() if a.quick else PRESETS[a.preset]
+    if a.learning_rate is not None and not (a.learning_rate > 0 and a.learning_rate < 1):
+        p.error(f"--learning-rate: must be in (0, 1), got {a.learning_rate}")
+    preset = dataclasses.replace(
+        preset,
+        fixed_learning_rate=a.learning_rate,
+        delta_vs=tuple(a.delta_vs) if a.delta_vs else preset.delta_vs,
+        grpo=preset.grpo and not a.no_grpo,
+    )
     summary = run_sweep(preset, a.out, progress=not a.no_progress)
     print((pathlib.Path(a.out) / "summary.md").read_text())
     print(f"sweep done in {summary['seconds']['total']:.0f} s; outputs in {a.out}")
