@@ -1,8 +1,10 @@
 """Reproducible experiments on the LLM side.
 
-`llm.experiments.offpolicy_sweep`: the paper's off-policy LLM claim at tiny scale on CPU
-(supervised warm start, then AsymRE over delta_v with a stale behaviour policy, the on-policy
-control and GRPO in the same regime; per-step metrics, figures, summary table).
+`offpolicy_sweep`: the paper's off-policy LLM claim at tiny scale on CPU (disjoint splits,
+supervised warm start, learning rate chosen on SFT validation, AsymRE over delta_v with a
+stale behaviour policy, the on-policy control and GRPO; every run evaluated at step 0 and every
+E steps with one key); `splits` (disjoint splits by construction), `stats` (bootstrap
+intervals over problems and seeds), `report` (summary.json / summary.md, targets, figures).
 
-    python -m llm.experiments.offpolicy_sweep --preset tiny-arith --quick --out runs/tiny_arith
+    python -m llm.experiments.offpolicy_sweep --quick --out runs/tiny_arith_quick
 """

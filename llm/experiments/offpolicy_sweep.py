@@ -357,21 +357,28 @@ def run_sweep(preset: Preset, out: str | pathlib.Path, *, progress: bool = True)
     model_path = warm_start(preset, splits, out, progress=progress)
     step0 = step0_report(preset, model_path, splits["test"])
     lr_choice = choose_learning_rate(preset, model_path, splits, out, progress=progress)
-    results, timings = {}, {}
+    results, timings, trained = {}, {}, []
     specs = run_specs(preset)
     for spec in specs:
         for seed in preset.seeds:
-            run_dir = out / "runs" / spec.name / f"seed{seed}"
+            name, run_dir = f"{spec.name}/seed{seed}", out / "runs" / spec.name / f"seed{seed}"
             if not (run_dir / "evals.npz").is_file():
                 cfg = train_config(preset, model_path, spec, seed, lr_choice["chosen"], run_dir)
                 t = time.perf_counter()
                 result = run_one(preset, cfg, splits["rl_train"], splits["test"], progress=progress)
-                timings[f"{spec.name}/seed{seed}"] = time.perf_counter() - t
+                (run_dir / "seconds.json").write_text(json.dumps(time.perf_counter() - t))
                 save_evals(run_dir / "evals.npz", result["evals"])
+                trained.append(name)
             rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
             results[(spec.name, seed)] = {"rows": rows, "evals": load_evals(run_dir / "evals.npz")}
+            timings[name] = json.loads((run_dir / "seconds.json").read_text())
     summary = report.summarize(preset, specs, results, step0=step0, lr_choice=lr_choice)
-    summary["seconds"] = {"total": time.perf_counter() - t0, "runs": timings}
+    summary["seconds"] = {
+        "this_call": time.perf_counter() - t0,
+        "trained_now": trained,
+        "runs": timings,
+        "warm_start": json.loads((model_path / "sft_summary.json").read_text())["seconds"],
+    }
     report.write_report(preset, specs, results, summary, out)
     return summary
 
@@ -403,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     summary = run_sweep(preset, a.out, progress=not a.no_progress)
     print((pathlib.Path(a.out) / "summary.md").read_text())
-    print(f"sweep done in {summary['seconds']['total']:.0f} s; outputs in {a.out}")
+    print(f"sweep done in {summary['seconds']['this_call']:.0f} s; outputs in {a.out}")
 
 
 if __name__ == "__main__":

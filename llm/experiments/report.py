@@ -197,6 +197,13 @@ def _ci(d: dict) -> str:
     return f"{d['mean']:.3f} [{d['lo']:.3f}, {d['hi']:.3f}]"
 
 
+def _lr_sentence(choice: dict) -> str:
+    if not choice["scores"]:
+        return f"learning rate {choice['chosen']:g}, {choice['scored_on']}"
+    scores = ", ".join(f"{k}: {v:.3f}" for k, v in choice["scores"].items())
+    return f"learning rate {choice['chosen']:g}, chosen by {choice['scored_on']} ({scores})"
+
+
 def summary_markdown(summary: dict) -> str:
     k = summary["eval_samples"]
     lines = [
@@ -207,10 +214,7 @@ def summary_markdown(summary: dict) -> str:
         "",
         "Warm start at step 0 ("
         + ", ".join(f"{k} {_ci(v)}" for k, v in summary["step0"].items() if isinstance(v, dict))
-        + f"); learning rate {summary['learning_rate']['chosen']:g}, chosen by "
-        + f"{summary['learning_rate']['scored_on']} among "
-        + ", ".join(f"{k}: {v:.3f}" for k, v in summary["learning_rate"]["scores"].items())
-        + ".",
+        + f"); {_lr_sentence(summary['learning_rate'])}.",
         "",
         f"| run | N | greedy step 0 | greedy final | change | mean@{k} final | collapsed |",
         "|---|---|---|---|---|---|---|",

@@ -124,7 +124,8 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     mtime = (tmp_path / "warm_start" / "model.safetensors").stat().st_mtime_ns
     again = sweep.run_sweep(preset, tmp_path, progress=False)
     assert (tmp_path / "warm_start" / "model.safetensors").stat().st_mtime_ns == mtime
-    assert again["seconds"]["runs"] == {} and again["runs"] == summary["runs"]
+    assert again["seconds"]["trained_now"] == [] and again["runs"] == summary["runs"]
+    assert again["seconds"]["runs"] == summary["seconds"]["runs"]  # kept from the first call
 
 
 @pytest.mark.slow
