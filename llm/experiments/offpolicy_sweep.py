@@ -193,32 +193,24 @@ def warm_start(preset: Preset, splits, out: pathlib.Path, *, progress: bool) -> 
 
 def scorer(preset: Preset, setup, examples, *, samples: int):
     """``params -> (greedy hits [N], sampled hits [N, samples])`` with the sweep's one key."""
-    from llm.rl.evaluation import correct_reward, sample_rewards
+    from llm.rl.evaluation import correct_reward, problem_rewards
 
     correct = correct_reward(setup.reward_fn)
     key = jax.random.key(preset.eval_seed)
-    common = dict(renderer=setup.renderer, reward_fn=setup.reward_fn, chunk=512)
 
     def score(params):
-        greedy = sample_rewards(
+        greedy_N, sampled_NxK = problem_rewards(
             setup.graphdef,
             params,
             examples,
-            num_samples=1,
-            key=None,
-            sampling=setup.sampling._replace(temperature=0.0),
-            **common,
-        )[:, 0]
-        sampled = sample_rewards(
-            setup.graphdef,
-            params,
-            examples,
-            num_samples=samples,
+            setup.renderer,
+            setup.reward_fn,
             key=key,
             sampling=setup.sampling,
-            **common,
+            num_samples=samples,
+            chunk=512,
         )
-        return greedy == correct, sampled == correct
+        return greedy_N == correct, sampled_NxK == correct
 
     return score
 

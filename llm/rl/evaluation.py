@@ -60,6 +60,33 @@ def sample_rewards(
     return np.concatenate(rewards).reshape(len(examples), num_samples)
 
 
+def problem_rewards(
+    graphdef,
+    params,
+    examples: Sequence,
+    renderer: PromptRenderer,
+    reward_fn: Callable,
+    *,
+    key: jax.Array,
+    sampling: Sampling,
+    num_samples: int = 1,
+    chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per problem: the greedy completion's reward [N] and ``num_samples`` sampled ones [N, k]."""
+    examples = list(examples)
+    if not examples:
+        raise ValueError("examples must not be empty")
+    common = dict(renderer=renderer, reward_fn=reward_fn, chunk=chunk)
+    greedy = sampling._replace(temperature=0.0)
+    greedy_N = sample_rewards(
+        graphdef, params, examples, num_samples=1, sampling=greedy, key=None, **common
+    )[:, 0]
+    sampled_NxK = sample_rewards(
+        graphdef, params, examples, num_samples=num_samples, sampling=sampling, key=key, **common
+    )
+    return greedy_N, sampled_NxK
+
+
 def evaluate(
     graphdef,
     params,
@@ -78,16 +105,16 @@ def evaluate(
     reward defines correctness, ``eval_greedy_accuracy``, ``eval_accuracy`` (mean@k) and,
     for k > 1, ``eval_pass@k`` and ``eval_mean@k``.
     """
-    examples = list(examples)
-    if not examples:
-        raise ValueError("examples must not be empty")
-    common = dict(renderer=renderer, reward_fn=reward_fn, chunk=chunk)
-    greedy = sampling._replace(temperature=0.0)
-    greedy_N = sample_rewards(
-        graphdef, params, examples, num_samples=1, sampling=greedy, key=None, **common
-    )[:, 0]
-    sampled_NxK = sample_rewards(
-        graphdef, params, examples, num_samples=num_samples, sampling=sampling, key=key, **common
+    greedy_N, sampled_NxK = problem_rewards(
+        graphdef,
+        params,
+        examples,
+        renderer,
+        reward_fn,
+        key=key,
+        sampling=sampling,
+        num_samples=num_samples,
+        chunk=chunk,
     )
     metrics = {
         "eval_greedy_reward": float(greedy_N.mean()),
