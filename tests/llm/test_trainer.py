@@ -2,6 +2,7 @@
 the step compiles once for the whole module)."""
 
 import json
+import logging
 
 import jax
 import numpy as np
@@ -231,3 +232,38 @@ def test_grpo_ratio_is_against_the_sampling_distribution(model_path, tmp_path):
         )
         drift[temperature] = row["logratio_abs"]
     assert drift[1.0] < 1e-5 < 1e-2 < drift[0.5]
+
+
+def test_no_compilation_after_the_first_step(model_path, tmp_path, caplog):
+    """Steps 1.. reuse everything step 0 compiled (sampler, update, copies), with a refresh
+    at step 2 and a changing learning rate (warmup)."""
+    compiled_at = {}
+    step = {"now": -1}
+
+    def mark(s, params, behaviour, row):
+        step["now"] = s + 1
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if "Compiling" in record.getMessage() or "compiling" in record.getMessage():
+                compiled_at[step["now"]] = compiled_at.get(step["now"], 0) + 1
+
+    handler = Count(level=logging.DEBUG)
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with jax.log_compiles(True):
+            jax.jit(lambda x: x * 2.0 + 1.0)(np.arange(7.0))  # proves the counter works
+            step["now"] = 0
+            train(
+                _cfg(model_path, tmp_path, num_steps=5, refresh_every=2, warmup_steps=3, seed=11),
+                reward_fn=letter_reward,
+                callback=mark,
+            )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert compiled_at.get(-1, 0) >= 1  # the counter sees a compilation
+    assert set(compiled_at) <= {-1, 0}, compiled_at
