@@ -219,9 +219,9 @@ def _plateau_rows(rows: list[dict], rounds: int) -> list[dict]:
     ]
 
 
-def paper_plateau(out_dir, small: bool = False) -> dict:
-    draws, rounds = (24, 10) if small else (1000, 40)
-    sim_steps, sim_rounds = ((50, 200), 10) if small else ((500, 5000, 50_000), 40)
+def _plateau_tables(draws: int, rounds: int):
+    """Plateau tables and the fraction curves of panel (a), per mu ramp; plus the project's
+    mu and reward draws."""
     ramps = {"project (ramp 3)": 3.0, "mu = softmax(index / 10)": 9.9}
     tables, fractions = {}, {}
     for name, ramp in ramps.items():
@@ -240,7 +240,41 @@ def paper_plateau(out_dir, small: bool = False) -> dict:
                 gaps, [r[frac] for r in gap_rows], [r[ci][0] for r in gap_rows],
                 [r[ci][1] for r in gap_rows],
             )  # fmt: skip
+    return tables, fractions, mu0_K, rewards0_DxK
 
+
+def _plateau_simulator(d: int, rewards_K, V: float, value_mu: float, sim_steps, sim_rounds):
+    """The simulator (softmax logits, lr 1, exact expected update) on draw ``d``: expected
+    reward at the end of each round, per steps-per-round."""
+    problem = make_problem(jax.random.key(d), rewards_K.shape[0])
+    sims = {}
+    for steps in sim_steps:
+        res = sweep(problem, V=[V], steps_per_round=steps, num_rounds=sim_rounds)
+        reward_T = res.data["expected_reward"][0, 0, 0]
+        sims[f"simulator, {steps} steps/round"] = np.r_[value_mu, reward_T[steps - 1 :: steps]]
+    return sims
+
+
+def _plateau_draw0(mu0_K, rewards0_DxK) -> list[dict]:
+    """Draw 0 (the README's problem) at every gap of the paper."""
+    g_G = np.array(plateau.PAPER_GAPS)
+    r0_GxK = np.tile(rewards0_DxK[0], (len(g_G), 1))
+    d0 = plateau.plateau_draws(mu0_K, r0_GxK, float(rewards0_DxK[0] @ mu0_K) - g_G, 1)
+    return [
+        {
+            "V": f"V^mu0 - {g:g}",
+            "round-1 support": int(d0["first_support"][i]),
+            "best arm kept": bool(d0["best_kept"][i]),
+            "limit shortfall": float(d0["limit_shortfall"][i]),
+        }
+        for i, g in enumerate(plateau.PAPER_GAPS)
+    ]
+
+
+def paper_plateau(out_dir, small: bool = False) -> dict:
+    draws, rounds = (24, 10) if small else (1000, 40)
+    sim_steps, sim_rounds = ((50, 200), 10) if small else ((500, 5000, 50_000), 40)
+    tables, fractions, mu0_K, rewards0_DxK = _plateau_tables(draws, rounds)
     d = plateau.pick_example(mu0_K, rewards0_DxK)
     rewards_K = rewards0_DxK[d]
     value_mu, best = float(rewards_K @ mu0_K), float(rewards_K.max())
@@ -251,14 +285,7 @@ def paper_plateau(out_dir, small: bool = False) -> dict:
     rounds_R = np.arange(sim_rounds + 1)
     curves = {lab: np.r_[value_mu, ex["values"][i]] for i, lab in enumerate(labels)}
 
-    # the simulator (softmax logits, lr 1, exact expected update) on the same draw
-    V_sim = value_mu - 0.005
-    problem = make_problem(jax.random.key(d), rewards_K.shape[0])
-    sims = {}
-    for steps in sim_steps:
-        res = sweep(problem, V=[V_sim], steps_per_round=steps, num_rounds=sim_rounds)
-        reward_T = res.data["expected_reward"][0, 0, 0]
-        sims[f"simulator, {steps} steps/round"] = np.r_[value_mu, reward_T[steps - 1 :: steps]]
+    sims = _plateau_simulator(d, rewards_K, value_mu - 0.005, value_mu, sim_steps, sim_rounds)
     exact_sim = np.r_[value_mu, ex["values"][plateau.PAPER_GAPS.index(0.005)]]
 
     fig = plots.plot_plateau(
@@ -290,18 +317,7 @@ def paper_plateau(out_dir, small: bool = False) -> dict:
         },
         f"exact (V = V^mu0 - 0.005) value @round{sim_rounds}": float(exact_sim[-1]),
     }
-    g_G = np.array(plateau.PAPER_GAPS)
-    r0_GxK = np.tile(rewards0_DxK[0], (len(g_G), 1))
-    d0 = plateau.plateau_draws(mu0_K, r0_GxK, float(rewards0_DxK[0] @ mu0_K) - g_G, 1)
-    example["draw 0 (the README's problem)"] = [
-        {
-            "V": f"V^mu0 - {g:g}",
-            "round-1 support": int(d0["first_support"][i]),
-            "best arm kept": bool(d0["best_kept"][i]),
-            "limit shortfall": float(d0["limit_shortfall"][i]),
-        }
-        for i, g in enumerate(plateau.PAPER_GAPS)
-    ]
+    example["draw 0 (the README's problem)"] = _plateau_draw0(mu0_K, rewards0_DxK)
     summary = {
         "name": "paper-plateau",
         "figures": [str(fig)],
