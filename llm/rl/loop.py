@@ -1,27 +1,28 @@
 r"""The off-policy AsymRE trainer: sample from a lagging behaviour policy, update the policy.
 
-Step t (0-based) of ``train(cfg)``:
+Step t (0-based) of ``train(cfg)`` (``llm.rl.step.rl_step``):
 
 1. if t mod refresh_every = 0, the behaviour params mu become a copy of the trained params;
-2. P prompts from the data iterator, G completions each sampled from mu
-   (``llm.sampler.generate_from_state``, temperature / top-p of the config);
-3. rewards r [P, G] from the task's reward function (+1 / -1 by default);
-4. advantages: AsymRE / IS-REINFORCE ``A = r - (mean_G r + delta_v)``; GRPO the group-std
-   normalised ones;
-5. behaviour log-probs log mu(y_t) at temperature 1, recomputed under mu by teacher forcing
-   (GRPO and IS use them; for AsymRE they only feed the drift metrics);
-6. the jitted, sharded update of ``llm.rl.train_step`` (exact micro-batch accumulation, clipped
-   AdamW, a non-finite step is skipped).
+2. P prompts from the data iterator, G completions each sampled from mu with their log-probs
+   under the sampling distribution (``llm.rl.rollout``: temperature / top-p of the config);
+3. rewards r [P, G] from the reward function (+1 / -1 by default);
+4. advantages from the loss plug-in (``llm.rl.losses``: AsymRE / IS-REINFORCE
+   ``A = r - (mean_G r + delta_v)``, GRPO the group-std normalised ones);
+5. the jitted, sharded update of ``llm.rl.train_step`` (exact micro-batch accumulation,
+   clipped AdamW under ``optax.apply_if_finite``: a non-finite step is skipped).
+
+Evaluation (``llm.rl.evaluation``) runs every ``eval_every`` steps and at the end, with one
+key for the whole run (``llm.rl.state.eval_key``).
 
 AsymRE maximises :math:`\mathbb{E}_{y\sim\mu}[(r(y) - V)\log\pi(y)]` with no importance
 ratio: the drift between pi and mu (|log pi - log mu|, ratio stats) is logged, not used.
 ``train`` is a short loop over the pieces of ``llm.rl``; write your own loop from them.
 
 Everything derives from ``cfg.seed``: data order (``BatchIterator``), sampling keys
-``fold_in(key(seed), t)``. Checkpoints (``llm.rl.checkpoint``) hold params, optimizer state,
-behaviour params, the data-iterator state, the key and the config, so ``resume=True``
-continues bit-for-bit. Multi-process runs (``initialize_distributed``) use one global mesh;
-every process computes the same host-side batch and feeds its own rows to its devices.
+``fold_in(key(seed), t)``. Checkpoints (``llm.rl.checkpoint``) hold the whole ``RunState``
+and the config, so ``resume=True`` continues bit-for-bit. Multi-process runs
+(``initialize_distributed``) use one global mesh; every process computes the same host-side
+batch and feeds its own rows to its devices.
 """
 
 from __future__ import annotations
