@@ -4,7 +4,7 @@ Every parameter carries logical axis names (``out_sharding`` metadata, e.g. q is
 ("embed", "heads", "head_dim")). ``RULES`` maps each name to a mesh axis:
 
     vocab -> tp, embed -> fsdp, heads -> tp, kv_heads -> tp, mlp -> tp,
-    head_dim -> None, norm -> None
+    head_dim -> None, norm -> None, lora_rank -> None
 
 ("fsdp" shards the hidden dimension of every matrix, ZeRO-3 style; "tp" is Megatron
 tensor parallelism over heads, MLP columns and the vocabulary). A mesh axis that is absent
@@ -36,6 +36,7 @@ RULES: dict[str, str | None] = {
     "mlp": "tp",
     "head_dim": None,
     "norm": None,
+    "lora_rank": None,
 }
 MESH_AXES = ("fsdp", "tp")
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.models.config import ModelConfig
+from llm.models.lora import lora_delta
 from llm.models.rope import apply_rope, rope_angles
 
 _F32 = jnp.float32
@@ -79,6 +80,12 @@ def _param(rngs: nnx.Rngs | None, init: str, shape, axes, config: ModelConfig) -
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
+def _plus_lora(module: nnx.Module, name: str, x, y, dtype):
+    """y plus the LoRA update of ``module``'s weight ``name`` on input x (y without one)."""
+    delta = lora_delta(module, name, x, dtype)
+    return y if delta is None else y + delta
+
+
 class RMSNorm(nnx.Module):
     """x / sqrt(mean(x^2) + eps) * weight, statistics in float32."""
 
@@ -122,6 +129,10 @@ class Attention(nnx.Module):
         q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(dt))
         k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(dt))
         v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(dt))
+        q_BxTxHxE, k_BxTxKxE, v_BxTxKxE = (
+            _plus_lora(self, name, x_BxTxD, y, dt)
+            for name, y in (("q", q_BxTxHxE), ("k", k_BxTxKxE), ("v", v_BxTxKxE))
+        )
         if cfg.attention_bias:
             q_BxTxHxE = q_BxTxHxE + self.q_bias[...].astype(dt)
             k_BxTxKxE = k_BxTxKxE + self.k_bias[...].astype(dt)
@@ -155,6 +166,7 @@ class Attention(nnx.Module):
         out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxE)
         out_BxTxHxE = out_BxTxKxGxE.reshape(B, T, K * G, E)
         out_BxTxD = jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(dt))
+        out_BxTxD = _plus_lora(self, "o", out_BxTxHxE, out_BxTxD, dt)
         if cfg.attention_out_bias:
             out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)
         return out_BxTxD, kv
@@ -183,9 +195,11 @@ class MLP(nnx.Module):
             bias_2xF = jnp.stack([self.gate_bias[...], self.up_bias[...]]).astype(dt)
             gate_up_BxTx2xF = gate_up_BxTx2xF + bias_2xF
         gate_BxTxF, up_BxTxF = gate_up_BxTx2xF[:, :, 0], gate_up_BxTx2xF[:, :, 1]
-        out_BxTxD = jnp.einsum(
-            "btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, self.down[...].astype(dt)
-        )
+        gate_BxTxF = _plus_lora(self, "gate", x_BxTxD, gate_BxTxF, dt)
+        up_BxTxF = _plus_lora(self, "up", x_BxTxD, up_BxTxF, dt)
+        act_BxTxF = jax.nn.silu(gate_BxTxF) * up_BxTxF
+        out_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF, self.down[...].astype(dt))
+        out_BxTxD = _plus_lora(self, "down", act_BxTxF, out_BxTxD, dt)
         if self.config.mlp_bias:
             out_BxTxD = out_BxTxD + self.down_bias[...].astype(dt)
         return out_BxTxD
