@@ -4,9 +4,11 @@ Every dataset is a list of `Example(prompt, answer, columns)`: the raw question,
 final answer (a string the reward functions in `llm.data.rewards` compare against) and any other
 columns of the row (kept so a reward function can receive them as keyword arguments).
 
-Readers: `load_jsonl` (any field names), `load_gsm8k` (`question`/`answer`, the final answer is
-what follows "####", commas stripped), `load_math500` (`problem`/`answer`). `load_dataset`
-dispatches on a name, for the command line. Nothing is downloaded: every reader takes a path.
+Readers: `load_table` (any field names; jsonl, parquet or a Hugging Face dataset saved with
+``save_to_disk``, see `llm.data.tables`), `load_jsonl` (one jsonl file), `load_gsm8k`
+(`question`/`answer`, the final answer is what follows "####", commas stripped),
+`load_math500` (`problem`/`answer`). `load_dataset` dispatches on a name, for the command
+line. Nothing is downloaded: every reader takes a path.
 
 Prompts reach the model through the tokenizer's chat template (`render_prompt`), with an
 instruction to put the final answer in \\boxed{}; the synthetic arithmetic task
@@ -22,12 +24,13 @@ checkpoint can hold it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from llm.data.tables import read_rows
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -49,19 +52,41 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"jsonl file not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row)}")
-            rows.append(row)
-    return rows
+    return read_rows(path)
+
+
+def examples_from_rows(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    answer_fn: Callable[[Any], str] | None = None,
+    limit: int | None = None,
+    source: str = "data",
+) -> list[Example]:
+    """Examples from rows holding ``prompt_field`` and ``answer_field``.
+
+    ``answer_fn`` maps the raw answer value to the reference final answer (default: ``str``,
+    stripped). Every other column lands in `Example.columns`. ``limit`` keeps the first rows.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    if prompt_field == answer_field:
+        raise ValueError(f"prompt_field and answer_field must differ, both are {prompt_field!r}")
+    answer_fn = answer_fn or (lambda value: str(value).strip())
+    examples = []
+    for i, row in enumerate(rows):
+        if limit is not None and i >= limit:
+            break
+        for field in (prompt_field, answer_field):
+            if field not in row:
+                raise ValueError(
+                    f"{source}: row {i} has no field {field!r} (fields: {sorted(row)}); "
+                    "set prompt_field/answer_field"
+                )
+        columns = {k: v for k, v in row.items() if k not in (prompt_field, answer_field)}
+        examples.append(Example(str(row[prompt_field]), answer_fn(row[answer_field]), columns))
+    return examples
 
 
 def load_jsonl(
@@ -72,27 +97,37 @@ def load_jsonl(
     answer_fn: Callable[[Any], str] | None = None,
     limit: int | None = None,
 ) -> list[Example]:
-    """Examples from a jsonl file whose rows hold `prompt_field` and `answer_field`.
+    """Examples from a jsonl file whose rows hold `prompt_field` and `answer_field`
+    (see `examples_from_rows`)."""
+    return examples_from_rows(
+        read_jsonl(path),
+        prompt_field=prompt_field,
+        answer_field=answer_field,
+        answer_fn=answer_fn,
+        limit=limit,
+        source=str(path),
+    )
 
-    `answer_fn` maps the raw answer value to the reference final answer (default: `str`).
-    Every other field of a row lands in `Example.columns`. `limit` keeps the first rows only.
-    """
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
-    answer_fn = answer_fn or (lambda value: str(value).strip())
-    examples = []
-    for i, row in enumerate(read_jsonl(path)):
-        if limit is not None and i >= limit:
-            break
-        for field in (prompt_field, answer_field):
-            if field not in row:
-                raise ValueError(
-                    f"{path}: row {i} has no field {field!r} (fields: {sorted(row)}); "
-                    "set prompt_field/answer_field"
-                )
-        columns = {k: v for k, v in row.items() if k not in (prompt_field, answer_field)}
-        examples.append(Example(str(row[prompt_field]), answer_fn(row[answer_field]), columns))
-    return examples
+
+def load_table(
+    path: str | pathlib.Path,
+    *,
+    split: str = "train",
+    prompt_field: str = "prompt",
+    answer_field: str = "answer",
+    answer_fn: Callable[[Any], str] | None = None,
+    limit: int | None = None,
+) -> list[Example]:
+    """Examples of ``split`` from any format `llm.data.tables.read_rows` reads: jsonl,
+    parquet (a file or a folder), or a Hugging Face dataset saved with ``save_to_disk``."""
+    return examples_from_rows(
+        read_rows(path, split),
+        prompt_field=prompt_field,
+        answer_field=answer_field,
+        answer_fn=answer_fn,
+        limit=limit,
+        source=f"{path} (split {split!r})",
+    )
 
 
 def gsm8k_final_answer(answer_text: str) -> str:
@@ -102,22 +137,24 @@ def gsm8k_final_answer(answer_text: str) -> str:
     return answer_text.rsplit("####", 1)[1].strip().replace(",", "")
 
 
-def _split_file(path: str | pathlib.Path, split: str) -> pathlib.Path:
-    path = pathlib.Path(path)
-    return path / f"{split}.jsonl" if path.is_dir() else path
-
-
 def load_gsm8k(
-    path: str | pathlib.Path, *, split: str = "test", limit: int | None = None
+    path: str | pathlib.Path,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    prompt_field: str = "question",
+    answer_field: str = "answer",
 ) -> list[Example]:
-    """GSM8K rows {question, answer}; `path` is a jsonl file or a folder holding `{split}.jsonl`.
+    """GSM8K rows {question, answer}; `path` is any format of `load_table` (a jsonl file, a
+    folder holding `{split}.jsonl`, parquet, a saved dataset).
 
     `Example.answer` is the final answer ("18"); the full solution stays in columns["solution"].
     """
-    examples = load_jsonl(
-        _split_file(path, split),
-        prompt_field="question",
-        answer_field="answer",
+    examples = load_table(
+        path,
+        split=split,
+        prompt_field=prompt_field,
+        answer_field=answer_field,
         answer_fn=str,
         limit=limit,
     )
@@ -128,11 +165,17 @@ def load_gsm8k(
 
 
 def load_math500(
-    path: str | pathlib.Path, *, split: str = "test", limit: int | None = None
+    path: str | pathlib.Path,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    prompt_field: str = "problem",
+    answer_field: str = "answer",
 ) -> list[Example]:
-    """MATH-500 rows {problem, answer, solution, subject, level, unique_id}; file or folder."""
-    return load_jsonl(
-        _split_file(path, split), prompt_field="problem", answer_field="answer", limit=limit
+    """MATH-500 rows {problem, answer, solution, subject, level, unique_id}; any format of
+    `load_table`."""
+    return load_table(
+        path, split=split, prompt_field=prompt_field, answer_field=answer_field, limit=limit
     )
 
 
@@ -215,8 +258,9 @@ def make_arithmetic_examples(
 def load_dataset(
     name: str, path: str | pathlib.Path | None = None, *, split: str = "test", **kwargs
 ) -> list[Example]:
-    """Dispatch for the command line: "gsm8k", "math500", "jsonl" (kwargs: prompt_field,
-    answer_field, limit) or "arithmetic" (kwargs of `make_arithmetic_examples`, no path)."""
+    """Dispatch for the command line: "gsm8k", "math500", "table" (alias "jsonl"; kwargs:
+    prompt_field, answer_field, limit; any format of `load_table`) or "arithmetic" (kwargs of
+    `make_arithmetic_examples`, no path)."""
     if name == "arithmetic":
         if path is not None:
             raise ValueError("the arithmetic dataset is synthetic: pass no path")
@@ -228,9 +272,11 @@ def load_dataset(
         return load_gsm8k(path, split=split, **kwargs)
     if name in ("math500", "math"):
         return load_math500(path, split=split, **kwargs)
-    if name == "jsonl":
-        return load_jsonl(_split_file(path, split), **kwargs)
-    raise ValueError(f"unknown dataset {name!r}; expected gsm8k, math500, jsonl or arithmetic")
+    if name in ("table", "jsonl"):
+        return load_table(path, split=split, **kwargs)
+    raise ValueError(
+        f"unknown dataset {name!r}; expected gsm8k, math500, table (or jsonl) or arithmetic"
+    )
 
 
 # ----------------------------------------------------------------------------- prompt rendering

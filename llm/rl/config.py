@@ -20,7 +20,7 @@ from llm.rl.config_checks import IS_LEVELS as IS_LEVELS
 from llm.rl.config_checks import REWARD_SCALES as REWARD_SCALES
 from llm.rl.config_checks import coerce, unknown_message, validate_config
 
-TASKS = ("arithmetic", "gsm8k", "math500", "jsonl")
+TASKS = ("arithmetic", "gsm8k", "math500", "table", "jsonl")
 LOSSES = ("asymre", "grpo", "is_reinforce")
 SCHEDULES = ("constant", "cosine")
 
@@ -42,13 +42,17 @@ HELP = {
     "model_path": "Hugging Face folder (config.json, *.safetensors, tokenizer) to fine-tune.",
     "dtype": "parameter dtype: float32 | bfloat16 (optimizer moments follow it).",
     "compute_dtype": "matmul dtype (None: dtype).",
-    "task": "arithmetic (synthetic, no data) | gsm8k | math500 | jsonl.",
-    "data_path": "training jsonl file or folder of {split}.jsonl (gsm8k/math500/jsonl).",
-    "eval_data_path": "held-out jsonl (None: data_path with split 'test').",
+    "task": "arithmetic (synthetic, no data) | gsm8k | math500 | table (any columns; alias jsonl).",
+    "data_path": "training data: a jsonl file, a folder of {split}.jsonl, a parquet file or "
+    "folder, or a Hugging Face dataset saved with save_to_disk.",
+    "eval_data_path": "held-out data, same formats (None: data_path with split eval_split).",
+    "prompt_field": "column holding the question (None: the task's: prompt, question for "
+    "gsm8k, problem for math500).",
+    "answer_field": "column holding the reference answer (None: the task's, answer).",
     "train_split": "split name when data_path is a folder.",
     "eval_split": "split name when the eval path is a folder.",
     "task_kwargs": "JSON dict for the task: arithmetic knobs (num_examples, digits, "
-    "num_operands, operators), jsonl fields (prompt_field, answer_field), limit.",
+    "num_operands, operators), limit.",
     "reward": "reward function name (None: from the task; jsonl uses 'math').",
     "reward_scale": "pm1 (+1/-1, the paper's) | 01.",
     "chat": "render prompts with the chat template (None: yes when the tokenizer has one, "
@@ -122,6 +126,8 @@ class TrainConfig:
     eval_data_path: str | None = None
     train_split: str = "train"
     eval_split: str = "test"
+    prompt_field: str | None = None
+    answer_field: str | None = None
     task_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     reward: str | None = None
     reward_scale: str = "pm1"

@@ -191,6 +191,20 @@ def check_types(cfg: TrainConfig) -> None:
         check_type(f, getattr(cfg, f.name))
 
 
+def _check_fields(cfg: TrainConfig) -> None:
+    """prompt_field / answer_field: non-empty, distinct, not also in task_kwargs, not for
+    the synthetic task."""
+    for name in ("prompt_field", "answer_field"):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        _need(cfg, name, value != "", "must be a column name")
+        _need(cfg, name, cfg.task != "arithmetic", "means nothing for task=arithmetic")
+        _need(cfg, name, name not in cfg.task_kwargs, "is also set in task_kwargs; set it once")
+    both = cfg.prompt_field is not None and cfg.prompt_field == cfg.answer_field
+    _need(cfg, "answer_field", not both, "must differ from prompt_field")
+
+
 def check_choices(cfg: TrainConfig) -> None:
     """Every named option is one of its choices."""
     from asymre_jax import NORMALIZATIONS
@@ -202,6 +216,7 @@ def check_choices(cfg: TrainConfig) -> None:
     _choice(cfg, "dtype", tuple(DTYPES))
     _choice(cfg, "compute_dtype", tuple(DTYPES), optional=True)
     _choice(cfg, "task", TASKS)
+    _check_fields(cfg)
     _choice(cfg, "reward", tuple(REWARD_FNS), optional=True)
     _choice(cfg, "reward_scale", REWARD_SCALES)
     _choice(cfg, "loss", LOSSES)

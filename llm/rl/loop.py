@@ -81,6 +81,8 @@ def load_task(cfg: TrainConfig) -> tuple[list, list]:
         )
         eval_ex = data_lib.make_arithmetic_examples(num_eval, seed=seed + 1_000_003, **kwargs)
         return train_ex, eval_ex
+    fields = {"prompt_field": cfg.prompt_field, "answer_field": cfg.answer_field}
+    kwargs |= {k: v for k, v in fields.items() if v is not None}
     train_ex = data_lib.load_dataset(cfg.task, cfg.data_path, split=cfg.train_split, **kwargs)
     eval_path = cfg.eval_data_path or cfg.data_path
     eval_kwargs = {k: v for k, v in kwargs.items() if k != "limit"}
