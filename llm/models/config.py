@@ -1,15 +1,16 @@
-"""One config dataclass for the three decoder families, read from and written to config.json.
+"""One config dataclass for the decoder families, read from and written to config.json.
 
-Llama 3.x, Qwen2/2.5 and Qwen3 are the same pre-norm decoder
+Llama 3.x, Qwen2/2.5, Qwen3, Mistral and Gemma 3 (text) are the same pre-norm decoder
 
-    h = x + Attn(RMSNorm(x));   y = h + W_down(silu(W_gate RMSNorm(h)) * W_up RMSNorm(h))
+    h = x + Attn(RMSNorm(x));   y = h + W_down(act(W_gate RMSNorm(h)) * W_up RMSNorm(h))
 
-and differ only in switches:
-
-- Llama: "llama3" RoPE frequency scaling (3.1/3.2), optional biases (``attention_bias``
-  covers q/k/v/o, ``mlp_bias`` the MLP), tied embeddings in the 1B/3B models.
-- Qwen2/2.5: biases on q/k/v only (o has none), often tied embeddings.
-- Qwen3: RMSNorm over head_dim on q and k before RoPE, explicit ``head_dim``.
+and differ only in switches (``llm.models.families`` reads and writes each family's
+config.json fields and lists what sets each apart): biases, q/k norms, RoPE scaling,
+sliding-window attention (Mistral on every layer, Gemma 3 on the "sliding_attention"
+layers of ``layer_types``, with their own RoPE base ``rope_local_theta``), and Gemma 3's
+(1 + w) norms, scaled embeddings, gelu-tanh GeGLU, post-attention/post-MLP norms and
+``query_pre_attn_scalar``. Those Gemma traits come with ``model_type == "gemma3_text"``
+(properties ``norm_plus_one``, ``embed_scale``, ``sandwich_norms``, ``hidden_act``).
 
 The config is frozen and hashable (it is static in the model's graph); ``rope_scaling`` is
 kept as a sorted tuple of items and read back with :meth:`ModelConfig.rope_scaling_dict`.
@@ -33,16 +34,23 @@ from typing import Any
 
 import jax.numpy as jnp
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+from llm.models.families import (
+    ARCHITECTURES,
+    FULL,
+    GEMMA3_ACTIVATION,
+    LAYER_TYPES,
+    SLIDING,
+    SUPPORTED_MODEL_TYPES,
+    config_fields,
+    family_json,
+)
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
-_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
+_QK_NORM_FAMILIES = ("qwen3", "gemma3_text")
+_WINDOW_FAMILIES = ("mistral", "gemma3_text")
 
 
 def dtype_name(dtype: Any, name: str = "dtype") -> str:
@@ -117,6 +125,13 @@ class ModelConfig:
     attention_out_bias: bool = False  # bias on o
     mlp_bias: bool = False
     use_qk_norm: bool = False
+    # Sliding-window attention (mistral, gemma3_text): query i sees key slot j iff
+    # 0 <= i - j < sliding_window. layer_types: one of LAYER_TYPES per layer (None: every
+    # layer "sliding_attention" when sliding_window is set, else "full_attention").
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None  # RoPE base of sliding layers (gemma3_text)
+    query_pre_attn_scalar: float | None = None  # attention scale ** -2 (None: head_dim)
     bos_token_id: int | None = None
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
@@ -160,8 +175,12 @@ class ModelConfig:
             object.__setattr__(self, "config_json_eos_token_id", ids)
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype, "compute_dtype"))
-        if self.use_qk_norm != (self.model_type == "qwen3"):
-            raise ValueError("use_qk_norm must be True for qwen3 and False otherwise")
+        if self.use_qk_norm != (self.model_type in _QK_NORM_FAMILIES):
+            raise ValueError(
+                f"use_qk_norm must be True for {' and '.join(_QK_NORM_FAMILIES)} and False "
+                f"otherwise, got {self.use_qk_norm} for {self.model_type}"
+            )
+        self._check_attention_kinds()
         rope_type = self.rope_type
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise ValueError(
@@ -169,7 +188,75 @@ class ModelConfig:
                 f"{', '.join(SUPPORTED_ROPE_TYPES)}"
             )
 
+    def _check_attention_kinds(self) -> None:
+        window, mt = self.sliding_window, self.model_type
+        if window is not None and mt not in _WINDOW_FAMILIES:
+            raise ValueError(
+                f"sliding_window is only supported for {', '.join(_WINDOW_FAMILIES)}, got "
+                f"sliding_window={window!r} for {mt}"
+            )
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
+            raise ValueError(f"sliding_window must be a positive int or None, got {window!r}")
+        if self.layer_types is not None:
+            if mt != "gemma3_text":
+                raise ValueError(f"layer_types is only read for gemma3_text, not {mt}")
+            types = tuple(self.layer_types)
+            if len(types) != self.num_hidden_layers or not set(types) <= set(LAYER_TYPES):
+                raise ValueError(
+                    f"layer_types must list one of {', '.join(LAYER_TYPES)} for each of the "
+                    f"{self.num_hidden_layers} layers, got {types}"
+                )
+            object.__setattr__(self, "layer_types", types)
+            if SLIDING in types and window is None:
+                raise ValueError(
+                    "layer_types has sliding_attention layers but sliding_window is None"
+                )
+        gemma = mt == "gemma3_text"
+        if gemma and self.rope_local_theta is None:
+            object.__setattr__(self, "rope_local_theta", 10000.0)
+        for name in ("rope_local_theta", "query_pre_attn_scalar"):
+            value = getattr(self, name)
+            if value is not None and not gemma:
+                raise ValueError(f"{name} is only used by gemma3_text, got {value!r} for {mt}")
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+
     # ------------------------------------------------------------------ derived
+    @property
+    def all_layer_types(self) -> tuple[str, ...]:
+        """ "sliding_attention" or "full_attention" for each layer."""
+        if self.layer_types is not None:
+            return self.layer_types
+        kind = SLIDING if self.sliding_window is not None else FULL
+        return (kind,) * self.num_hidden_layers
+
+    @property
+    def attention_scale(self) -> float:
+        """What scores q.k are multiplied by before the softmax."""
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def norm_plus_one(self) -> bool:
+        """RMSNorms scale by (1 + weight), weights stored as offsets from 1 (Gemma)."""
+        return self.model_type == "gemma3_text"
+
+    @property
+    def sandwich_norms(self) -> bool:
+        """Norms on the attention and MLP outputs too (Gemma: four norms per layer)."""
+        return self.model_type == "gemma3_text"
+
+    @property
+    def embed_scale(self) -> float | None:
+        """Factor on the embeddings (Gemma: sqrt(hidden_size)); None: none."""
+        return self.hidden_size**0.5 if self.model_type == "gemma3_text" else None
+
+    @property
+    def hidden_act(self) -> str:
+        """The MLP's gate activation: "silu" or Gemma's "gelu_pytorch_tanh"."""
+        return GEMMA3_ACTIVATION if self.model_type == "gemma3_text" else "silu"
+
     @property
     def rope_scaling_dict(self) -> dict[str, Any] | None:
         return None if self.rope_scaling is None else dict(self.rope_scaling)
@@ -202,7 +289,7 @@ class ModelConfig:
         attn += (H + 2 * K) * Dh * self.attention_bias + D * self.attention_out_bias
         attn += 2 * Dh * self.use_qk_norm
         mlp = 3 * D * F + (2 * F + D) * self.mlp_bias
-        per_layer = attn + mlp + 2 * D
+        per_layer = attn + mlp + (4 if self.sandwich_norms else 2) * D
         return (
             V * D * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * per_layer + D
         )
@@ -217,57 +304,10 @@ class ModelConfig:
         ``generation_config``: the parsed generation_config.json, if any; its eos ids are
         added to config.json's (an ``eos_token_id`` override wins over both).
         """
-        model_type = d.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"unsupported model_type {model_type!r} in config.json; supported: "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
-        act = d.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"hidden_act must be 'silu' for {model_type}, got {act!r}")
-        if d.get("use_sliding_window", False):
-            raise ValueError("use_sliding_window=true (sliding-window attention) is not supported")
-        heads = d["num_attention_heads"]
-        # RoPE: transformers 5 writes rope_parameters (theta inside); older files rope_theta +
-        # rope_scaling.
-        rope = dict(d.get("rope_parameters") or {})
-        legacy = d.get("rope_scaling")
-        if legacy:
-            rope = {**rope, **legacy}
-        theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        scaling = None if rope_type == "default" else rope
-        if model_type == "qwen2":
-            qkv_bias, o_bias = True, False
-        else:
-            qkv_bias = o_bias = bool(d.get("attention_bias", False))
-        dtype = d.get("dtype") or d.get("torch_dtype") or "float32"
-        fields = dict(
-            model_type=model_type,
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            num_hidden_layers=d["num_hidden_layers"],
-            num_attention_heads=heads,
-            num_key_value_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
-            intermediate_size=d["intermediate_size"],
-            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
-            rope_scaling=scaling,
-            max_position_embeddings=d.get("max_position_embeddings", 4096),
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            attention_bias=qkv_bias,
-            attention_out_bias=o_bias,
-            mlp_bias=bool(d.get("mlp_bias", False)),
-            use_qk_norm=model_type == "qwen3",
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_id=_as_id_tuple(d.get("eos_token_id")),
-            pad_token_id=d.get("pad_token_id"),
-            initializer_range=float(d.get("initializer_range", 0.02)),
-            param_dtype=dtype if dtype in DTYPES else "float32",
-            compute_dtype=dtype if dtype in DTYPES else "float32",
-        )
+        fields = config_fields(d)
+        fields["eos_token_id"] = _as_id_tuple(fields["eos_token_id"])
+        dtype = fields.pop("dtype")
+        fields["param_dtype"] = fields["compute_dtype"] = dtype if dtype in DTYPES else "float32"
         if generation_config is not None:
             if not isinstance(generation_config, dict):
                 raise ValueError(
@@ -328,13 +368,8 @@ class ModelConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """A config.json dict that transformers (5.x, and older via the legacy keys) loads."""
-        rope_parameters = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
-        if self.rope_scaling is not None:
-            rope_parameters.update(self.rope_scaling_dict)
-            rope_parameters.pop("type", None)
-            rope_parameters["rope_type"] = self.rope_type
         d = {
-            "architectures": [_ARCHITECTURES[self.model_type]],
+            "architectures": [ARCHITECTURES[self.model_type]],
             "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -343,10 +378,8 @@ class ModelConfig:
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
             "intermediate_size": self.intermediate_size,
-            "hidden_act": "silu",
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": rope_parameters,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
@@ -356,22 +389,5 @@ class ModelConfig:
             "dtype": self.param_dtype,
             "use_cache": True,
         }
-        if self.model_type == "qwen2":
-            if not self.attention_bias or self.attention_out_bias:
-                raise ValueError("qwen2 always has q/k/v biases and no o bias")
-            d["use_sliding_window"] = False
-        else:
-            if self.attention_bias != self.attention_out_bias:
-                raise ValueError(
-                    f"{self.model_type} has one attention_bias switch for q/k/v/o; got "
-                    f"attention_bias={self.attention_bias}, "
-                    f"attention_out_bias={self.attention_out_bias}"
-                )
-            d["attention_bias"] = self.attention_bias
-        if self.model_type == "llama":
-            d["mlp_bias"] = self.mlp_bias
-        elif self.mlp_bias:
-            raise ValueError(f"{self.model_type} has no MLP bias")
-        if self.model_type == "qwen3":
-            d["use_sliding_window"] = False
+        d.update(family_json(self))
         return d

@@ -96,8 +96,15 @@ def tensor_specs(config: ModelConfig) -> dict[str, TensorSpec]:
             ("mlp.up_proj.weight", ("mlp", "up"), (F, D), trans),
             ("mlp.down_proj.weight", ("mlp", "down"), (D, F), trans),
             ("input_layernorm.weight", ("attn_norm", "weight"), (D,), ident),
-            ("post_attention_layernorm.weight", ("mlp_norm", "weight"), (D,), ident),
         ]
+        if config.sandwich_norms:  # Gemma: post_attention_layernorm norms the attention output
+            entries += [
+                ("post_attention_layernorm.weight", ("attn_post_norm", "weight"), (D,), ident),
+                ("pre_feedforward_layernorm.weight", ("mlp_norm", "weight"), (D,), ident),
+                ("post_feedforward_layernorm.weight", ("mlp_post_norm", "weight"), (D,), ident),
+            ]
+        else:  # the others: post_attention_layernorm is the MLP's input norm
+            entries.append(("post_attention_layernorm.weight", ("mlp_norm", "weight"), (D,), ident))
         if config.attention_bias:
             entries += [
                 ("self_attn.q_proj.bias", ("attn", "q_bias"), (H * E,), heads_bias(H)),
@@ -179,7 +186,8 @@ def _read_tensor(file: pathlib.Path, name: str) -> np.ndarray:
 def load_hf(
     path, dtype="float32", mesh=None, *, compute_dtype=None
 ) -> tuple[Transformer, ModelConfig]:
-    """Load a Llama 3.x / Qwen2 / Qwen2.5 / Qwen3 folder into a ``Transformer``.
+    """Load a Llama 3.x / Qwen2 / Qwen2.5 / Qwen3 / Mistral / Gemma 3 (text) folder into a
+    ``Transformer``.
 
     Args:
       path: folder with config.json and model.safetensors (or a sharded index); the eos ids

@@ -14,6 +14,10 @@ Scalings of the frequencies w (what ``rope_scaling`` selects):
   w / factor, and in between s = (L / l - low_freq_factor) / (high_freq_factor -
   low_freq_factor) blends them, (1 - s) w / factor + s w.
 
+Gemma 3's sliding-window layers ("local") use plain RoPE with their own base
+``config.rope_local_theta``; its global layers, like every layer of the other families, use
+``rope_theta`` and ``rope_scaling``.
+
 The frequencies are numpy constants computed once at trace time from the config.
 """
 
@@ -28,12 +32,17 @@ import numpy as np
 from llm.models.config import ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """[head_dim / 2] float32 angular frequencies w_i, scaled as the config says."""
+def inverse_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
+    """[head_dim / 2] float32 angular frequencies w_i, scaled as the config says.
+
+    ``local``: those of sliding-window layers (differ only where ``rope_local_theta`` is set).
+    """
     dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    scaling = config.rope_scaling_dict or {}
-    rope_type = config.rope_type
+    local = local and config.rope_local_theta is not None
+    theta = config.rope_local_theta if local else config.rope_theta
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = {} if local else (config.rope_scaling_dict or {})
+    rope_type = "default" if local else config.rope_type
     if rope_type == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif rope_type == "llama3":
@@ -49,9 +58,11 @@ def inverse_frequencies(config: ModelConfig) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def rope_angles(config: ModelConfig, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+def rope_angles(
+    config: ModelConfig, positions_BxT: jax.Array, local: bool = False
+) -> tuple[jax.Array, jax.Array]:
     """cos and sin, each [B, T, head_dim / 2] float32, of the angles positions * w."""
-    inv_freq = jnp.asarray(inverse_frequencies(config))
+    inv_freq = jnp.asarray(inverse_frequencies(config, local))
     angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles_BxTxF), jnp.sin(angles_BxTxF)
 

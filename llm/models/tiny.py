@@ -8,6 +8,11 @@ its distinguishing features:
 - "llama": "llama3" RoPE scaling with a short original context, so it matters; untied.
 - "qwen2": q/k/v biases, tied embeddings.
 - "qwen3": q/k RMSNorm, head_dim explicit and != hidden / heads; untied.
+- "mistral": sliding-window attention on every layer (window 8, shorter than the tests'
+  sequences); untied.
+- "gemma3" (model_type "gemma3_text"): sliding (window 8) and global layers alternating,
+  local RoPE base 10^4 and global 10^6 with linear scaling x4, head_dim != hidden / heads,
+  query_pre_attn_scalar != head_dim; tied.
 
 Norm weights and biases are randomised too (around 1 and 0), so a test that ignores one
 of them fails. Sizes: "tiny" (~0.1M parameters), "small" (~5M, the benchmark model),
@@ -27,7 +32,9 @@ from llm.models.config import ModelConfig
 from llm.models.hf_io import save_hf
 from llm.models.transformer import Transformer
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
+MODEL_TYPES = {"gemma3": "gemma3_text"}  # family name -> config.json model_type, if not equal
+TINY_WINDOW = 8
 SIZES = {
     "tiny": dict(
         vocab_size=320,
@@ -66,7 +73,10 @@ def tiny_config(family: str = "llama", size: str = "tiny", **overrides) -> Model
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    d = dict(SIZES[size], model_type=family, hidden_act="silu", rms_norm_eps=1e-6)
+    d = dict(SIZES[size], model_type=MODEL_TYPES.get(family, family), rms_norm_eps=1e-6)
+    if "num_hidden_layers" in overrides:  # before gemma3's per-layer attention kinds
+        d["num_hidden_layers"] = overrides.pop("num_hidden_layers")
+    d["hidden_act"] = "silu"
     d.update(bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=2048)
     d["initializer_range"] = 0.02 if size == "0.5b" else 0.1
     if family == "llama":
@@ -82,10 +92,20 @@ def tiny_config(family: str = "llama", size: str = "tiny", **overrides) -> Model
     elif family == "qwen2":
         d["rope_theta"] = 1000000.0
         d["tie_word_embeddings"] = True
-    else:
+    elif family == "qwen3":
         d["rope_theta"] = 1000000.0
         d["head_dim"] = 2 * d["hidden_size"] // d["num_attention_heads"]
         d["tie_word_embeddings"] = size == "0.5b"
+    elif family == "mistral":
+        d.update(rope_theta=10000.0, sliding_window=TINY_WINDOW, tie_word_embeddings=False)
+    else:  # gemma3
+        del d["hidden_act"]
+        d.update(hidden_activation="gelu_pytorch_tanh", sliding_window=TINY_WINDOW)
+        d.update(sliding_window_pattern=2, tie_word_embeddings=True)
+        d["head_dim"] = 3 * d["hidden_size"] // (2 * d["num_attention_heads"])
+        d["query_pre_attn_scalar"] = d["hidden_size"] // d["num_attention_heads"]
+        d["rope_theta"], d["rope_local_base_freq"] = 1000000.0, 10000.0
+        d["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
     return ModelConfig.from_hf_dict(d, **overrides)
 
 
@@ -101,8 +121,8 @@ def random_model(config: ModelConfig, seed: int = 0) -> Transformer:
     for path, var in nnx.to_flat_state(state):
         name = str(path[-1])
         noise = rng.standard_normal(var.shape, dtype=np.float32)
-        if name == "weight":
-            value = 1.0 + 0.1 * noise
+        if name == "weight":  # norms: around 1 (Gemma stores weight - 1, so around 0)
+            value = (0.0 if config.norm_plus_one else 1.0) + 0.1 * noise
         elif name.endswith("_bias"):
             value = 0.1 * noise
         else:

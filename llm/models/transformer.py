@@ -1,4 +1,4 @@
-r"""Flax NNX decoder for Llama 3.x, Qwen2/2.5 and Qwen3, with an optional KV cache.
+r"""Flax NNX decoder for Llama 3.x, Qwen2/2.5, Qwen3, Mistral and Gemma 3, with a KV cache.
 
 Per layer (pre-norm, residual):
 
@@ -11,7 +11,11 @@ Per layer (pre-norm, residual):
 Attention is grouped-query (GQA): the H query heads are viewed as [K, G] (K key/value
 heads, G = H / K queries each), so K and V are never repeated. Scores are plain einsums,
 a single boolean mask (causal AND padding) selects the visible keys, and the softmax runs
-in float32. Weights are stored in ``config.param_dtype`` and cast to
+in float32. Sliding-window layers (Mistral, Gemma 3's "sliding_attention" layers) also
+hide keys ``sliding_window`` or more slots behind the query, as transformers does.
+Gemma 3 adds (1 + w) norms, embeddings times sqrt(D), gelu-tanh in place of silu, norms
+on the attention and MLP outputs before the residual adds, and per-kind RoPE (see
+``llm.models.config``). Weights are stored in ``config.param_dtype`` and cast to
 ``config.compute_dtype`` for the matmuls; logits are float32.
 
 Layout of the weights ([in, out], heads split out):
@@ -21,7 +25,9 @@ metadata (eager sharding off), mapped to mesh axes by ``llm.models.sharding``.
 
 KV cache (``KVCache``: k, v of [L, B, S, K, Dh]): a call with ``cache`` and
 ``cache_index = i`` writes the T new keys/values into slots [i, i + T) and query t (slot
-i + t) attends to slot j iff ``attention_mask[b, j] == 1`` and j <= i + t.
+i + t) attends to slot j iff ``attention_mask[b, j] == 1`` and j <= i + t (and, on
+sliding-window layers, i + t - j < sliding_window). Left-padded rows keep their real tokens
+in consecutive slots, so slot distance is position distance there.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.models.config import ModelConfig
+from llm.models.families import FULL, SLIDING
 from llm.models.lora import lora_delta
 from llm.models.rope import apply_rope, rope_angles
 
@@ -87,15 +94,22 @@ def _plus_lora(module: nnx.Module, name: str, x, y, dtype):
 
 
 class RMSNorm(nnx.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, statistics in float32."""
+    """x / sqrt(mean(x^2) + eps) * weight, statistics in float32.
+
+    Gemma (``config.norm_plus_one``): * (1 + weight) in float32, weight initialised at 0.
+    """
 
     def __init__(self, dim: int, config: ModelConfig):
         self.eps = config.rms_norm_eps
-        self.weight = _param(None, "ones", (dim,), ("norm",), config)
+        self.plus_one = config.norm_plus_one
+        init = "zeros" if self.plus_one else "ones"
+        self.weight = _param(None, init, (dim,), ("norm",), config)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(_F32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (normed * (1.0 + self.weight[...].astype(_F32))).astype(x.dtype)
         return normed.astype(x.dtype) * self.weight[...].astype(x.dtype)
 
 
@@ -156,9 +170,10 @@ class Attention(nnx.Module):
 
         K, G, E = cfg.num_key_value_heads, cfg.num_groups, cfg.head_dim
         q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, G, E)
-        scores_BxKxGxTxS = jnp.einsum(
-            "btkge,bske->bkgts", q_BxTxKxGxE, k_BxSxKxE, preferred_element_type=_F32
-        ) * (E**-0.5)
+        scores_BxKxGxTxS = (
+            jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, k_BxSxKxE, preferred_element_type=_F32)
+            * cfg.attention_scale
+        )
         scores_BxKxGxTxS = jnp.where(
             mask_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(_F32).min
         )
@@ -197,7 +212,10 @@ class MLP(nnx.Module):
         gate_BxTxF, up_BxTxF = gate_up_BxTx2xF[:, :, 0], gate_up_BxTx2xF[:, :, 1]
         gate_BxTxF = _plus_lora(self, "gate", x_BxTxD, gate_BxTxF, dt)
         up_BxTxF = _plus_lora(self, "up", x_BxTxD, up_BxTxF, dt)
-        act_BxTxF = jax.nn.silu(gate_BxTxF) * up_BxTxF
+        if self.config.hidden_act == "silu":
+            act_BxTxF = jax.nn.silu(gate_BxTxF) * up_BxTxF
+        else:  # Gemma's GeGLU: gelu, tanh approximation
+            act_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True) * up_BxTxF
         out_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF, self.down[...].astype(dt))
         out_BxTxD = _plus_lora(self, "down", act_BxTxF, out_BxTxD, dt)
         if self.config.mlp_bias:
@@ -206,18 +224,75 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """Pre-norm residual layer; Gemma (``config.sandwich_norms``) also norms each branch's
+    output (attn_post_norm, mlp_post_norm) before adding it."""
+
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(config.hidden_size, config)
         self.attn = Attention(config, rngs)
         self.mlp_norm = RMSNorm(config.hidden_size, config)
         self.mlp = MLP(config, rngs)
+        self.sandwich = config.sandwich_norms
+        if self.sandwich:
+            self.attn_post_norm = RMSNorm(config.hidden_size, config)
+            self.mlp_post_norm = RMSNorm(config.hidden_size, config)
 
     def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, layer=0, cache_index=None):
         attn_BxTxD, kv = self.attn(
             self.attn_norm(x_BxTxD), cos, sin, mask_BxTxS, kv, layer, cache_index
         )
+        if self.sandwich:
+            attn_BxTxD = self.attn_post_norm(attn_BxTxD)
         h_BxTxD = x_BxTxD + attn_BxTxD
-        return h_BxTxD + self.mlp(self.mlp_norm(h_BxTxD)), kv
+        mlp_BxTxD = self.mlp(self.mlp_norm(h_BxTxD))
+        if self.sandwich:
+            mlp_BxTxD = self.mlp_post_norm(mlp_BxTxD)
+        return h_BxTxD + mlp_BxTxD, kv
+
+
+def _query_slots(cfg: ModelConfig, cache, cache_index, B: int, T: int):
+    """(cache_index, [T] cache slot of each query, S key slots), checking the cache."""
+    if cache is None:
+        if cache_index is not None:
+            raise ValueError("cache_index is only meaningful together with cache")
+        return None, jnp.arange(T), T
+    if not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+    expected = (cfg.num_hidden_layers, B, cache.k.shape[2], cfg.num_key_value_heads, cfg.head_dim)
+    if cache.k.shape != expected or cache.v.shape != expected:
+        raise ValueError(
+            f"cache.k and cache.v must have shape [L, B, S, K, Dh] = {expected}, got "
+            f"{tuple(cache.k.shape)} and {tuple(cache.v.shape)}"
+        )
+    if cache_index is None:
+        raise ValueError("cache_index (int32 scalar) is required with cache")
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    if cache_index.ndim != 0:
+        raise ValueError(f"cache_index must be a scalar, got shape {cache_index.shape}")
+    S = cache.k.shape[2]
+    if T > S:
+        raise ValueError(f"tokens has T = {T} positions but the cache only {S} slots")
+    return cache_index, cache_index + jnp.arange(T), S
+
+
+def _masks(cfg: ModelConfig, query_slot_T, S: int, attention_mask, B: int, cached: bool):
+    """{layer kind: [B, T, S] bool visibility}: causal AND attention_mask, and for
+    "sliding_attention" also slot distance < sliding_window (transformers' definition)."""
+    distance_TxS = query_slot_T[:, None] - jnp.arange(S)[None, :]
+    mask_BxTxS = jnp.broadcast_to(distance_TxS >= 0, (B, len(query_slot_T), S))
+    if attention_mask is not None:
+        attention_mask = jnp.asarray(attention_mask)
+        if attention_mask.shape != (B, S):
+            what = "[B, S] (all cache slots)" if cached else "[B, T]"
+            raise ValueError(
+                f"attention_mask must have shape {what} = {(B, S)}, got "
+                f"{tuple(attention_mask.shape)}"
+            )
+        mask_BxTxS = mask_BxTxS & (attention_mask[:, None, :] != 0)
+    masks = {FULL: mask_BxTxS}
+    if SLIDING in cfg.all_layer_types:
+        masks[SLIDING] = mask_BxTxS & (distance_TxS < cfg.sliding_window)
+    return masks
 
 
 class Transformer(nnx.Module):
@@ -272,53 +347,22 @@ class Transformer(nnx.Module):
                 raise ValueError(
                     f"positions must have shape [B, T] = {(B, T)}, got {tuple(positions_BxT.shape)}"
                 )
-        if cache is None:
-            if cache_index is not None:
-                raise ValueError("cache_index is only meaningful together with cache")
-            S = T
-            query_slot_T = jnp.arange(T)
-        else:
-            if not isinstance(cache, KVCache):
-                raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
-            expected = (
-                cfg.num_hidden_layers,
-                B,
-                cache.k.shape[2],
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-            )
-            if cache.k.shape != expected or cache.v.shape != expected:
-                raise ValueError(
-                    f"cache.k and cache.v must have shape [L, B, S, K, Dh] = {expected}, got "
-                    f"{tuple(cache.k.shape)} and {tuple(cache.v.shape)}"
-                )
-            if cache_index is None:
-                raise ValueError("cache_index (int32 scalar) is required with cache")
-            cache_index = jnp.asarray(cache_index, jnp.int32)
-            if cache_index.ndim != 0:
-                raise ValueError(f"cache_index must be a scalar, got shape {cache_index.shape}")
-            S = cache.k.shape[2]
-            if T > S:
-                raise ValueError(f"tokens has T = {T} positions but the cache only {S} slots")
-            query_slot_T = cache_index + jnp.arange(T)
-        mask_BxTxS = jnp.arange(S)[None, :] <= query_slot_T[:, None]
-        mask_BxTxS = jnp.broadcast_to(mask_BxTxS, (B, T, S))
-        if attention_mask is not None:
-            attention_mask = jnp.asarray(attention_mask)
-            if attention_mask.shape != (B, S):
-                what = "[B, S] (all cache slots)" if cache is not None else "[B, T]"
-                raise ValueError(
-                    f"attention_mask must have shape {what} = {(B, S)}, got "
-                    f"{tuple(attention_mask.shape)}"
-                )
-            mask_BxTxS = mask_BxTxS & (attention_mask[:, None, :] != 0)
+        cache_index, query_slot_T, S = _query_slots(cfg, cache, cache_index, B, T)
+        masks = _masks(cfg, query_slot_T, S, attention_mask, B, cache is not None)
 
         dt = cfg.jnp_compute_dtype
-        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(dt)
-        cos, sin = rope_angles(cfg, positions_BxT)
+        embed_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0)
+        if cfg.embed_scale is not None:  # Gemma: times sqrt(D), in the weights' dtype as HF
+            embed_BxTxD = embed_BxTxD * jnp.asarray(cfg.embed_scale, embed_BxTxD.dtype)
+        x_BxTxD = embed_BxTxD.astype(dt)
+        ropes = {FULL: rope_angles(cfg, positions_BxT)}
+        ropes[SLIDING] = ropes[FULL]
+        if SLIDING in masks and cfg.rope_local_theta is not None:  # Gemma's local RoPE
+            ropes[SLIDING] = rope_angles(cfg, positions_BxT, local=True)
         kv = None if cache is None else (cache.k, cache.v)
-        for i, layer in enumerate(self.layers):
-            x_BxTxD, kv = layer(x_BxTxD, cos, sin, mask_BxTxS, kv, i, cache_index)
+        for i, (layer, kind) in enumerate(zip(self.layers, cfg.all_layer_types, strict=True)):
+            cos, sin = ropes[kind]
+            x_BxTxD, kv = layer(x_BxTxD, cos, sin, masks[kind], kv, i, cache_index)
         h_BxTxD = self.final_norm(x_BxTxD)
         return h_BxTxD, (None if kv is None else KVCache(*kv))
 

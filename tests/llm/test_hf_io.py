@@ -36,7 +36,10 @@ def tokens():
     return np.random.default_rng(0).integers(0, 320, (2, 16)).astype(np.int32)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_save_hf_then_transformers_loads_identical_logits(family, tmp_path, tokens):
     model = random_model(tiny_config(family), seed=3)
     path = save_hf(model, model.config, tmp_path / "out")
@@ -54,11 +57,12 @@ def test_save_hf_then_transformers_loads_identical_logits(family, tmp_path, toke
         np.testing.assert_array_equal(_state_arrays(again)[path_], value)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_save_pretrained_then_load_hf_identical_logits(family, tmp_path, tokens):
     fields = tiny_config(family).to_hf_dict()
-    del fields["model_type"], fields["architectures"]
-    hf_config = transformers.AutoConfig.for_model(family, **fields)
+    model_type = fields.pop("model_type")
+    del fields["architectures"]
+    hf_config = transformers.AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(0)
     torch_model = transformers.AutoModelForCausalLM.from_config(hf_config).eval()
     with torch.no_grad():  # HF init leaves norms at 1 and biases at 0: randomise them
@@ -67,7 +71,7 @@ def test_save_pretrained_then_load_hf_identical_logits(family, tmp_path, tokens)
                 p.add_(0.1 * torch.randn_like(p))
     torch_model.save_pretrained(tmp_path / "hf")
     model, config = load_hf(tmp_path / "hf")
-    assert config.model_type == family
+    assert config == tiny_config(family).replace(initializer_range=config.initializer_range)
     np.testing.assert_allclose(
         np.asarray(_forward(model, tokens)), _torch_logits(torch_model, tokens), atol=TOL, rtol=0
     )
@@ -141,8 +145,11 @@ def _rewrite_tensors(path, change):
 
 
 def test_unsupported_model_type_lists_supported(tmp_path):
-    path = _write(tmp_path, model_type="mistral")
-    with pytest.raises(ValueError, match=r"unsupported model_type 'mistral'.*llama, qwen2, qwen3"):
+    path = _write(tmp_path, model_type="gpt2")
+    with pytest.raises(
+        ValueError,
+        match=r"unsupported model_type 'gpt2'.*llama, qwen2, qwen3, mistral, gemma3_text",
+    ):
         load_hf(path)
 
 

@@ -2,7 +2,9 @@
 
 Tiny random checkpoints (llm.models.tiny) of each family are loaded by both frameworks:
 Llama with "llama3" RoPE scaling, Qwen2 with q/k/v biases and tied embeddings, Qwen3 with
-q/k RMSNorm and an explicit head_dim. float32: max abs diff <= 1e-4.
+q/k RMSNorm and an explicit head_dim, Mistral with a sliding window (8) shorter than the
+sequences, Gemma 3 with alternating sliding/global layers and their two RoPEs. float32: max
+abs diff <= 1e-4.
 """
 
 import jax
@@ -19,7 +21,8 @@ from llm.models.rope import inverse_frequencies  # noqa: E402
 from llm.models.tiny import make_tiny_checkpoint  # noqa: E402
 from llm.models.transformer import init_cache, positions_from_mask  # noqa: E402
 
-FAMILIES = ("llama", "qwen2", "qwen3")
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
+WINDOWED = ("mistral", "gemma3")
 TOL_F32 = 1e-4
 
 
@@ -80,12 +83,43 @@ def test_logits_match_transformers_float32(family, jax_models, torch_models):
 
 
 def test_family_features_are_exercised(jax_models):
-    llama, qwen2, qwen3 = (jax_models[f].config for f in FAMILIES)
+    llama, qwen2, qwen3, mistral, gemma3 = (jax_models[f].config for f in FAMILIES)
     assert llama.rope_type == "llama3"
     assert qwen2.attention_bias and qwen2.tie_word_embeddings and not qwen2.attention_out_bias
     assert qwen3.use_qk_norm and qwen3.head_dim * qwen3.num_attention_heads != qwen3.hidden_size
     bias = np.asarray(jax_models["qwen2"].layers[0].attn.q_bias[...])
     assert np.abs(bias).max() > 0.01  # biases are random, so dropping them would fail parity
+    assert mistral.sliding_window == 8 and set(mistral.all_layer_types) == {"sliding_attention"}
+    assert gemma3.all_layer_types == ("sliding_attention", "full_attention")
+    assert gemma3.sliding_window == 8 and gemma3.tie_word_embeddings and gemma3.use_qk_norm
+    assert gemma3.rope_type == "linear" and gemma3.rope_local_theta != gemma3.rope_theta
+    assert gemma3.query_pre_attn_scalar != gemma3.head_dim
+    assert gemma3.head_dim * gemma3.num_attention_heads != gemma3.hidden_size
+    post = np.asarray(jax_models["gemma3"].layers[0].mlp_post_norm.weight[...])
+    assert 0.01 < np.abs(post).max() < 1  # (1 + w) norms: w random around 0
+
+
+@pytest.mark.parametrize("family", WINDOWED)
+def test_sliding_window_matters(family, jax_models, torch_models):
+    """Without the window the logits past position 8 move away from transformers'."""
+    model = jax_models[family]
+    tokens = np.random.default_rng(5).integers(0, model.config.vocab_size, (2, 24))
+    no_window = model.config.replace(sliding_window=10**6)
+    plain = nnx.eval_shape(lambda: type(model)(no_window, rngs=nnx.Rngs(0)))
+    nnx.update(plain, nnx.state(model))  # same weights and RoPEs, windows wider than T
+    ref = _torch_logits(torch_models[family], tokens)
+    ours = np.asarray(_forward(plain, jnp.asarray(tokens)))
+    window = model.config.sliding_window
+    np.testing.assert_allclose(ours[:, :window], ref[:, :window], atol=TOL_F32, rtol=0)
+    assert np.abs(ours[:, window:] - ref[:, window:]).max() > 1e-2
+
+
+def test_gemma3_rope_frequencies_match_transformers(jax_models, torch_models):
+    config = jax_models["gemma3"].config
+    rotary = torch_models["gemma3"].model.rotary_emb
+    for local, kind in ((False, "full_attention"), (True, "sliding_attention")):
+        ref = getattr(rotary, f"{kind}_inv_freq").numpy()
+        np.testing.assert_allclose(inverse_frequencies(config, local), ref, rtol=1e-6)
 
 
 def test_llama3_rope_frequencies_match_transformers(jax_models, torch_models):
@@ -113,7 +147,7 @@ def test_left_padding_with_attention_mask(family, jax_models, torch_models):
     np.testing.assert_allclose(ours[1][real[1]], alone, atol=TOL_F32, rtol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])  # mistral: as llama
 def test_bfloat16_within_tolerance(family, checkpoints, torch_models):
     """bf16 weights and matmuls, float32 logits: error vs the float32 reference at most 2x
     that of transformers' own bf16 model, plus 0.02."""
