@@ -11,7 +11,7 @@ from scipy import stats
 from llm import sampler
 from llm.models.config import ModelConfig
 from llm.models.hf_io import load_hf
-from llm.models.tiny import make_tiny_checkpoint, random_model
+from llm.models.tiny import make_tiny_checkpoint, random_model, tiny_config
 from llm.models.transformer import Transformer
 from llm.sampler import generate, generate_from_state
 
@@ -66,7 +66,7 @@ def _jit_forward(graphdef, state, tokens_BxT):
     return nnx.merge(graphdef, state)(tokens_BxT)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])  # gemma3: windows, 2 RoPEs
 def test_greedy_matches_transformers_generate(tmp_path, family):
     path = make_tiny_checkpoint(tmp_path / family, family=family, seed=0)
     model, config = load_hf(path, dtype="float32")
@@ -87,6 +87,24 @@ def test_greedy_matches_transformers_generate(tmp_path, family):
                 attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
             )[0, len(prompt) :].numpy()
         np.testing.assert_array_equal(tokens, expected)
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3"])
+def test_sliding_window_greedy_matches_own_forward(family):
+    """Left-padded prompts + completions longer than the window (8): the KV-cache sampler's
+    greedy tokens and log-probs are those of the full forward over each unpadded sequence."""
+    model = random_model(tiny_config(family), seed=4)
+    window = model.config.sliding_window
+    prompts = [list(range(40, 51)), [7, 9, 11], [3, 1, 4, 1, 5, 9]]
+    out = generate(model, prompts, max_new_tokens=12, temperature=0)
+    tokens, logprobs = np.asarray(out.tokens), np.asarray(out.logprobs)
+    sequences = [p + t.tolist() for p, t in zip(prompts, tokens, strict=True)]
+    assert min(len(s) for s in sequences) > window + 4
+    for b, (prompt, logits) in enumerate(zip(prompts, full_logits(model, sequences), strict=True)):
+        logits_NxV = logits[len(prompt) - 1 : -1]
+        np.testing.assert_array_equal(tokens[b], np.argmax(logits_NxV, -1))
+        expected = np.asarray(jax.nn.log_softmax(logits_NxV))[np.arange(12), tokens[b]]
+        np.testing.assert_allclose(logprobs[b], expected, atol=2e-5)
 
 
 def filtered_logprobs(logits_V, temperature, top_k, top_p):

@@ -99,6 +99,26 @@ def test_sharded_load_equals_unsharded_and_is_really_sharded(checkpoint, mesh):
     )
 
 
+@pytest.mark.parametrize("family", ["mistral", "gemma3"])
+def test_windowed_families_load_sharded(family, mesh, tmp_path):
+    """Sliding-window families on fsdp=4, tp=2: sharded logits equal unsharded ones (the
+    sequence, 20, is longer than the window, 8); Gemma's extra norms are replicated."""
+    path = make_tiny_checkpoint(tmp_path / family, family, seed=3)
+    plain, _ = load_hf(path)
+    sharded, config = load_hf(path, mesh=mesh)
+    assert sharded.layers[0].attn.k[...].sharding.spec == PartitionSpec("fsdp", "tp", None)
+    assert sharded.layers[0].mlp.up[...].sharding.spec == PartitionSpec("fsdp", "tp")
+    if family == "gemma3":
+        assert sharded.layers[1].mlp_post_norm.weight[...].sharding.is_fully_replicated
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, (4, 20)).astype(np.int32)
+    np.testing.assert_allclose(
+        np.asarray(_forward(sharded, tokens)),
+        np.asarray(_forward(plain, tokens)),
+        atol=1e-5,
+        rtol=0,
+    )
+
+
 def test_shard_model_and_jit_with_param_shardings(mesh):
     model = random_model(tiny_config("llama"), seed=2)
     tokens = jnp.arange(8 * 6, dtype=jnp.int32).reshape(8, 6) % model.config.vocab_size

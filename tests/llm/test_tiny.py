@@ -87,9 +87,41 @@ def test_sizes_families_and_errors(tmp_path):
     assert (
         d["num_hidden_layers"] == 1 and d["head_dim"] * d["num_attention_heads"] != d["hidden_size"]
     )
-    with pytest.raises(ValueError, match="family must be one of llama, qwen2, qwen3"):
+    with pytest.raises(
+        ValueError, match="family must be one of llama, qwen2, qwen3, mistral, gemma3"
+    ):
         tiny_config("gpt2")
     with pytest.raises(ValueError, match="size must be one of"):
         tiny_config("llama", "huge")
     with pytest.raises(ValueError, match="vocab_size must be >= 262"):
         byte_level_tokenizer(100)
+
+
+@pytest.mark.parametrize(
+    ("family", "architecture"),
+    [("mistral", "MistralForCausalLM"), ("gemma3", "Gemma3ForCausalLM")],
+)
+def test_windowed_family_checkpoints(family, architecture, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = make_tiny_checkpoint(tmp_path / family, family, seed=2, num_hidden_layers=3)
+    config = ModelConfig.from_json(path)
+    assert config == tiny_config(family, num_hidden_layers=3)
+    hf = transformers.AutoConfig.from_pretrained(path)
+    assert hf.architectures == [architecture] and hf.sliding_window == config.sliding_window == 8
+    if family == "gemma3":
+        assert config.model_type == hf.model_type == "gemma3_text"
+        assert (
+            list(config.all_layer_types)
+            == hf.layer_types
+            == [
+                "sliding_attention",
+                "full_attention",
+                "sliding_attention",
+            ]
+        )
+        assert hf.rope_parameters["sliding_attention"]["rope_theta"] == config.rope_local_theta
+        assert hf.rope_parameters["full_attention"]["rope_type"] == "linear"
+        assert hf.query_pre_attn_scalar == config.query_pre_attn_scalar != config.head_dim
+    with torch.device("meta"):
+        torch_model = transformers.AutoModelForCausalLM.from_config(hf)
+    assert config.num_params() == sum(p.numel() for p in torch_model.parameters())
