@@ -171,6 +171,53 @@ def _weight_files(path: pathlib.Path) -> dict[str, list[str]]:
         return {candidates[0].name: list(f.keys())}
 
 
+_MULTIMODAL_GEMMA3 = (  # stored prefix -> text-model prefix (None: not the text model)
+    ("language_model.model.", "model."),  # the released files
+    ("model.language_model.", "model."),  # transformers 5's save_pretrained
+    ("language_model.lm_head.", "lm_head."),
+    ("lm_head.", "lm_head."),
+    ("", None),  # vision tower, multimodal projector
+)
+
+
+def _renamer(path: pathlib.Path) -> Callable[[str], str | None]:
+    """Stored tensor name -> name in ``tensor_specs`` (None: not used). The identity except
+    for a multimodal Gemma 3 folder (config.json model_type "gemma3"), whose text model is
+    read and whose vision weights are skipped."""
+    try:
+        multimodal = json.loads((path / "config.json").read_text()).get("model_type") == "gemma3"
+    except (OSError, ValueError, AttributeError):
+        multimodal = False
+    if not multimodal:
+        return _ident
+
+    def rename(name: str) -> str | None:
+        for stored, text in _MULTIMODAL_GEMMA3:
+            if name.startswith(stored):
+                return None if text is None else text + name[len(stored) :]
+        return None
+
+    return rename
+
+
+def _tensor_shapes(path: pathlib.Path, files: dict[str, list[str]], rename):
+    """From the safetensors headers: ({name: shape}, {name: (file, stored name)}), names
+    after ``rename`` (tensors it maps to None are left out)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    where: dict[str, tuple[str, str]] = {}
+    for file, names in files.items():
+        with safe_open(path / file, framework="flax") as f:
+            present = set(f.keys())
+            for stored in names:
+                if stored not in present:
+                    raise ValueError(f"tensor {stored} is listed for {file} but not in it")
+                name = rename(stored)
+                if name is not None:
+                    shapes[name] = tuple(f.get_slice(stored).get_shape())
+                    where[name] = (file, stored)
+    return shapes, where
+
+
 def _read_tensor(file: pathlib.Path, name: str) -> np.ndarray:
     """One tensor as a numpy array. The file is opened (memory-mapped) for this tensor only,
     so mapped pages never pile up in the process' resident memory."""
@@ -190,7 +237,8 @@ def load_hf(
     ``Transformer``.
 
     Args:
-      path: folder with config.json and model.safetensors (or a sharded index); the eos ids
+      path: folder with config.json and model.safetensors (or a sharded index); a
+        multimodal Gemma 3 folder (model_type "gemma3") loads its text model. The eos ids
         of a generation_config.json there are added to config.json's (``config.eos_token_id``
         holds them all; see ``ModelConfig.from_json``).
       dtype: parameter dtype ("float32", "bfloat16", "float16" or a jnp dtype).
@@ -207,17 +255,8 @@ def load_hf(
     dtype = dtype_name(dtype, "dtype")
     compute = dtype_name(compute_dtype, "compute_dtype") if compute_dtype is not None else dtype
     config = ModelConfig.from_json(path, param_dtype=dtype, compute_dtype=compute)
-    files = _weight_files(path)
     specs = tensor_specs(config)
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file, names in files.items():
-        with safe_open(path / file, framework="flax") as f:
-            present = set(f.keys())
-            for name in names:
-                if name not in present:
-                    raise ValueError(f"tensor {name} is listed for {file} but not in it")
-                shapes[name] = tuple(f.get_slice(name).get_shape())
+    shapes, where = _tensor_shapes(path, _weight_files(path), _renamer(path))
     missing = set(specs) - set(shapes)
     unexpected = {n for n in shapes if n not in specs and not _ignorable(n, config)}
     if missing or unexpected:
@@ -240,15 +279,14 @@ def load_hf(
         shardings = dict(nnx.to_flat_state(param_shardings(abstract, mesh)))
     param_dtype = np.dtype(config.jnp_param_dtype)
     device = jax.devices()[0]
-    for file, names in files.items():
-        for name in names:
-            if name not in specs:
-                continue
-            spec = specs[name]
-            value = spec.to_nnx(_read_tensor(path / file, name)).astype(param_dtype, copy=False)
-            target = device if shardings is None else shardings[spec.path].get_value()
-            flat[spec.path] = flat[spec.path].replace(jax.device_put(value, target))
-            del value
+    for name, (file, stored) in where.items():  # file by file, in the files' order
+        if name not in specs:
+            continue
+        spec = specs[name]
+        value = spec.to_nnx(_read_tensor(path / file, stored)).astype(param_dtype, copy=False)
+        target = device if shardings is None else shardings[spec.path].get_value()
+        flat[spec.path] = flat[spec.path].replace(jax.device_put(value, target))
+        del value
     model = nnx.merge(graphdef, nnx.from_flat_state(flat))
     return model, config
 

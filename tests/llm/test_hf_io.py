@@ -77,6 +77,55 @@ def test_save_pretrained_then_load_hf_identical_logits(family, tmp_path, tokens)
     )
 
 
+def test_multimodal_gemma3_folder_loads_its_text_model(tmp_path, tokens):
+    """A Gemma3ForConditionalGeneration folder (config.json model_type "gemma3"): load_hf
+    reads text_config and the language model's tensors, skips the vision tower, and gives
+    transformers' text-only logits; the tensor prefixes of either layout are read."""
+    text = tiny_config("gemma3").to_hf_dict()
+    del text["architectures"]
+    vision = dict(
+        model_type="siglip_vision_model",
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    hf_config = transformers.Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=1,
+        image_token_index=300,
+        boi_token_index=298,
+        eoi_token_index=299,
+    )
+    torch.manual_seed(0)
+    torch_model = transformers.Gemma3ForConditionalGeneration(hf_config).eval()
+    with torch.no_grad():
+        for name, p in torch_model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    torch_model.save_pretrained(tmp_path / "mm")
+    model, config = load_hf(tmp_path / "mm")
+    assert config == tiny_config("gemma3").replace(initializer_range=config.initializer_range)
+    np.testing.assert_allclose(
+        np.asarray(_forward(model, tokens)),
+        _torch_logits(torch_model, tokens),
+        atol=TOL,
+        rtol=0,
+    )
+
+    def to_v5_prefix(t):  # language_model.model.X -> model.language_model.X
+        for name in [n for n in t if n.startswith("language_model.model.")]:
+            t["model.language_model." + name[len("language_model.model.") :]] = t.pop(name)
+
+    _rewrite_tensors(tmp_path / "mm", to_v5_prefix)
+    again, _ = load_hf(tmp_path / "mm")
+    for p, value in _state_arrays(model).items():
+        np.testing.assert_array_equal(_state_arrays(again)[p], value)
+
+
 def test_sharded_checkpoint_round_trip(tmp_path, tokens):
     model = random_model(tiny_config("llama"), seed=1)
     path = save_hf(model, None, tmp_path / "sharded", max_shard_bytes=40_000)
@@ -308,6 +357,145 @@ def test_released_model_configs_parse():
         ModelConfig.from_hf_dict(
             {**QWEN3_0_6B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
         )
+
+
+MISTRAL_7B_V0_1 = {
+    "architectures": ["MistralForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mistral",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 32000,
+}
+MISTRAL_7B_INSTRUCT_V0_3 = {
+    **MISTRAL_7B_V0_1,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "vocab_size": 32768,
+}
+GEMMA_3_1B_IT = {
+    "architectures": ["Gemma3ForCausalLM"],
+    "attention_bias": False,
+    "attn_logit_softcapping": None,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": [1, 106],
+    "final_logit_softcapping": None,
+    "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 1152,
+    "initializer_range": 0.02,
+    "intermediate_size": 6912,
+    "max_position_embeddings": 32768,
+    "model_type": "gemma3_text",
+    "num_attention_heads": 4,
+    "num_hidden_layers": 26,
+    "num_key_value_heads": 1,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_local_base_freq": 10000,
+    "rope_scaling": None,
+    "rope_theta": 1000000,
+    "sliding_window": 512,
+    "sliding_window_pattern": 6,
+    "torch_dtype": "bfloat16",
+    "vocab_size": 262144,
+}
+# Multimodal: the text model's fields beyond these come from Gemma3TextConfig's defaults.
+GEMMA_3_4B_IT = {
+    "architectures": ["Gemma3ForConditionalGeneration"],
+    "eos_token_id": [1, 106],
+    "model_type": "gemma3",
+    "text_config": {
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 34,
+        "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+        "sliding_window": 1024,
+    },
+    "torch_dtype": "bfloat16",
+    "vision_config": {"model_type": "siglip_vision_model"},
+}
+
+
+def test_released_windowed_configs_parse():
+    v01, v03 = (ModelConfig.from_hf_dict(d) for d in (MISTRAL_7B_V0_1, MISTRAL_7B_INSTRUCT_V0_3))
+    assert v01.sliding_window == 4096 and set(v01.all_layer_types) == {"sliding_attention"}
+    assert v03.sliding_window is None and set(v03.all_layer_types) == {"full_attention"}
+    assert 7.2e9 < v01.num_params() < 7.3e9
+    gemma1b = ModelConfig.from_hf_dict(GEMMA_3_1B_IT)
+    assert gemma1b.num_params() == 999_885_952 and gemma1b.eos_token_id == (1, 106)
+    kinds = gemma1b.all_layer_types
+    assert [i for i, k in enumerate(kinds) if k == "full_attention"] == [5, 11, 17, 23]
+    assert (gemma1b.rope_theta, gemma1b.rope_local_theta, gemma1b.sliding_window) == (
+        1e6,
+        1e4,
+        512,
+    )
+    assert gemma1b.attention_scale == 256**-0.5 and gemma1b.embed_scale == 1152**0.5
+    gemma4b = ModelConfig.from_hf_dict(GEMMA_3_4B_IT)
+    assert gemma4b.model_type == "gemma3_text" and gemma4b.vocab_size == 262208
+    assert gemma4b.rope_type == "linear" and gemma4b.rope_scaling_dict["factor"] == 8.0
+    assert gemma4b.eos_token_id == (1, 106) and gemma4b.param_dtype == "bfloat16"
+    assert 3.8e9 < gemma4b.num_params() < 3.95e9
+    # transformers parses the same architecture, and reads back what we write
+    hf4b = transformers.Gemma3Config(
+        **{k: v for k, v in GEMMA_3_4B_IT.items() if k != "model_type"}
+    )
+    assert ModelConfig.from_hf_dict(hf4b.text_config.to_dict()) == gemma4b.replace(
+        eos_token_id=1, param_dtype="float32", compute_dtype="float32"
+    )
+    for ours in (v01, v03, gemma1b, gemma4b):
+        fields = ours.to_hf_dict()
+        model_type = fields.pop("model_type")
+        fields.pop("architectures")
+        hf = transformers.AutoConfig.for_model(model_type, **fields)
+        assert ModelConfig.from_hf_dict(hf.to_dict()) == ours
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0 is not supported"),
+        ({"attn_logit_softcapping": 50.0}, "attn_logit_softcapping=50.0 is not supported"),
+        ({"use_bidirectional_attention": True}, "use_bidirectional_attention"),
+        ({"hidden_activation": "gelu"}, "hidden_activation must be 'gelu_pytorch_tanh'"),
+        ({"sliding_window": None}, "sliding_window is None"),
+        ({"layer_types": ["full_attention"]}, "layer_types must list one of"),
+        (
+            {"rope_parameters": {"sliding_attention": {"rope_type": "linear", "factor": 2.0}}},
+            "must be plain RoPE",
+        ),
+    ],
+)
+def test_unsupported_gemma3_settings_are_refused(changes, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_hf_dict({**GEMMA_3_1B_IT, **changes})
+
+
+def test_sliding_window_only_where_supported():
+    with pytest.raises(ValueError, match="sliding_window is only supported for mistral"):
+        tiny_config("llama", sliding_window=8)
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+        tiny_config("mistral", sliding_window=0)
+    with pytest.raises(ValueError, match="query_pre_attn_scalar is only used by gemma3_text"):
+        tiny_config("qwen3", query_pre_attn_scalar=64.0)
+    with pytest.raises(ValueError, match="sliding-window.*not supported for qwen3"):
+        ModelConfig.from_hf_dict({**QWEN3_0_6B, "use_sliding_window": True})
 
 
 # ------------------------------------------------------------------- generation_config.json
