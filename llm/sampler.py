@@ -23,6 +23,9 @@ distribution it was actually drawn from (the behaviour policy mu of off-policy R
 returned are those of the unmodified model, :math:`\log \mathrm{softmax}(z)_{y_t}`. Ties in
 the k-th logit or at the nucleus edge are broken by ``lax.top_k``'s order (lowest id first).
 
+Sliding-window layers (Mistral, Gemma 3) mask keys by cache-slot distance, which left padding
+keeps equal to position distance; the cache holds all slots (no rolling buffer).
+
 Randomness: row b at step t uses ``fold_in(fold_in(key, b), t)``, so a completion depends
 only on the key, its row index and its prompt, not on the bucket it was padded into.
 """

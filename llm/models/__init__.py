@@ -1,5 +1,6 @@
-"""Models: the Flax NNX transformer (Llama 3.x, Qwen2/2.5, Qwen3), its config, RoPE, the
-mesh sharding rules, Hugging Face safetensors I/O and tiny local checkpoints for tests."""
+"""Models: the Flax NNX transformer (Llama 3.x, Qwen2/2.5, Qwen3, Mistral, Gemma 3 text), its
+config and per-family config.json fields, RoPE, the mesh sharding rules, Hugging Face
+safetensors I/O and tiny local checkpoints for tests."""
 
 from llm.models.config import ModelConfig
 from llm.models.hf_io import load_hf, save_hf
