@@ -2,12 +2,16 @@
 
 Sections (``--sections``, comma separated):
 
-* ``train``: one training step (forward + backward of the AsymRE sequence log-prob loss,
-  ``asymre_loss(token_logprobs(logits, targets), advantages, mask)``) on the ~5M-parameter
-  "small" Llama of ``llm.models.tiny`` at batch 16 x 128, float32, same weights in both
-  frameworks (the torch model is loaded by transformers from the same folder). The JAX step
-  is ``jax.jit(jax.value_and_grad(f))`` of a pure function of the split state; the "naive"
-  row is the same step through ``nnx.jit`` + ``nnx.value_and_grad`` on the module.
+* ``train``: one training step on the ~5M-parameter "small" Llama of ``llm.models.tiny`` at
+  batch 16 x 128 (a 64-token prompt, the loss on the 64 completion slots), float32, same
+  weights in both frameworks (the torch model is loaded by transformers from the same
+  folder). The ``jax`` row is the trainer's real jitted update,
+  ``llm.rl.train_step.step_functions(...).step`` on a ``Batch`` from
+  ``llm.rl.rollout.build_batch`` (chunked log-probs from the hidden states, entropy, the
+  micro-batch scan, clipped AdamW under ``apply_if_finite``), against ``torch`` = forward +
+  backward + ``clip_grad_norm_`` + AdamW of the same AsymRE loss. ``jax_value_and_grad``
+  (``jax.jit(jax.value_and_grad)`` from full logits), ``jax_naive_nnx`` (the same through
+  ``nnx.jit`` + ``nnx.value_and_grad``) and ``torch_grad_only`` time the gradient alone.
 * ``generate``: ``llm.generate`` against ``transformers`` ``generate`` at batch 32, prompt
   64, 64 new tokens (no EOS stop), greedy and sampled (temperature 1, top-p 0.9, top-k off).
 * ``memory``: peak host RSS of ``load_hf`` on a ~0.5B-parameter bf16 checkpoint
@@ -72,7 +76,64 @@ def small_checkpoint(workdir: pathlib.Path) -> pathlib.Path:
 # -------------------------------------------------------------------------- train ----
 
 
+def trainer_update(model, batch: int, prompt_len: int, new_tokens: int, **kwargs) -> dict:
+    """The trainer's real jitted update on random sequences: a dict with ``run`` (one step,
+    blocked; params and optimizer state carried over, as in training), the host ``batch``
+    and its ``tokens_BxS``.
+
+    ``llm.rl.train_step.step_functions`` without a mesh (AsymRE loss: chunked log-probs of
+    the ``new_tokens`` completion slots from the final hidden states, entropy, the
+    micro-batch ``lax.scan``, global-norm clipping + AdamW under ``apply_if_finite``) on a
+    `Batch` from ``llm.rl.rollout.build_batch``. ``kwargs``: ``micro_batches`` (1),
+    ``chunk_size`` (128), ``learning_rate`` (1e-5), ``seed`` (0).
+    """
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from llm.rl.losses import AsymRE
+    from llm.rl.rollout import build_batch
+    from llm.rl.train_step import hyperparams, step_functions
+
+    micro_batches, chunk = kwargs.get("micro_batches", 1), kwargs.get("chunk_size", 128)
+    rng = np.random.default_rng(kwargs.get("seed", 0))
+    vocab = model.config.vocab_size
+    tokens_BxS = rng.integers(3, vocab, (batch, prompt_len + new_tokens)).astype(np.int32)
+    host = build_batch(
+        [row[:prompt_len].tolist() for row in tokens_BxS],
+        tokens_BxS[:, prompt_len:],
+        np.full(batch, new_tokens),
+        rng.standard_normal(batch).astype(np.float32),
+        pad_token_id=0,
+        micro_batches=micro_batches,
+    )
+    graphdef, state = nnx.split(model)
+    params = nnx.to_pure_dict(state)
+    fns = step_functions(graphdef, params, loss_fn=AsymRE(), chunk_size=chunk)
+    device_batch = jax.device_put(host)
+    hyper = hyperparams(kwargs.get("learning_rate", 1e-5), 0.0, 1.0)
+    carry = {"params": fns.copy(params)}  # the step donates its params: not the model's
+    carry["opt"] = fns.init_opt(carry["params"])
+
+    def run():
+        p, o, metrics = fns.step(carry["params"], carry["opt"], device_batch, hyper)
+        carry["params"], carry["opt"] = p, o
+        return jax.block_until_ready(metrics)
+
+    return {"run": run, "batch": host, "tokens_BxS": tokens_BxS, "params": params}
+
+
 def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
+    """The trainer's update against torch fwd + bwd + clip + AdamW of the same loss.
+
+    Sequences are ``length`` tokens: a prompt of ``length // 2`` and ``length // 2``
+    completion slots carrying the loss (as in an RL step). Rows: ``jax`` = the real update
+    (`trainer_update`); ``jax_value_and_grad`` = ``jax.jit(jax.value_and_grad)`` of the same
+    loss from full logits (gradient only); ``jax_naive_nnx`` = the latter through
+    ``nnx.jit`` + ``nnx.value_and_grad``; ``torch`` = transformers forward + backward +
+    ``clip_grad_norm_`` + ``torch.optim.AdamW`` (the update's work); ``torch_grad_only`` =
+    forward + backward.
+    """
     import jax
     import numpy as np
     import torch
@@ -84,66 +145,62 @@ def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
 
     path = small_checkpoint(workdir)
     model, config = load_hf(path, dtype="float32")
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(3, config.vocab_size, (batch, length)).astype(np.int32)
-    advantages = rng.standard_normal(batch).astype(np.float32)
-    mask = np.ones((batch, length - 1), np.float32)
-
-    # JAX: a pure function of the split state, jitted once.
+    new = length // 2
+    real = trainer_update(model, batch, length - new, new)
+    tokens = real["tokens_BxS"]
+    advantages = real["batch"].advantages.reshape(-1)
+    mask = np.ones((batch, new), np.float32)
     graphdef, state = nnx.split(model)
     num_params = sum(x.size for x in jax.tree.leaves(state))
 
-    def loss_of_state(state, tokens_BxT, mask_BxT, advantages_B):
-        logits_BxTxV = nnx.merge(graphdef, state)(tokens_BxT)[:, :-1]
-        logprobs_BxT = token_logprobs(logits_BxTxV, tokens_BxT[:, 1:])
-        return asymre_loss(logprobs_BxT, advantages_B, mask_BxT)
+    def loss_of_model(model, tokens_BxT, mask_BxN, advantages_B):
+        logits_BxNxV = model(tokens_BxT)[:, -new - 1 : -1]
+        logprobs_BxN = token_logprobs(logits_BxNxV, tokens_BxT[:, -new:])
+        return asymre_loss(logprobs_BxN, advantages_B, mask_BxN)
 
-    jax_step = jax.jit(jax.value_and_grad(loss_of_state))
+    plain = jax.jit(jax.value_and_grad(lambda s, *a: loss_of_model(nnx.merge(graphdef, s), *a)))
+    naive = nnx.jit(lambda m, *a: nnx.value_and_grad(loss_of_model)(m, *a))
 
-    def run_jax():
-        return jax.block_until_ready(jax_step(state, tokens, mask, advantages))
-
-    # The naive NNX way: nnx.jit + nnx.value_and_grad on the module (graph traversal in
-    # Python on every call).
-    @nnx.jit
-    def naive_step(model, tokens_BxT, mask_BxT, advantages_B):
-        def loss_of_model(model):
-            logits_BxTxV = model(tokens_BxT)[:, :-1]
-            logprobs_BxT = token_logprobs(logits_BxTxV, tokens_BxT[:, 1:])
-            return asymre_loss(logprobs_BxT, advantages_B, mask_BxT)
-
-        return nnx.value_and_grad(loss_of_model)(model)
-
-    def run_naive():
-        return jax.block_until_ready(naive_step(model, tokens, mask, advantages))
-
-    # torch: the same folder through transformers, the same loss.
     reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-5, weight_decay=0.0)
     tokens_t = torch.tensor(tokens, dtype=torch.long)
     advantages_t, mask_t = torch.tensor(advantages), torch.tensor(mask)
 
-    def run_torch():
-        logits = reference(input_ids=tokens_t).logits[:, :-1].float()
-        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens_t[:, 1:, None])[..., 0]
+    def torch_step(update=True):
+        logits = reference(input_ids=tokens_t).logits[:, -new - 1 : -1].float()
+        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens_t[:, -new:, None])[..., 0]
         loss = -(advantages_t * (logprobs * mask_t).sum(1)).mean()
         loss.backward()
-        reference.zero_grad(set_to_none=True)
+        if update:
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    first = {
-        "jax": _timed(run_jax)[0],
-        "jax_naive_nnx": _timed(run_naive)[0],
-        "torch": _timed(run_torch)[0],
+    fns = {
+        "jax": real["run"],
+        "jax_value_and_grad": lambda: jax.block_until_ready(plain(state, tokens, mask, advantages)),
+        "jax_naive_nnx": lambda: jax.block_until_ready(naive(model, tokens, mask, advantages)),
+        "torch": torch_step,
+        "torch_grad_only": lambda: torch_step(update=False),
     }
-    loss_jax, loss_torch = float(run_jax()[0]), float(run_torch())
-    steady = _alternate({"jax": run_jax, "jax_naive_nnx": run_naive, "torch": run_torch}, repeats)
+    loss_jax = float(fns["jax_value_and_grad"]()[0])
+    loss_torch = float(torch_step(update=False))
+    first, loss_update = {}, None
+    for name, fn in fns.items():
+        first[name], out = _timed(fn)
+        if name == "jax":  # the update's loss at the initial params
+            loss_update = float(out["loss"])
+    steady = _alternate(fns, repeats)
     tokens_per_step = batch * length
     out = {
         "params": int(num_params),
         "batch": batch,
         "length": length,
+        "loss_slots": new,
         "loss_jax": loss_jax,
         "loss_torch": loss_torch,
+        "loss_jax_update": loss_update,
     }
     for name, s in steady.items():
         out[name] = {
@@ -302,15 +359,24 @@ def markdown(results: dict) -> str:
     ]
     if "train" in results:
         t = results["train"]
+        what = (
+            "the trainer's jitted update (`step_functions(...).step`) vs torch fwd + bwd + "
+            "clip + AdamW"
+            if "torch_grad_only" in t
+            else "fwd + bwd of the AsymRE loss"
+        )
+        losses = f"losses: jax {t['loss_jax']:.4f}, torch {t['loss_torch']:.4f}"
+        if t.get("loss_jax_update") is not None:
+            losses += f", trainer update {t['loss_jax_update']:.4f}"
         lines += [
             "",
-            f"Training step, fwd + bwd of the AsymRE loss, {t['params'] / 1e6:.2f}M-parameter "
-            f"Llama, float32, batch {t['batch']} x {t['length']} (losses: jax "
-            f"{t['loss_jax']:.4f}, torch {t['loss_torch']:.4f}):",
+            f"Training step, {what}, {t['params'] / 1e6:.2f}M-parameter Llama, float32, batch "
+            f"{t['batch']} x {t['length']} ({losses}):",
             "",
             *head,
         ]
-        for name in ("jax", "jax_naive_nnx", "torch"):
+        names = ("jax", "jax_value_and_grad", "jax_naive_nnx", "torch", "torch_grad_only")
+        for name in (n for n in names if n in t):
             r = t[name]
             lines.append(
                 row.format(

@@ -1,0 +1,416 @@
+"""One RL step of the asymre-jax trainer against TRL's ``GRPOTrainer``, side by side.
+
+What is measured, per model size, on one machine and in one process:
+
+* **ours**: ``llm.rl.step.rl_step`` (the step ``llm.trainer.train`` runs: refresh mu <- pi,
+  sample P x G completions with the KV-cache sampler, decode + reward, AsymRE advantages
+  with delta_v = -0.1, one jitted clipped-AdamW update). ``init_run`` is timed as setup and
+  the first step (trace + compile of the sampler and the update) apart; then ``--steps``
+  steps are timed. Every other step runs with timers wrapped around the pieces (each one
+  ends with ``jax.block_until_ready``): rollout = the sampler call (``generate_from_state``),
+  reward = completion decoding + the reward function, refresh = the mu <- pi copy, update =
+  the jitted step. Behaviour log-probs come out of the sampler (the log-prob of each drawn
+  token under the sampling distribution), so there is no second forward pass to time.
+  Host overhead = step time - (refresh + rollout + reward + update): prompt rendering,
+  host <-> device copies, the batch build, advantages and metrics.
+* **TRL**: ``trl.GRPOTrainer.train`` on the same folder (transformers + torch, CPU,
+  ``--threads`` torch threads): GRPO with beta = 0 (no reference model), ``loss_type``
+  "dr_grpo", ``scale_rewards`` "none", num_iterations 1 (so no old-log-prob pass), no vLLM,
+  fp32, the same P prompts x G samples per step (``per_device_train_batch_size`` = P * G,
+  one generation per optimizer step), max new tokens, temperature, top-p, learning rate,
+  clip norm and reward. Steps are timed by a ``TrainerCallback`` (step begin -> step end);
+  the trainer's construction is its setup and its first step is reported apart. Its
+  ``generate`` and the reward function are timed too.
+
+Both sides sample at temperature 1 from random weights and stop at EOS (id 2 of the
+byte-level tokenizer of ``llm.models.tiny``), so completion lengths are random: the mean
+completion length of each side is reported and tokens/s counts real completion tokens.
+
+Sizes: ``arith`` = the 0.87M-parameter tiny-arith Llama of ``llm.sft.TINY_ARITH_MODEL``,
+``small`` = the ~4.9M "small" Llama of ``llm.models.tiny``, ``tiny`` = its 0.12M "tiny" one,
+``toy`` = a one-layer 30K-parameter model (``--quick``, tests). The TRL side lives in
+``bench_rl_trl.py``. Prompts: the arithmetic task (a+b, 1-2 digits) through the tokenizer's chat
+template on both sides. Example::
+
+    python benchmarks/bench_rl.py --sizes arith,small --steps 10 --json rl.json
+
+The last line printed is the ratio TRL s/step / ours s/step per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+FAMILY = "llama"
+PIECES = ("refresh", "rollout", "reward", "update")
+SIZE_NAMES = ("arith", "small", "tiny", "toy")
+TOY_MODEL = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+)
+
+
+def size_spec(name: str) -> tuple[str, dict]:
+    """(llm.models.tiny size, ModelConfig overrides) of a benchmark size name."""
+    if name == "arith":
+        from llm.sft import TINY_ARITH_MODEL
+
+        return "tiny", dict(TINY_ARITH_MODEL)
+    if name in ("tiny", "small"):
+        return name, {}
+    if name == "toy":  # one layer: compiles fastest (tests, --quick)
+        return "tiny", dict(TOY_MODEL)
+    raise ValueError(f"unknown size {name!r}; choose from {', '.join(SIZE_NAMES)}")
+
+
+def checkpoint(workdir: pathlib.Path, name: str) -> pathlib.Path:
+    """The random checkpoint folder of a size (built once per workdir; seed 0)."""
+    from llm.models.tiny import make_tiny_checkpoint
+
+    path = workdir / f"{name}_{FAMILY}"
+    if not (path / "config.json").exists():
+        size, overrides = size_spec(name)
+        make_tiny_checkpoint(path, FAMILY, size, seed=0, **overrides)
+    return path
+
+
+def examples(num: int, seed: int = 0) -> list:
+    """Arithmetic problems of the tiny-arith task (``llm.sft.TINY_ARITH_TASK``)."""
+    from llm.data import make_arithmetic_examples
+    from llm.sft import TINY_ARITH_TASK
+
+    return make_arithmetic_examples(num, seed=seed, **TINY_ARITH_TASK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    prompts: int = 8
+    samples: int = 8
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 1e-5
+    max_grad_norm: float = 1.0
+    delta_v: float = -0.1
+    steps: int = 10
+
+
+def _median(xs) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+# --------------------------------------------------------------------------- ours ----
+
+
+class _Clock:
+    """Accumulates blocked wall time per piece name for the current step."""
+
+    def __init__(self):
+        self.now: dict[str, float] = {}
+
+    def wrap(self, name, fn, block=True):
+        import jax
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if block:
+                out = jax.block_until_ready(out)
+            self.now[name] = self.now.get(name, 0.0) + time.perf_counter() - start
+            return out
+
+        return timed
+
+
+@contextlib.contextmanager
+def instrumented(setup, clock: _Clock):
+    """A copy of ``setup`` whose pieces are timed by ``clock``; patches the sampler call of
+    ``llm.rl.rollout`` while active (the real ``rl_step`` code path, plus blocking)."""
+    rollout_mod = importlib.import_module("llm.rl.rollout")  # llm.rl.rollout is a function
+
+    for name in ("generate_from_state", "to_host"):
+        if not hasattr(rollout_mod, name):
+            raise RuntimeError(f"llm.rl.rollout.{name} is gone: update bench_rl.instrumented")
+    renderer = setup.renderer
+    original_sampler, original_decode = rollout_mod.generate_from_state, renderer.decode
+    fns = setup.fns._replace(
+        step=clock.wrap("update", setup.fns.step), copy=clock.wrap("refresh", setup.fns.copy)
+    )
+    timed_setup = dataclasses.replace(
+        setup, fns=fns, reward_fn=clock.wrap("reward", setup.reward_fn, block=False)
+    )
+    rollout_mod.generate_from_state = clock.wrap("rollout", original_sampler)
+    renderer.decode = clock.wrap("reward", original_decode, block=False)
+    try:
+        yield timed_setup
+    finally:
+        rollout_mod.generate_from_state = original_sampler
+        del renderer.decode  # back to the class's method
+
+
+def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
+    """Setup, first step and the median step of ``rl_step``, with the piece split."""
+    import jax
+
+    from llm.rl import TrainConfig, init_run
+    from llm.rl.step import rl_step
+
+    cfg = TrainConfig(
+        model_path=str(path),
+        task="arithmetic",
+        chat=True,
+        instruction="",
+        prompts_per_step=s.prompts,
+        samples_per_prompt=s.samples,
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        learning_rate=s.learning_rate,
+        max_grad_norm=s.max_grad_norm,
+        loss="asymre",
+        delta_v=s.delta_v,
+        refresh_every=1,  # on-policy, like TRL with num_iterations = 1
+        mesh=mesh,
+        tensorboard=False,
+        progress=False,
+    )
+    start = time.perf_counter()
+    setup, state = init_run(cfg)
+    setup_s = time.perf_counter() - start
+    data = examples(s.prompts * (2 * s.steps + 2))
+    batches = [data[i : i + s.prompts] for i in range(0, len(data), s.prompts)]
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+    start = time.perf_counter()
+    state, row = rl_step(setup, state, batches[0], learning_rate=s.learning_rate)
+    first_s = time.perf_counter() - start
+    plain, split, lengths = [], [], []
+    clock = _Clock()
+    with instrumented(setup, clock) as timed_setup:
+        for i in range(2 * s.steps):
+            use = timed_setup if i % 2 else setup
+            clock.now = {}
+            start = time.perf_counter()
+            state, row = rl_step(use, state, batches[i + 1], learning_rate=s.learning_rate)
+            total = time.perf_counter() - start
+            lengths.append(row["completion_len"])
+            if i % 2:
+                pieces = {k: clock.now.get(k, 0.0) for k in PIECES}
+                split.append({**pieces, "host": total - sum(pieces.values()), "total": total})
+            else:
+                plain.append(total)
+    step_s = _median(plain + [r["total"] for r in split])
+    mean_len = float(sum(lengths) / len(lengths))
+    piece_s = {k: _median([r[k] for r in split]) for k in (*PIECES, "host", "total")}
+    return {
+        "params": int(num_params),
+        "setup_s": setup_s,
+        "first_step_s": first_s,
+        "compile_s_estimate": first_s - step_s,
+        "step_s_median": step_s,
+        "step_s_min": min(plain + [r["total"] for r in split]),
+        "step_s_median_uninstrumented": _median(plain),
+        "mean_completion_length": mean_len,
+        "completion_tokens_per_s": s.prompts * s.samples * mean_len / step_s,
+        "pieces_s_median": piece_s,
+        "behaviour_logprobs": "from the sampler (no second forward pass)",
+        "host_overhead_fraction": piece_s["host"] / piece_s["total"],
+        "steps_timed": len(plain) + len(split),
+    }
+
+
+# ---------------------------------------------------------------------------- CLI ----
+
+
+def _fmt(x, digits=3) -> str:
+    if isinstance(x, str):
+        return x
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def table(name: str, r: dict, s: Settings) -> list[str]:
+    """The side-by-side markdown table of one size."""
+    ours, trl = r["ours"], r.get("trl", {})
+    lines = [
+        f"size {name}: {ours['params'] / 1e6:.2f}M parameters ({FAMILY}, float32), "
+        f"P={s.prompts} x G={s.samples} completions, <= {s.max_new_tokens} new tokens, "
+        f"temperature {s.temperature}, lr {s.learning_rate:g}",
+        "",
+        "| | asymre-jax (AsymRE, delta_v -0.1) | TRL GRPOTrainer (dr_grpo, beta 0) |",
+        "|---|---|---|",
+    ]
+    if "skipped" in trl:
+        trl = {}
+        lines.insert(1, f"(TRL: {r['trl']['skipped']})")
+    op, tp = ours["pieces_s_median"], trl.get("pieces_s_median", {})
+    host = f"{_fmt(op['host'])} ({100 * ours['host_overhead_fraction']:.1f}%)"
+    rows = [
+        ("setup s", ours["setup_s"], trl.get("setup_s")),
+        ("first step s (compile / warm-up)", ours["first_step_s"], trl.get("first_step_s")),
+        ("**s / RL step (median)**", ours["step_s_median"], trl.get("step_s_median")),
+        ("s / RL step (min)", ours["step_s_min"], trl.get("step_s_min")),
+        (
+            "completion tokens / s",
+            ours["completion_tokens_per_s"],
+            trl.get("completion_tokens_per_s"),
+        ),
+        (
+            "mean completion length",
+            ours["mean_completion_length"],
+            trl.get("mean_completion_length"),
+        ),
+        ("rollout (sampling) s", op["rollout"], tp.get("rollout")),
+        ("reward (decode + score) s", op["reward"], tp.get("reward")),
+        ("behaviour log-probs s", "0 (from the sampler)", "0 (none: num_iterations 1)"),
+        ("refresh mu <- pi s", op["refresh"], "-"),
+        ("update s", op["update"], f"{_fmt(tp.get('rest'))} (the rest of the step)"),
+        ("host overhead s (% of step)", host, "-"),
+    ]
+    digits = {"completion tokens / s": 0, "mean completion length": 1}
+    for label, a, b in rows:
+        d = digits.get(label, 3)
+        lines.append(f"| {label} | {_fmt(a, d)} | {_fmt(b, d)} |")
+    return lines
+
+
+def ratio_line(results: dict) -> str:
+    parts = []
+    for name, r in results["sizes"].items():
+        trl = r.get("trl", {})
+        if "step_s_median" in trl:
+            parts.append(f"{name} {trl['step_s_median'] / r['ours']['step_s_median']:.2f}x")
+        else:
+            parts.append(f"{name} n/a (TRL not run)")
+    return "TRL s/step / asymre-jax s/step (goal >= 3x): " + ", ".join(parts)
+
+
+def markdown(results: dict) -> str:
+    m, s = results["machine"], Settings(**results["settings"])
+    lines = [
+        f"{m['cpus']} CPUs ({m['platform']}), jax {m['jax']} on {m['jax_device']}, "
+        f"torch threads {m['threads']}; load average (1/5/15 min) "
+        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])} at start, "
+        f"{'/'.join(f'{x:.1f}' for x in m.get('loadavg_end', m['loadavg_start']))} at end.",
+    ]
+    for name, r in results["sizes"].items():
+        lines += ["", *table(name, r, s)]
+    lines += ["", ratio_line(results)]
+    return "\n".join(lines)
+
+
+def machine(threads: int) -> dict:
+    import jax
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "jax_device": str(jax.devices()[0].device_kind),
+        "threads": threads,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes",
+        default="arith,small",
+        help="comma list of: arith (0.87M), small (4.9M), tiny (0.12M), toy (1 layer)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per side (>= 2)")
+    parser.add_argument("--prompts", type=int, default=8, help="P prompts per step")
+    parser.add_argument("--samples", type=int, default=8, help="G samples per prompt (>= 2)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-5)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1: XLA too)")
+    parser.add_argument("--quick", action="store_true", help="toy run: toy, P=2, G=2, 4 tokens")
+    parser.add_argument("--skip-trl", action="store_true", help="measure our side only")
+    parser.add_argument("--workdir", default=None, help="where checkpoints are built (cached)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.steps, args.prompts, args.samples = "toy", 2, 2, 2
+        args.max_new_tokens = 4
+    sizes = [x.strip() for x in args.sizes.split(",") if x.strip()]
+    for name in sizes:
+        if name not in SIZE_NAMES:
+            parser.error(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZE_NAMES)}")
+    for flag in ("steps", "prompts", "samples", "max_new_tokens", "threads"):
+        minimum = 2 if flag in ("steps", "samples") else 1
+        if getattr(args, flag) < minimum:
+            parser.error(f"--{flag.replace('_', '-')}: must be >= {minimum}")
+    if not args.learning_rate > 0:
+        parser.error("--learning-rate: must be > 0")
+    args.sizes = sizes
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads == 1:  # before jax is imported
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    with contextlib.suppress(ImportError):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    s = Settings(
+        prompts=args.prompts,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        learning_rate=args.learning_rate,
+        steps=args.steps,
+    )
+    workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_rl_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {"machine": machine(args.threads), "settings": dataclasses.asdict(s), "sizes": {}}
+    for name in args.sizes:
+        path = checkpoint(workdir, name)
+        entry = {"ours": bench_ours(path, s)}
+        print(f"[{name}] ours: {entry['ours']['step_s_median']:.3f} s/step", flush=True)
+        if args.skip_trl:
+            entry["trl"] = {"skipped": "TRL side not run (--skip-trl)"}
+        else:
+            from bench_rl_trl import bench_trl
+
+            entry["trl"] = bench_trl(path, s, workdir)
+        if "skipped" in entry["trl"]:
+            print(f"note: {entry['trl']['skipped']}; our side is still measured", flush=True)
+        else:
+            print(f"[{name}] TRL: {entry['trl']['step_s_median']:.3f} s/step", flush=True)
+        results["sizes"][name] = entry
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The TRL side of ``bench_rl.py``: ``trl.GRPOTrainer`` steps timed by a callback.
+
+GRPO with beta = 0 (no reference model), ``loss_type`` "dr_grpo", ``scale_rewards`` "none",
+num_iterations 1 (no old-log-prob pass), no vLLM, fp32 on the CPU, one generation of
+P * G completions per optimizer step; ``generate`` and the reward are timed inside the step.
+Returns ``{"skipped": why}`` when trl, datasets, torch or transformers is missing.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+from bench_rl import Settings, _median, examples
+
+
+def _trl_reward(reward_fn, clock: dict):
+    def reward(prompts, completions, answer, **_):
+        start = time.perf_counter()
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        out = [float(r) for r in reward_fn(prompts, texts, answer=answer)]
+        clock["reward"] = clock.get("reward", 0.0) + time.perf_counter() - start
+        return out
+
+    return reward
+
+
+def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
+    """Setup, first step and median step of ``GRPOTrainer.train`` (callback-timed)."""
+    try:
+        import datasets
+        import torch
+        import transformers
+        import trl
+    except ImportError as err:
+        return {"skipped": f"TRL side not run: {err} (pip install '.[bench]')"}
+    from llm.data import rewards
+
+    prompts = [
+        {"prompt": [{"role": "user", "content": ex.prompt}], "answer": ex.answer}
+        for ex in examples(s.prompts * (s.steps + 2))
+    ]
+    records, clock = [], {}
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.clear()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            records.append({**clock, "total": time.perf_counter() - self.start})
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs and records:
+                records[-1]["length"] = float(logs["completions/mean_length"])
+
+    start = time.perf_counter()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    generate = model.generate
+
+    def timed_generate(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = generate(*args, **kwargs)
+        clock["rollout"] = clock.get("rollout", 0.0) + time.perf_counter() - t0
+        return out
+
+    model.generate = timed_generate
+    config = trl.GRPOConfig(
+        output_dir=str(workdir / "trl_out"),
+        per_device_train_batch_size=s.prompts * s.samples,
+        gradient_accumulation_steps=1,
+        num_generations=s.samples,
+        max_completion_length=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=0,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=s.max_grad_norm,
+        beta=0.0,
+        loss_type="dr_grpo",
+        scale_rewards="none",
+        num_iterations=1,
+        use_vllm=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_steps=s.steps + 1,
+        seed=0,
+    )
+    trainer = trl.GRPOTrainer(
+        model=model,
+        reward_funcs=_trl_reward(rewards.get_reward_fn("arithmetic"), clock),
+        args=config,
+        train_dataset=datasets.Dataset.from_list(prompts),
+        processing_class=tokenizer,
+        callbacks=[Timer()],
+    )
+    setup_s = time.perf_counter() - start
+    trainer.train()
+    first, steady = records[0], records[1:]
+    step_s = _median([r["total"] for r in steady])
+    lengths = [r["length"] for r in steady if "length" in r]
+    mean_len = sum(lengths) / len(lengths) if lengths else float("nan")
+    pieces = {k: _median([r.get(k, 0.0) for r in steady]) for k in ("rollout", "reward")}
+    pieces["rest"] = _median(
+        [r["total"] - r.get("rollout", 0.0) - r.get("reward", 0.0) for r in steady]
+    )
+    return {
+        "trl": trl.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "setup_s": setup_s,
+        "first_step_s": first["total"],
+        "step_s_median": step_s,
+        "step_s_min": min(r["total"] for r in steady),
+        "mean_completion_length": mean_len,
+        "completion_tokens_per_s": s.prompts * s.samples * mean_len / step_s,
+        "pieces_s_median": pieces,
+        "steps_timed": len(steady),
+    }

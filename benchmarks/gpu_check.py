@@ -1,0 +1,329 @@
+"""GPU check: the GPU-relevant tests, train-step MFU, decode tokens/s and one RL step, as JSON.
+
+Run by ``benchmarks/gpu_check.sh`` on a machine with one NVIDIA GPU and JAX with CUDA
+already installed (nothing is installed or downloaded; the project is imported from the
+working tree). Sections, each recorded under its own key of the one JSON file:
+
+* ``tests``: pytest on the model-parity, sampler and trainer-step tests plus the trainer's
+  no-recompilation test, on the GPU (``JAX_PLATFORMS=cuda``, float32 matmuls at "highest"
+  precision so the parity tolerances hold; the 8-CPU-device sharding test is deselected),
+  under a timeout. Modules that need torch/transformers skip themselves when those are
+  missing; no pytest -> the section says so.
+* ``mfu``: the trainer's jitted update (``bench_llm.trainer_update``: chunked log-probs,
+  entropy, micro-batch scan, clipped AdamW) on a random-weight Qwen2.5-0.5B-shaped model,
+  float32 master weights and bfloat16 compute. Model FLOPs utilisation =
+  6 * params * tokens / step time / peak dense bf16 FLOP/s of the card (a table by device
+  kind: H200, H100 SXM/PCIe, GH200, A100, L40S, L40, L4, B200); an unknown card gets the
+  achieved TFLOP/s only.
+* ``decode``: ``llm.generate`` tokens/s of the same shape with bfloat16 weights, batch and
+  lengths sized by the card's memory, sampled at temperature 1, no EOS stop.
+* ``rl_step``: ``bench_rl.bench_ours`` (``llm.rl.step.rl_step``, with its rollout / reward /
+  update / host-overhead split) on the ~5M "small" checkpoint.
+
+Every timing blocks until ready; first calls (compilation) are reported apart. Without a
+GPU the script exits with status 2 and one ``error:`` line within seconds, unless
+``--cpu-smoke`` (or ``GPU_CHECK_CPU_SMOKE=1``) runs every section but the tests at toy
+sizes on the CPU, to check the logic::
+
+    python benchmarks/gpu_check.py out.json --cpu-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Peak dense bfloat16 tensor-core FLOP/s (vendor datasheets, no sparsity); first match wins.
+PEAK_BF16 = (
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+)
+TESTS = [
+    "tests/llm/test_model_parity.py",
+    "tests/llm/test_sampler.py",
+    "tests/llm/test_trainer_step.py",
+    "tests/llm/test_trainer.py::test_no_compilation_after_the_first_step",
+    "--deselect",
+    "tests/llm/test_trainer_step.py::test_sharded_step_matches_unsharded",
+]
+
+
+def peak_flops(device_kind: str) -> float | None:
+    for name, flops in PEAK_BF16:
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+def require_gpu() -> dict:
+    """The GPU's description, or exit 2 with one line when JAX sees none."""
+    import jax
+
+    try:
+        devices = jax.devices("gpu")
+    except RuntimeError:
+        devices = []
+    if not devices:
+        print(
+            f"error: no GPU visible to JAX (backend {jax.default_backend()!r}); this check "
+            "needs one NVIDIA GPU and jax with CUDA (use --cpu-smoke to test the logic)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    d = devices[0]
+    stats = d.memory_stats() or {}
+    return {"device_kind": d.device_kind, "count": len(devices), "bytes": stats.get("bytes_limit")}
+
+
+def run_tests(timeout_s: int) -> dict:
+    """pytest on the GPU subset in a subprocess; counts from its summary line."""
+    try:
+        import pytest  # noqa: F401
+    except ImportError:
+        return {"skipped": "pytest is not installed"}
+    env = dict(os.environ, JAX_PLATFORMS="cuda", JAX_DEFAULT_MATMUL_PRECISION="highest")
+    env["XLA_FLAGS"] = ""
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired as err:
+        tail = (err.stdout or b"")[-2000:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        return {"timed_out_after_s": timeout_s, "tail": tail}
+    counts = {
+        word: int(n)
+        for n, word in re.findall(
+            r"(\d+) (passed|failed|skipped|error|errors|deselected)", proc.stdout
+        )
+    }
+    return {
+        "returncode": proc.returncode,
+        "seconds": time.perf_counter() - start,
+        "counts": counts,
+        "tail": proc.stdout[-3000:] if proc.returncode else proc.stdout[-300:],
+    }
+
+
+def _times(fn, repeats: int) -> dict:
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times)}
+
+
+def _model(size: str, param_dtype: str, compute_dtype: str):
+    """A random-weight Qwen2 of ``llm.models.tiny`` size (numpy-drawn weights: no per-shape
+    compilation); "toy" is the "tiny" size with one layer, the fastest to compile."""
+    import bench_rl
+
+    from llm.models.tiny import random_model, tiny_config
+
+    overrides = dict(bench_rl.TOY_MODEL) if size == "toy" else {}
+    size = "tiny" if size == "toy" else size
+    config = tiny_config(
+        "qwen2", size, param_dtype=param_dtype, compute_dtype=compute_dtype, **overrides
+    )
+    return random_model(config, seed=0)
+
+
+def bench_mfu(size: str, batch: int, prompt: int, new: int, repeats: int, peak) -> dict:
+    """Train-step time of the trainer's update and its model FLOPs utilisation."""
+    import jax
+    from bench_llm import trainer_update
+    from flax import nnx
+
+    model = _model(size, "float32", "bfloat16")
+    params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    real = trainer_update(model, batch, prompt, new)
+    del model
+    t = _times(real["run"], repeats)
+    tokens = batch * (prompt + new - 1)  # positions the model reads
+    flops = 6 * params * tokens
+    out = {
+        "model": f"qwen2 {size} shape, float32 params, bfloat16 compute",
+        "params": int(params),
+        "batch": batch,
+        "prompt": prompt,
+        "new_tokens": new,
+        "tokens_per_step": tokens,
+        "flops_per_step": flops,
+        **t,
+        "achieved_tflops": flops / t["median_s"] / 1e12,
+        "tokens_per_s": tokens / t["median_s"],
+    }
+    out["peak_bf16_tflops"] = peak / 1e12 if peak else None
+    out["mfu"] = flops / t["median_s"] / peak if peak else None
+    return out
+
+
+def bench_decode(size: str, batch: int, prompt: int, new: int, repeats: int) -> dict:
+    """``llm.generate`` tokens/s (sampled, temperature 1, no EOS), bfloat16 weights."""
+    import jax
+    import numpy as np
+
+    from llm.sampler import generate
+
+    model = _model(size, "bfloat16", "bfloat16")
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, model.config.vocab_size, (batch, prompt)).tolist()
+    calls = [0]
+
+    def run():
+        calls[0] += 1
+        out = generate(model, prompts, max_new_tokens=new, key=jax.random.key(calls[0]))
+        return jax.block_until_ready(out)
+
+    t = _times(run, repeats)
+    return {
+        "model": f"qwen2 {size} shape, bfloat16",
+        "batch": batch,
+        "prompt": prompt,
+        "new_tokens": new,
+        **t,
+        "tokens_per_s": batch * new / t["median_s"],
+    }
+
+
+def bench_rl_step(size: str, prompts: int, samples: int, new: int, steps: int) -> dict:
+    import bench_rl
+
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    s = bench_rl.Settings(prompts=prompts, samples=samples, max_new_tokens=new, steps=steps)
+    out = bench_rl.bench_ours(bench_rl.checkpoint(workdir, size), s)
+    return {"size": size, "settings": dataclasses.asdict(s), **out}
+
+
+def plan(smoke: bool, memory_bytes) -> dict:
+    """Section sizes: toy on the CPU; on a GPU, batch and lengths by its memory."""
+    if smoke:
+        return {
+            "size": "toy",
+            "mfu": (2, 16, 8),
+            "decode": (2, 8, 4),
+            "rl": ("toy", 2, 2, 4, 2),
+            "repeats": 1,
+        }
+    gib = (memory_bytes or 0) / 2**30
+    mfu = (32, 256, 256) if gib >= 70 else (16, 256, 256) if gib >= 30 else (8, 128, 128)
+    decode = (128, 128, 256) if gib >= 70 else (64, 128, 256) if gib >= 30 else (32, 128, 128)
+    return {
+        "size": "0.5b",
+        "mfu": mfu,
+        "decode": decode,
+        "rl": ("small", 16, 8, 64, 5),
+        "repeats": 5,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "out", nargs="?", default=None, help="JSON path (default $OUT/gpu_check.json)"
+    )
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", default=os.environ.get("GPU_CHECK_CPU_SMOKE") == "1"
+    )
+    parser.add_argument("--sections", default="mfu,decode,rl_step,tests")
+    parser.add_argument(
+        "--budget-s", type=int, default=450, help="stop starting sections after this"
+    )
+    parser.add_argument("--test-timeout", type=int, default=300)
+    args = parser.parse_args(argv)
+    out = args.out or (
+        os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
+    )
+    if out is None:
+        parser.error("give the JSON path (or set $OUT)")
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    unknown = set(sections) - {"mfu", "decode", "rl_step", "tests"}
+    if unknown:
+        parser.error(
+            f"--sections: unknown {sorted(unknown)}; choose from mfu, decode, rl_step, tests"
+        )
+    start = time.perf_counter()
+    import jax
+
+    gpu = {"device_kind": jax.devices()[0].device_kind, "count": 1, "bytes": None}
+    gpu = gpu if args.cpu_smoke else require_gpu()
+    p = plan(args.cpu_smoke, gpu["bytes"])
+    peak = None if args.cpu_smoke else peak_flops(gpu["device_kind"])
+    result = {
+        "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
+        "device": gpu,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+    runners = {
+        "mfu": lambda: bench_mfu(p["size"], *p["mfu"], p["repeats"], peak),
+        "decode": lambda: bench_decode(p["size"], *p["decode"], p["repeats"]),
+        "rl_step": lambda: bench_rl_step(*p["rl"]),
+        "tests": lambda: (
+            {"skipped": "--cpu-smoke: the tests run on the CPU in the normal suite"}
+            if args.cpu_smoke
+            else run_tests(max(30, min(args.test_timeout, int(args.budget_s - elapsed()))))
+        ),
+    }
+
+    def elapsed():
+        return time.perf_counter() - start
+
+    for name in sections:
+        if elapsed() > args.budget_s:
+            result[name] = {"skipped": f"time budget {args.budget_s} s spent"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            result[name] = runners[name]()
+        except Exception as err:  # one broken section must not hide the others
+            result[name] = {"error": f"{type(err).__name__}: {err}"}
+        result[name]["section_s"] = time.perf_counter() - t0
+        pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
+        print(f"{name}: {json.dumps(result[name], default=str)[:400]}", flush=True)
+    result["total_s"] = elapsed()
+    pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out} in {result['total_s']:.0f} s")
+    failed = [k for k in sections if "error" in result.get(k, {})]
+    failed += ["tests"] if result.get("tests", {}).get("returncode") not in (None, 0) else []
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The benchmark scripts run: bench_rl's toy RL step (and TRL's when installed), the GPU
+check's CPU smoke mode and its no-GPU refusal, one-line errors for bad flags.
+
+Each script runs in a subprocess with one plain CPU device (the suite's 8 simulated devices
+would put the trainer on an 8-device mesh)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+BENCH = REPO_ROOT / "benchmarks"
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+    env.update(extra)
+    return env
+
+
+def _run(args, timeout=300, **env):
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=REPO_ROOT,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc, time.perf_counter() - start
+
+
+def test_bench_rl_quick_measures_our_step_and_trl_when_installed(tmp_path):
+    out = tmp_path / "rl.json"
+    proc, seconds = _run([BENCH / "bench_rl.py", "--quick", "--json", out])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("TRL s/step / asymre-jax s/step"), last
+    result = json.loads(out.read_text())
+    ours = result["sizes"]["toy"]["ours"]
+    pieces = ours["pieces_s_median"]
+    assert set(pieces) == {"refresh", "rollout", "reward", "update", "host", "total"}
+    assert 0 < ours["step_s_median"] < ours["first_step_s"]
+    assert 0 < ours["mean_completion_length"] <= 4
+    assert pieces["host"] == pytest.approx(
+        pieces["total"] - sum(pieces[k] for k in ("refresh", "rollout", "reward", "update")),
+        abs=1e-6,
+    )
+    trl = result["sizes"]["toy"]["trl"]
+    if importlib.util.find_spec("trl") is None:
+        assert "skipped" in trl
+        assert "note: TRL side not run" in proc.stdout
+    else:
+        assert trl["step_s_median"] > 0 and 0 < trl["mean_completion_length"] <= 4
+        assert f"toy {trl['step_s_median'] / ours['step_s_median']:.2f}x" in last
+    assert seconds < 120, f"bench_rl --quick took {seconds:.0f} s"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--steps", "1"], "--steps: must be >= 2"),
+        (["--sizes", "huge"], "--sizes: unknown size 'huge'"),
+        (["--prompts", "x"], "--prompts: invalid int value"),
+    ],
+)
+def test_bench_rl_bad_flags_give_one_error_line(flags, message):
+    proc, _ = _run([BENCH / "bench_rl.py", *flags], timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("bench_rl.py: error: ")
+    assert message in proc.stderr
+
+
+def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc, seconds = _run([BENCH / "gpu_check.py", out, "--cpu-smoke"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "cpu-smoke" and result["backend"] == "cpu"
+    assert {"device", "jax", "mfu", "decode", "rl_step", "tests", "total_s"} <= set(result)
+    mfu = result["mfu"]
+    assert mfu["median_s"] > 0 and mfu["achieved_tflops"] > 0
+    assert mfu["flops_per_step"] == 6 * mfu["params"] * mfu["tokens_per_step"]
+    assert mfu["mfu"] is None and mfu["peak_bf16_tflops"] is None  # no peak for a CPU
+    assert result["decode"]["tokens_per_s"] > 0
+    assert 0 <= result["rl_step"]["host_overhead_fraction"] < 1
+    assert "skipped" in result["tests"]
+    assert seconds < 120, f"the CPU smoke run took {seconds:.0f} s"
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+def test_gpu_check_fails_fast_without_a_gpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["bash", BENCH / "gpu_check.sh", out], env=_env(), capture_output=True, text=True
+    )
+    assert time.perf_counter() - start < 10
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: no NVIDIA GPU")
+    assert not out.exists()
+    # the Python side refuses too when called directly (jax sees only the CPU)
+    proc, seconds = _run([BENCH / "gpu_check.py", out], timeout=60)
+    assert proc.returncode == 2 and "error: no GPU visible to JAX" in proc.stderr
+    assert not out.exists()
+
+
+def test_gpu_peak_table():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(BENCH))
+    assert gpu_check.peak_flops("NVIDIA H200") == 989e12
+    assert gpu_check.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_check.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert gpu_check.peak_flops("NVIDIA L4") == 121e12
+    assert gpu_check.peak_flops("NVIDIA L40S") == 362e12
+    assert gpu_check.peak_flops("Tesla T4") is None
