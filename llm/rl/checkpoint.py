@@ -5,6 +5,9 @@ A checkpoint at step s (the number of updates done) holds two items:
 * ``state`` (``StandardSave``): the trained params, the optimizer state (with its count of
   non-finite steps in a row), the behaviour params, the reference params of a KL term when
   there is one, and the base RNG key data, each array restored straight into its sharding;
+  with LoRA (a `llm.rl.trainable.ParamSplit` ``split``) only the adapters of the params,
+  behaviour and reference are saved: the frozen base is reloaded from the model folder and
+  restored states take it from ``like``;
 * ``meta`` (``JsonSave``): step, data-iterator state and the run config.
 
 `save_state` / `restore_state` do this for a `llm.rl.state.RunState`.
@@ -26,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from llm.data.datasets import IteratorState
+from llm.rl.trainable import ParamSplit, merge_params
 
 
 class Checkpointer:
@@ -93,36 +97,51 @@ def key_to_data(key: jax.Array) -> np.ndarray:
     return np.asarray(jax.random.key_data(key))
 
 
-def _arrays(state) -> dict[str, Any]:
+def _arrays(state, split: ParamSplit) -> dict[str, Any]:
     arrays = {
-        "params": state.params,
+        "params": split.trainable(state.params),
         "opt_state": state.opt_state,
-        "behaviour": state.behaviour,
+        "behaviour": split.trainable(state.behaviour),
         "key": key_to_data(state.key),
     }
     if state.reference is not None:
-        arrays["reference"] = state.reference
+        arrays["reference"] = split.trainable(state.reference)
     return arrays
 
 
-def save_state(ckpt: Checkpointer, state, *, config: Mapping[str, Any], finite) -> None:
-    """Checkpoint a `RunState` at ``state.step``; ``finite``: host all-finite check of it."""
+def save_state(
+    ckpt: Checkpointer,
+    state,
+    *,
+    config: Mapping[str, Any],
+    finite,
+    split: ParamSplit | None = None,
+) -> None:
+    """Checkpoint a `RunState` at ``state.step``; ``finite``: host all-finite check of it;
+    ``split``: which leaves are saved (default all; ``setup.split`` saves LoRA's adapters)."""
     meta = {"step": int(state.step), "iterator": state.data.to_dict(), "config": dict(config)}
-    ckpt.save(int(state.step), _arrays(state), meta, finite=finite)
+    ckpt.save(int(state.step), _arrays(state, split or ParamSplit()), meta, finite=finite)
 
 
-def restore_state(ckpt: Checkpointer, like, step: int | None = None):
+def restore_state(
+    ckpt: Checkpointer, like, step: int | None = None, *, split: ParamSplit | None = None
+):
     """(state, meta): checkpoint ``step`` (default the latest) restored into the shapes,
-    dtypes and shardings of the `RunState` ``like``."""
+    dtypes and shardings of the `RunState` ``like`` (the ``split`` it was saved with; the
+    frozen leaves come from ``like``)."""
+    split = split or ParamSplit()
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    restored, meta = ckpt.restore(step, abstract_like(_arrays(like)))
+    restored, meta = ckpt.restore(step, abstract_like(_arrays(like, split)))
+    reference = restored.get("reference")
     state = like._replace(
-        params=restored["params"],
+        params=merge_params(restored["params"], split.frozen(like.params)),
         opt_state=restored["opt_state"],
-        behaviour=restored["behaviour"],
-        reference=restored.get("reference"),
+        behaviour=merge_params(restored["behaviour"], split.frozen(like.behaviour)),
+        reference=None
+        if reference is None
+        else merge_params(reference, split.frozen(like.reference)),
         key=jax.random.wrap_key_data(np.asarray(restored["key"], np.uint32)),
         step=int(meta["step"]),
         data=IteratorState.from_dict(meta["iterator"]),

@@ -42,6 +42,11 @@ HELP = {
     "model_path": "Hugging Face folder (config.json, *.safetensors, tokenizer) to fine-tune.",
     "dtype": "parameter dtype: float32 | bfloat16 (optimizer moments follow it).",
     "compute_dtype": "matmul dtype (None: dtype).",
+    "lora_rank": "LoRA rank r: train low-rank adapters on the frozen model (0 = full "
+    "fine-tuning). The behaviour policy is the base plus a stale copy of the adapters.",
+    "lora_alpha": "LoRA scale numerator: the update is (alpha / r) x A B (None: 2 * lora_rank).",
+    "lora_targets": "comma-separated projections that get adapters: q,k,v,o (attention), "
+    "gate,up,down (MLP).",
     "task": "arithmetic (synthetic, no data) | gsm8k | math500 | table (any columns; alias jsonl).",
     "data_path": "training data: a jsonl file, a folder of {split}.jsonl, a parquet file or "
     "folder, or a Hugging Face dataset saved with save_to_disk.",
@@ -121,6 +126,9 @@ class TrainConfig:
     model_path: str = ""
     dtype: str = "float32"
     compute_dtype: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: str = "q,k,v,o,gate,up,down"
     task: str = "arithmetic"
     data_path: str | None = None
     eval_data_path: str | None = None

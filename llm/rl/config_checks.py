@@ -50,6 +50,7 @@ _AT_LEAST_ONE = (
     "log_every",
 )
 _AT_LEAST_ZERO = (
+    "lora_rank",
     "num_steps",
     "warmup_steps",
     "eval_every",
@@ -307,6 +308,28 @@ def check_loss_options(cfg: TrainConfig) -> None:
     )
 
 
+def check_lora(cfg: TrainConfig) -> None:
+    """LoRA's alpha (finite > 0, only with a rank) and targets (distinct known names)."""
+    from llm.models.lora import LORA_TARGETS
+
+    alpha = cfg.lora_alpha
+    _need(
+        cfg,
+        "lora_alpha",
+        alpha is None or (math.isfinite(alpha) and alpha > 0),
+        "must be a finite number > 0 (or none: 2 * lora_rank)",
+    )
+    _need(cfg, "lora_alpha", alpha is None or cfg.lora_rank > 0, "needs lora_rank > 0")
+    names = [t.strip() for t in cfg.lora_targets.split(",")]
+    unknown = [t for t in names if t not in LORA_TARGETS]
+    _need(
+        cfg,
+        "lora_targets",
+        not unknown and len(set(names)) == len(names),
+        f"must be distinct names among {','.join(LORA_TARGETS)} separated by commas",
+    )
+
+
 def check_mesh(cfg: TrainConfig) -> None:
     """The mesh syntax (the device count is checked when the mesh is built)."""
     if cfg.mesh is None:
@@ -343,5 +366,6 @@ def validate_config(cfg: TrainConfig) -> None:
     check_choices(cfg)
     check_numbers(cfg)
     check_loss_options(cfg)
+    check_lora(cfg)
     check_mesh(cfg)
     check_paths(cfg)

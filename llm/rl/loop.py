@@ -40,6 +40,8 @@ from flax import nnx
 from llm.data import datasets as data_lib
 from llm.errors import ConfigError
 from llm.models.hf_io import save_hf
+from llm.models.lora import has_lora, merge_lora
+from llm.models.peft_io import save_peft_adapter
 from llm.rl import evaluation
 from llm.rl.checkpoint import Checkpointer, restore_state, save_state
 from llm.rl.config import RESUME_MUTABLE, TrainConfig
@@ -151,13 +153,15 @@ def run_evaluation(setup: Setup, params, examples, *, key) -> dict[str, float]:
 
 def save_checkpoint(ckpt: Checkpointer, setup: Setup, state: RunState) -> None:
     """Checkpoint ``state``, refusing one that holds a NaN or Inf."""
-    weights = (state.params, optimizer_moments(state.opt_state), state.behaviour)
-    finite = to_host(setup.fns.all_finite(weights))
-    save_state(ckpt, state, config=setup.cfg.to_dict(), finite=finite)
+    trainable = setup.split.trainable
+    weights = (trainable(state.params), optimizer_moments(state.opt_state))
+    finite = to_host(setup.fns.all_finite((*weights, trainable(state.behaviour))))
+    save_state(ckpt, state, config=setup.cfg.to_dict(), finite=finite, split=setup.split)
 
 
-def _resume(ckpt: Checkpointer, cfg: TrainConfig, state: RunState) -> RunState:
-    state, meta = restore_state(ckpt, state)
+def _resume(ckpt: Checkpointer, setup: Setup, state: RunState) -> RunState:
+    cfg = setup.cfg
+    state, meta = restore_state(ckpt, state, split=setup.split)
     _check_resume_config(meta["config"], cfg)
     log.info("resumed from %s at step %d", ckpt.directory, state.step)
     return state
@@ -204,6 +208,13 @@ def train(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn)
+    if setup.split.is_lora:
+        count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+        log.info(
+            "LoRA: training %d adapter parameters; the %d base parameters stay frozen",
+            count(setup.split.trainable(state.params)),
+            count(setup.split.frozen(state.params)),
+        )
     train_ex, eval_ex = load_task(cfg) if dataset is None or eval_dataset is None else ([], [])
     train_ex = as_examples(dataset, "dataset") if dataset is not None else train_ex
     eval_ex = as_examples(eval_dataset, "eval_dataset") if eval_dataset is not None else eval_ex
@@ -212,7 +223,7 @@ def train(
     if cfg.checkpoint_every or cfg.resume:
         ckpt = Checkpointer(pathlib.Path(cfg.out_dir) / "checkpoints", keep=cfg.keep_checkpoints)
     if cfg.resume and ckpt.latest_step() is not None:
-        state = _resume(ckpt, cfg, state)
+        state = _resume(ckpt, setup, state)
     iterator = data_lib.BatchIterator(train_ex, cfg.prompts_per_step, state=state.data)
     is_main = jax.process_index() == 0
     writer = MetricsWriter(
@@ -243,12 +254,15 @@ def train(
                 save_checkpoint(ckpt, setup, state)
             _report(bar, cfg, row, is_main)
         if cfg.export_hf:
+            out = pathlib.Path(cfg.out_dir)
             export(
                 setup.graphdef,
                 state.params,
                 setup.model_config,
-                pathlib.Path(cfg.out_dir) / "hf",
+                out / "hf",
                 setup.tokenizer,
+                adapter_path=out / "adapter",
+                base_model_name_or_path=cfg.model_path,
             )
     finally:
         if bar is not None:
@@ -297,9 +311,30 @@ def _short(v):
     return float(f"{v:.4g}") if isinstance(v, float) and math.isfinite(v) else v
 
 
-def export(graphdef, params, model_config, path, tokenizer=None) -> pathlib.Path:
-    """Write the policy ``params`` as a Hugging Face folder (process 0 writes)."""
+def export(
+    graphdef,
+    params,
+    model_config,
+    path,
+    tokenizer=None,
+    *,
+    adapter_path=None,
+    base_model_name_or_path: str | None = None,
+) -> pathlib.Path:
+    """Write the policy ``params`` as a Hugging Face folder (process 0 writes).
+
+    With LoRA adapters, ``path`` gets the merged model (W + (alpha / r) A B) and
+    ``adapter_path`` (when given) the adapters alone in PEFT's format
+    (`llm.models.peft_io.save_peft_adapter`).
+    """
     host = jax.tree.map(to_host, params)
     if jax.process_index() == 0:
-        save_hf(nnx.merge(graphdef, host), model_config, path, tokenizer=tokenizer)
+        model = nnx.merge(graphdef, host)
+        if has_lora(model):
+            if adapter_path is not None:
+                save_peft_adapter(
+                    model, adapter_path, base_model_name_or_path=base_model_name_or_path
+                )
+            merge_lora(model)
+        save_hf(model, model_config, path, tokenizer=tokenizer)
     return pathlib.Path(path)

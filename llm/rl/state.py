@@ -11,6 +11,13 @@ maps to the next.
 `RunState` holds the trained params, the optimizer state, the behaviour params (a frozen copy
 that lags by up to ``refresh_every`` steps), the reference params of a KL term (or None), the
 step, the data position (`IteratorState`) and the base RNG key; everything a checkpoint saves.
+
+LoRA (``cfg.lora_rank > 0``, `llm.models.lora`): adapters are attached to the loaded model
+and only they are trained (``setup.split``, `llm.rl.trainable.ParamSplit`). ``params``,
+``behaviour`` and ``reference`` stay full pure dicts of the model, but they share one set of
+base arrays: mu is the frozen base plus a stale copy of the adapters, and refreshing it (or
+making the reference, base + the initial adapters) copies the adapters alone. The optimizer
+state holds adapter-shaped moments only.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from llm.data.datasets import IteratorState
 from llm.data.prompts import PromptRenderer
 from llm.data.tokenizer import load_tokenizer
 from llm.models.hf_io import load_hf
+from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import make_mesh, param_shardings
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
 from llm.rl.rollout import Sampling
 from llm.rl.train_step import OptSpec, StepFunctions, batch_spec, step_functions
+from llm.rl.trainable import ParamSplit, merge_params
 
 
 class RunState(NamedTuple):
@@ -65,6 +74,7 @@ class Setup:
     advantages: Callable  # rewards [P, G] -> advantages [P, G]
     reward_fn: Callable
     sampling: Sampling
+    split: ParamSplit = ParamSplit()  # which leaves train (LoRA: the adapters only)
 
 
 def builtin_reward(cfg: TrainConfig) -> Callable:
@@ -72,6 +82,27 @@ def builtin_reward(cfg: TrainConfig) -> Callable:
     fn = functools.partial(rewards_lib.get_reward_fn(cfg.reward_name, scale=cfg.reward_scale))
     fn.correct_reward = rewards_lib.reward_levels(cfg.reward_scale)[0]
     return fn
+
+
+def lora_spec(cfg: TrainConfig) -> LoRASpec | None:
+    """The config's adapters (alpha None: 2 * rank), or None for full fine-tuning."""
+    if not cfg.lora_rank:
+        return None
+    alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_rank
+    targets = tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip())
+    return LoRASpec(rank=cfg.lora_rank, alpha=alpha, targets=targets)
+
+
+def _with_lora(cfg: TrainConfig, model: nnx.Module) -> nnx.Module:
+    """``model`` with the config's adapters attached (A drawn from ``cfg.seed``; B = 0)."""
+    spec = lora_spec(cfg)
+    if spec is not None:
+        if has_lora(model):
+            raise ValueError(
+                "model already has LoRA adapters; pass it with lora_rank=0 to train them"
+            )
+        add_lora(model, spec, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 7)))
+    return model
 
 
 def make_setup(
@@ -83,7 +114,11 @@ def make_setup(
     reward_fn: Callable | None = None,
 ) -> tuple[Setup, Any]:
     """(setup, params): the model from ``cfg.model_path`` (or ``model``, resharded onto the
-    mesh), its tokenizer, the compiled step functions of ``loss_fn`` (default: the config's)."""
+    mesh), its tokenizer, the compiled step functions of ``loss_fn`` (default: the config's).
+
+    With ``cfg.lora_rank > 0`` adapters are attached and only they train; a ``model`` that
+    already has adapters (and ``lora_rank=0``) trains its adapters alone too.
+    """
     mesh = make_mesh(cfg.mesh or "fsdp=-1", allow_subset=cfg.mesh_subset)
     if model is None:
         model, model_config = load_hf(
@@ -92,20 +127,24 @@ def make_setup(
     else:
         model_config = model.config
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
+    model = _with_lora(cfg, model)
+    split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
     shardings = nnx.to_pure_dict(param_shardings(model, mesh))
     params = jax.device_put(nnx.to_pure_dict(state), shardings)
     loss_fn = loss_fn if loss_fn is not None else loss_from_config(cfg)
     rows = cfg.batch_size // cfg.micro_batches
+    trainable_sh, frozen_sh = split.split(shardings)
     fns = step_functions(
         graphdef,
-        abstract_like(params, shardings),
+        abstract_like(split.trainable(params), trainable_sh),
         mesh,
-        shardings,
+        trainable_sh,
         loss_fn,
         OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
         batch_spec(mesh, rows),
         cfg.logits_chunk_size,
+        frozen_sh,
     )
     chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
     renderer = PromptRenderer(
@@ -126,18 +165,22 @@ def make_setup(
         advantages=advantages_fn(loss_fn, cfg),
         reward_fn=reward_fn if reward_fn is not None else builtin_reward(cfg),
         sampling=Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos, pad),
+        split=split,
     )
     return setup, params
 
 
 def init_state(setup: Setup, params, *, data: IteratorState | None = None) -> RunState:
-    """Step 0: fresh optimizer state, behaviour = a copy of the params, key of ``cfg.seed``."""
+    """Step 0: fresh optimizer state (of the trainable params), behaviour = a copy of the
+    params (of the adapters alone with LoRA), key of ``cfg.seed``."""
     fns = setup.fns
-    reference = fns.copy(params) if getattr(setup.loss_fn, "needs_reference", False) else None
+    trainable, frozen = setup.split.split(params)
+    needs_reference = getattr(setup.loss_fn, "needs_reference", False)
+    reference = merge_params(fns.copy(trainable), frozen) if needs_reference else None
     return RunState(
         params=params,
-        opt_state=fns.init_opt(params),
-        behaviour=fns.copy(params),
+        opt_state=fns.init_opt(trainable),
+        behaviour=merge_params(fns.copy(trainable), frozen),
         reference=reference,
         step=0,
         data=data if data is not None else IteratorState(seed=setup.cfg.seed),
@@ -153,8 +196,10 @@ def init_run(cfg: TrainConfig, model=None, tokenizer=None, **plugins) -> tuple[S
 
 
 def refresh_behaviour(setup: Setup, state: RunState) -> RunState:
-    """The behaviour params become a copy of the trained params."""
-    return state._replace(behaviour=setup.fns.copy(state.params))
+    """The behaviour params become a copy of the trained params (with LoRA: the frozen base
+    plus a copy of the current adapters; the base is shared, not copied)."""
+    trainable, frozen = setup.split.split(state.params)
+    return state._replace(behaviour=merge_params(setup.fns.copy(trainable), frozen))
 
 
 def step_key(state: RunState) -> jax.Array:

@@ -20,6 +20,7 @@ from llm.rl.metrics import sample_stats
 from llm.rl.rollout import Rollout, batch_to_global, build_batch, rollout, to_host
 from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
 from llm.rl.train_step import hyperparams
+from llm.rl.trainable import merge_params
 
 
 def update(
@@ -50,11 +51,14 @@ def update(
     )
     batch = batch_to_global(host_batch, fns.batch_sharding)
     if state.reference is not None:
-        batch = batch._replace(ref_logprobs=fns.score(state.reference, batch))
+        ref_trainable, ref_frozen = setup.split.split(state.reference)
+        batch = batch._replace(ref_logprobs=fns.score(ref_trainable, batch, ref_frozen))
     hyper = hyperparams(learning_rate, cfg.weight_decay, cfg.max_grad_norm)
-    params, opt_state, metrics = fns.step(state.params, state.opt_state, batch, hyper)
+    trainable, frozen = setup.split.split(state.params)  # LoRA: adapters, base
+    trainable, opt_state, metrics = fns.step(trainable, state.opt_state, batch, hyper, frozen)
     metrics = {k: to_host(v).item() for k, v in metrics.items()}
     metrics["advantages"] = advantages_PxG
+    params = merge_params(trainable, frozen)
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 

@@ -19,11 +19,16 @@ inputs of the step (changing them never recompiles), and a non-finite loss or gr
 leaves params and moments unchanged without a second copy of either (params and optimizer
 state are donated); ``notfinite_count`` in the optimizer state counts such steps in a row.
 
+Frozen weights (LoRA, :mod:`llm.rl.trainable`): ``params`` are the trainable leaves and
+``frozen`` the others (``{}`` in full fine-tuning). The step differentiates with respect to
+``params`` only, the optimizer state holds moments of ``params`` only, and the two parts are
+merged inside ``jit`` (``frozen`` is read, never donated or copied).
+
 Sharding: with a mesh, the step is ``jax.jit`` with ``in_shardings``/``out_shardings`` (what
 older JAX called pjit): params, optimizer state and behaviour params follow the rule table of
 ``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis).
-Compiled functions are cached per (graphdef, mesh, loss, static options), so a second run
-with the same shapes reuses them.
+Compiled functions are cached per (graphdef, mesh, loss, static options, trainable/frozen
+structure), so a second run with the same shapes reuses them.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import asymre_jax
 from llm.rl.losses import AsymRE
+from llm.rl.trainable import merge_params
 
 DATA_AXIS = "fsdp"
 
@@ -119,13 +125,14 @@ def _entropy_from_hidden(hidden_BxTxD, unembedding_DxV, chunk_size: int):
     return jnp.moveaxis(entropy_NxBxC, 0, 1).reshape(B, -1)[:, :T]
 
 
-def _forward_logprobs(graphdef, params, mb: Batch, chunk_size: int):
-    """Per-token log pi and entropy of pi (float32, [b, N]) of the completion slots.
+def _forward_logprobs(graphdef, params, mb: Batch, chunk_size: int, frozen=None):
+    """Per-token log pi and entropy of pi (float32, [b, N]) of the completion slots, pi the
+    model of ``params`` merged with the ``frozen`` ones.
 
     The [b, T, V] logits are never materialised: log-probs come from the final hidden
     states ``chunk_size`` positions at a time (rematerialised in the backward pass).
     """
-    model = nnx.merge(graphdef, params)
+    model = nnx.merge(graphdef, merge_params(params, frozen or {}))
     N = mb.loss_mask.shape[-1]
     chunk_size = min(chunk_size, N)
     hidden_BxTxD = model.hidden_states(
@@ -149,15 +156,18 @@ def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
     return loss_fn(*args)
 
 
-def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, loss_fn, tx, chunk):
-    """One exact, micro-batched update; returns (params, opt_state, metrics)."""
+def train_step(
+    params, opt_state, batch: Batch, hyper: dict, frozen=None, *, graphdef, loss_fn, tx, chunk
+):
+    """One exact, micro-batched update of the trainable ``params`` (the model is their merge
+    with ``frozen``); returns (params, opt_state, metrics)."""
     f32 = jnp.float32
 
     def micro(carry, mb: Batch):
         grads, num, den, stats = carry
 
         def numerator(p):
-            logprobs_BxN, entropy_BxN = _forward_logprobs(graphdef, p, mb, chunk)
+            logprobs_BxN, entropy_BxN = _forward_logprobs(graphdef, p, mb, chunk, frozen)
             n, d = _loss_terms(loss_fn, logprobs_BxN, mb)
             return n, (d, logprobs_BxN, entropy_BxN)
 
@@ -206,11 +216,11 @@ def train_step(params, opt_state, batch: Batch, hyper: dict, *, graphdef, loss_f
     return params, opt_state, metrics
 
 
-def score(params, batch: Batch, *, graphdef, chunk_size: int = 128):
+def score(params, batch: Batch, frozen=None, *, graphdef, chunk_size: int = 128):
     """log pi(y_t) of the completion tokens at temperature 1, [M, b, N] (0 off the mask)."""
 
     def one(_, mb):
-        logprobs_BxN, _ = _forward_logprobs(graphdef, params, mb, chunk_size)
+        logprobs_BxN, _ = _forward_logprobs(graphdef, params, mb, chunk_size, frozen)
         return None, logprobs_BxN * mb.loss_mask
 
     return jax.lax.scan(one, None, batch)[1]
@@ -234,8 +244,8 @@ class StepFunctions(NamedTuple):
 
     tx: optax.GradientTransformation
     init_opt: Any  # params -> opt_state
-    step: Any  # (params, opt_state, batch, hyper) -> (params, opt_state, metrics)
-    score: Any  # (params, batch) -> behaviour log-probs [M, b, T]
+    step: Any  # (params, opt_state, batch, hyper, frozen=None) -> (params, opt_state, metrics)
+    score: Any  # (params, batch, frozen=None) -> log-probs [M, b, N]
     copy: Any  # params -> a fresh copy (the behaviour params)
     all_finite: Any  # tree -> bool
     param_shardings: Any  # pure dict of NamedSharding, or None
@@ -254,6 +264,25 @@ def batch_spec(mesh, rows_per_micro_batch: int) -> PartitionSpec:
     return PartitionSpec(None, DATA_AXIS) if rows_per_micro_batch % size == 0 else PartitionSpec()
 
 
+class _FrozenOptional:
+    """A jitted function whose ``frozen`` argument (at ``position``) may be left out (None ->
+    {}: nothing frozen); everything else (``lower``, ``_cache_size``, ...) is the jitted
+    function's."""
+
+    def __init__(self, jitted, position: int):
+        self.jitted, self.position = jitted, position
+
+    def __call__(self, *args, frozen=None):
+        if len(args) > self.position:
+            args, frozen = args[: self.position], args[self.position]
+        return self.jitted(*args, {} if frozen is None else frozen)
+
+    def __getattr__(self, name):
+        if name == "jitted":
+            raise AttributeError(name)
+        return getattr(self.jitted, name)
+
+
 def step_functions(
     graphdef,
     abstract_params,
@@ -263,17 +292,21 @@ def step_functions(
     opt_spec: OptSpec | None = None,
     data_spec: PartitionSpec | None = None,
     chunk_size: int = 128,
+    frozen_shardings=None,
 ) -> StepFunctions:
     """Build (or fetch from the module cache) the jitted step functions.
 
-    ``param_shardings`` is a pure dict like the params with a NamedSharding per leaf (from
-    ``llm.models.sharding.param_shardings``); it is determined by (graphdef, mesh), which with the
-    static options form the cache key.
+    ``abstract_params`` / ``param_shardings`` describe the trainable params (a pure dict with
+    a NamedSharding per leaf, from ``llm.models.sharding.param_shardings``) and
+    ``frozen_shardings`` the frozen ones (None or {}: nothing is frozen). They are determined
+    by (graphdef, mesh, which leaves train), which with the static options form the cache key.
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
     opt_spec = opt_spec or OptSpec()
     data_spec = PartitionSpec() if data_spec is None else data_spec
-    key = (graphdef, mesh, loss_fn, opt_spec, data_spec, chunk_size)
+    frozen_shardings = frozen_shardings or {}
+    structure = (jax.tree.structure(param_shardings), jax.tree.structure(frozen_shardings))
+    key = (graphdef, mesh, loss_fn, opt_spec, data_spec, chunk_size, structure)
     if key in _CACHE:
         return _CACHE[key]
     tx = make_optimizer(opt_spec)
@@ -286,8 +319,8 @@ def step_functions(
         fns = StepFunctions(
             tx=tx,
             init_opt=jax.jit(tx.init),
-            step=jax.jit(step, donate_argnums=(0, 1)),
-            score=jax.jit(score_fn),
+            step=_FrozenOptional(jax.jit(step, donate_argnums=(0, 1)), 4),
+            score=_FrozenOptional(jax.jit(score_fn), 2),
             copy=jax.jit(copy),
             all_finite=jax.jit(all_finite),
             param_shardings=None,
@@ -295,32 +328,53 @@ def step_functions(
             batch_sharding=None,
         )
     else:
-        replicated = NamedSharding(mesh, PartitionSpec())
-        abstract_opt = jax.eval_shape(tx.init, abstract_params)
-        opt_shardings = optax.tree_map_params(
+        fns = _sharded_functions(
             tx,
-            lambda _, sharding: sharding,
-            abstract_opt,
+            step,
+            score_fn,
+            copy,
+            abstract_params,
+            mesh,
             param_shardings,
-            transform_non_params=lambda _: replicated,
-        )
-        data = NamedSharding(mesh, data_spec)
-        batch_sh = Batch(*([data] * len(Batch._fields)))
-        fns = StepFunctions(
-            tx=tx,
-            init_opt=jax.jit(tx.init, in_shardings=(param_shardings,), out_shardings=opt_shardings),
-            step=jax.jit(
-                step,
-                in_shardings=(param_shardings, opt_shardings, batch_sh, replicated),
-                out_shardings=(param_shardings, opt_shardings, replicated),
-                donate_argnums=(0, 1),
-            ),
-            score=jax.jit(score_fn, in_shardings=(param_shardings, batch_sh), out_shardings=data),
-            copy=jax.jit(copy, in_shardings=(param_shardings,), out_shardings=param_shardings),
-            all_finite=jax.jit(all_finite, out_shardings=replicated),
-            param_shardings=param_shardings,
-            opt_shardings=opt_shardings,
-            batch_sharding=data,
+            frozen_shardings,
+            data_spec,
         )
     _CACHE[key] = fns
     return fns
+
+
+def _sharded_functions(
+    tx, step, score_fn, copy, abstract_params, mesh, param_shardings, frozen_shardings, data_spec
+) -> StepFunctions:
+    """The step functions jitted with in/out shardings on ``mesh``."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        tx,
+        lambda _, sharding: sharding,
+        abstract_opt,
+        param_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    data = NamedSharding(mesh, data_spec)
+    batch_sh = Batch(*([data] * len(Batch._fields)))
+    jitted_step = jax.jit(
+        step,
+        in_shardings=(param_shardings, opt_shardings, batch_sh, replicated, frozen_shardings),
+        out_shardings=(param_shardings, opt_shardings, replicated),
+        donate_argnums=(0, 1),
+    )
+    jitted_score = jax.jit(
+        score_fn, in_shardings=(param_shardings, batch_sh, frozen_shardings), out_shardings=data
+    )
+    return StepFunctions(
+        tx=tx,
+        init_opt=jax.jit(tx.init, in_shardings=(param_shardings,), out_shardings=opt_shardings),
+        step=_FrozenOptional(jitted_step, 4),
+        score=_FrozenOptional(jitted_score, 2),
+        copy=jax.jit(copy, in_shardings=(param_shardings,), out_shardings=param_shardings),
+        all_finite=jax.jit(all_finite, out_shardings=replicated),
+        param_shardings=param_shardings,
+        opt_shardings=opt_shardings,
+        batch_sharding=data,
+    )
