@@ -166,10 +166,11 @@ def test_bfloat16_within_tolerance(family, checkpoints, torch_models):
     assert ours_err > 0  # it really ran in bf16
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+# mistral's cached windows: tests/llm/test_sampler.py::test_sliding_window_greedy_matches_own_forward
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_kv_cache_decode_matches_full_forward(family, jax_models):
     """Prefill a left-padded prompt, then decode one token at a time: every position's
-    logits equal the full forward pass over the whole sequence."""
+    logits equal the full forward pass over the whole sequence (16 > gemma3's window)."""
     model = jax_models[family]
     rng = np.random.default_rng(3)
     lengths, new = [9, 4], 7
