@@ -10,7 +10,8 @@
 
 Modules: ``config`` (TrainConfig), ``state`` (Setup, RunState), ``rollout``, ``losses``
 (the loss plug-in contract; AsymRE, GRPO, ISReinforce), ``train_step`` (the jitted step),
-``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train).
+``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train),
+``trainable`` (ParamSplit: all weights, or LoRA's adapters alone, are trained).
 """
 
 from llm.rl.checkpoint import Checkpointer, restore_state, save_state
@@ -30,6 +31,7 @@ from llm.rl.state import (
     step_key,
 )
 from llm.rl.step import rl_step, update
+from llm.rl.trainable import ParamSplit, merge_params
 
 __all__ = [
     "GRPO",
@@ -37,6 +39,7 @@ __all__ = [
     "Checkpointer",
     "ISReinforce",
     "MetricsWriter",
+    "ParamSplit",
     "Rollout",
     "RunState",
     "Sampling",
@@ -48,6 +51,7 @@ __all__ = [
     "init_state",
     "loss_from_config",
     "make_setup",
+    "merge_params",
     "refresh_behaviour",
     "restore_state",
     "rl_step",

@@ -108,11 +108,13 @@ HELP = {
     "eval_pass_k": "also report pass@k with k samples per eval prompt (0 = off).",
     "eval_max_new_tokens": "evaluation completion length (None: max_new_tokens).",
     "seed": "seed of everything: data order, sampling, evaluation.",
-    "out_dir": "run folder: metrics.jsonl, tensorboard/, checkpoints/, hf/.",
+    "out_dir": "run folder: metrics.jsonl, tensorboard/, checkpoints/, hf/ (and adapter/ "
+    "with LoRA).",
     "checkpoint_every": "save a checkpoint every N steps and at the end (0 = no checkpoints).",
     "keep_checkpoints": "keep the last N checkpoints.",
     "resume": "continue from the latest checkpoint in out_dir.",
-    "export_hf": "write the final policy as a Hugging Face folder out_dir/hf.",
+    "export_hf": "write the final policy as a Hugging Face folder out_dir/hf (with LoRA: "
+    "the merged model, and the adapters alone in PEFT's format in out_dir/adapter).",
     "tensorboard": "also write TensorBoard event files (needs tensorboardX).",
     "log_every": "print a metrics line every N steps (the jsonl gets every step).",
     "progress": "show a tqdm progress bar.",

@@ -20,7 +20,8 @@ ratio: the drift between pi and mu (|log pi - log mu|, ratio stats) is logged, n
 
 Everything derives from ``cfg.seed``: data order (``BatchIterator``), sampling keys
 ``fold_in(key(seed), t)``. Checkpoints (``llm.rl.checkpoint``) hold the whole ``RunState``
-and the config, so ``resume=True`` continues bit-for-bit. Multi-process runs
+(with LoRA, the adapters but not the frozen base, which reloads from ``model_path``) and the
+config, so ``resume=True`` continues bit-for-bit. Multi-process runs
 (``initialize_distributed``) use one global mesh; every process computes the same host-side
 batch and feeds its own rows to its devices.
 """

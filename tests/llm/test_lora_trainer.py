@@ -246,3 +246,24 @@ def test_lora_flags_reach_the_config(capsys):
     got = json.loads(capsys.readouterr().out)
     assert (got["lora_rank"], got["lora_alpha"], got["lora_targets"]) == (8, 16.0, "q,v")
     assert TrainConfig().lora_rank == 0  # full fine-tuning by default
+
+
+# ---------------------------------------------------------------------- memory script
+
+
+def test_lora_memory_script_counts_without_allocating(capsys):
+    """benchmarks/lora_memory.py on Qwen2.5-0.5B shapes (eval_shape only): r=16 on every
+    projection trains 8,798,208 parameters (what PEFT reports for this model) and the run
+    state shrinks from 3 weight copies to ~1."""
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "lora_memory.py"
+    module_spec = importlib.util.spec_from_file_location("lora_memory", path)
+    lora_memory = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(lora_memory)
+    full, lora = lora_memory.main(["--ranks", "16", "--no-compile"])
+    assert "| trainable_params | 494,032,768 | 8,798,208 |" in capsys.readouterr().out
+    assert lora["frozen_params"] == full["trainable_params"] == 494_032_768
+    assert full["run_state_GiB"] == pytest.approx(4 * full["params_GiB"])  # params, m, v, mu
+    assert lora["opt_state_GiB"] < 0.02 * full["opt_state_GiB"]
+    assert lora["run_state_GiB"] < 0.3 * full["run_state_GiB"]
