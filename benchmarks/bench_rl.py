@@ -18,7 +18,9 @@ What is measured, per model size, on one machine and in one process:
   "dr_grpo", ``scale_rewards`` "none", num_iterations 1 (so no old-log-prob pass), no vLLM,
   fp32, the same P prompts x G samples per step (``per_device_train_batch_size`` = P * G,
   one generation per optimizer step), max new tokens, temperature, top-p, learning rate,
-  clip norm and reward. Steps are timed by a ``TrainerCallback`` (step begin -> step end);
+  clip norm and reward, in a fresh process of its own (``bench_rl_trl.py``: in a process
+  where XLA has run, its thread pool slows torch's threads down several-fold). Steps are
+  timed by a ``TrainerCallback`` (step begin -> step end);
   the trainer's construction is its setup and its first step is reported apart. Its
   ``generate`` and the reward function are timed too.
 
@@ -240,6 +242,7 @@ def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
         "behaviour_logprobs": "from the sampler (no second forward pass)",
         "host_overhead_fraction": piece_s["host"] / piece_s["total"],
         "steps_timed": len(plain) + len(split),
+        "steps_s": {"plain": plain, "instrumented": [r["total"] for r in split]},
     }
 
 
@@ -376,10 +379,6 @@ def main(argv=None) -> dict:
     if args.threads == 1:  # before jax is imported
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
-    with contextlib.suppress(ImportError):
-        import torch
-
-        torch.set_num_threads(args.threads)
     s = Settings(
         prompts=args.prompts,
         samples=args.samples,
@@ -397,9 +396,9 @@ def main(argv=None) -> dict:
         if args.skip_trl:
             entry["trl"] = {"skipped": "TRL side not run (--skip-trl)"}
         else:
-            from bench_rl_trl import bench_trl
+            from bench_rl_trl import run_in_child
 
-            entry["trl"] = bench_trl(path, s, workdir)
+            entry["trl"] = run_in_child(path, s, workdir, args.threads)
         if "skipped" in entry["trl"]:
             print(f"note: {entry['trl']['skipped']}; our side is still measured", flush=True)
         else:

@@ -4,11 +4,21 @@ GRPO with beta = 0 (no reference model), ``loss_type`` "dr_grpo", ``scale_reward
 num_iterations 1 (no old-log-prob pass), no vLLM, fp32 on the CPU, one generation of
 P * G completions per optimizer step; ``generate`` and the reward are timed inside the step.
 Returns ``{"skipped": why}`` when trl, datasets, torch or transformers is missing.
+
+``run_in_child`` runs it in a fresh Python process (what ``bench_rl.py`` does): in a
+process where JAX has already run, XLA's CPU thread pool competes with torch's OpenMP
+threads, and TRL's step measured 3-7x slower with 2 torch threads than in a process of
+its own (0.43 s against 1.8-3.1 s at the arith size on 2 cores).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
 from bench_rl import Settings, _median, examples
@@ -125,4 +135,28 @@ def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
         "completion_tokens_per_s": s.prompts * s.samples * mean_len / step_s,
         "pieces_s_median": pieces,
         "steps_timed": len(steady),
+        "steps_s": [r["total"] for r in steady],
     }
+
+
+def run_in_child(path, s: Settings, workdir: pathlib.Path, threads: int) -> dict:
+    """`bench_trl` in a fresh process with ``threads`` torch threads; its JSON result."""
+    args = [str(path), json.dumps(dataclasses.asdict(s)), str(workdir), str(threads)]
+    proc = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, env=dict(os.environ)
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"the TRL benchmark process failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    path, settings, workdir, threads = sys.argv[1:]
+    try:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    except ImportError:
+        pass  # bench_trl reports the missing package
+    result = bench_trl(path, Settings(**json.loads(settings)), pathlib.Path(workdir))
+    print("\n" + json.dumps(result))
