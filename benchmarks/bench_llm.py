@@ -24,6 +24,9 @@ minimum and median over ``--repeats`` are reported. torch runs with ``--threads`
 (XLA's CPU client uses the cores it finds). Example::
 
     python benchmarks/bench_llm.py --sections train,generate,memory --repeats 5
+
+The markdown tables (printed last, or alone with ``--from-json``) come from
+``bench_llm_report.py``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from bench_llm_report import markdown  # sibling script module
 
 SMALL_FAMILY = "llama"
 
@@ -339,94 +344,6 @@ def bench_memory(workdir) -> dict:
 
 
 # ---------------------------------------------------------------------------- CLI ----
-
-
-def markdown(results: dict) -> str:
-    """The results as the tables of benchmarks/RESULTS.md."""
-    lines = []
-    m = results["machine"]
-    lines.append(
-        f"{m['cpus']} CPUs ({m['platform']}), jax {m['jax']} on {m['jax_device']}, torch "
-        f"{m['torch']} with {m['torch_threads']} threads, XLA_FLAGS="
-        f"'{m.get('xla_flags', '')}'; load average (1/5/15 min) "
-        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])} at start, "
-        f"{'/'.join(f'{x:.1f}' for x in m.get('loadavg_end', m['loadavg_start']))} at end."
-    )
-    row = "| {} | {:.3f} | {:.3f} | {:.0f} | {:.1f} |"
-    head = [
-        "| | step s (min) | step s (median) | tokens/s (median) | first call s |",
-        "|---|---|---|---|---|",
-    ]
-    if "train" in results:
-        t = results["train"]
-        what = (
-            "the trainer's jitted update (`step_functions(...).step`) vs torch fwd + bwd + "
-            "clip + AdamW"
-            if "torch_grad_only" in t
-            else "fwd + bwd of the AsymRE loss"
-        )
-        losses = f"losses: jax {t['loss_jax']:.4f}, torch {t['loss_torch']:.4f}"
-        if t.get("loss_jax_update") is not None:
-            losses += f", trainer update {t['loss_jax_update']:.4f}"
-        lines += [
-            "",
-            f"Training step, {what}, {t['params'] / 1e6:.2f}M-parameter Llama, float32, batch "
-            f"{t['batch']} x {t['length']} ({losses}):",
-            "",
-            *head,
-        ]
-        names = ("jax", "jax_value_and_grad", "jax_naive_nnx", "torch", "torch_grad_only")
-        for name in (n for n in names if n in t):
-            r = t[name]
-            lines.append(
-                row.format(
-                    name, r["min_s"], r["median_s"], r["tokens_per_s_median"], r["first_call_s"]
-                )
-            )
-        lines.append(
-            f"\nSpeed-up jax / torch: {t['speedup_vs_torch_median']:.2f}x (medians), "
-            f"{t['speedup_vs_torch_best']:.2f}x (minima)."
-        )
-    if "generate" in results:
-        g = results["generate"]
-        for mode in ("greedy", "sampled"):
-            e = g[mode]
-            lines += [
-                "",
-                f"Generation, {mode}, batch {g['batch']}, prompt {g['prompt_len']}, "
-                f"{g['new_tokens']} new tokens:",
-                "",
-                head[0].replace("step s", "call s"),
-                head[1],
-            ]
-            for name in ("jax", "torch"):
-                r = e[name]
-                lines.append(
-                    row.format(
-                        name,
-                        r["min_s"],
-                        r["median_s"],
-                        r["tokens_per_s_median"],
-                        r["first_call_s"],
-                    )
-                )
-            lines.append(
-                f"\nSpeed-up jax / torch: {e['speedup_vs_torch_median']:.1f}x (medians), "
-                f"{e['speedup_vs_torch_best']:.1f}x (minima)."
-            )
-    if "memory" in results:
-        r = results["memory"]
-        gib = 2.0**30
-        lines += [
-            "",
-            f"load_hf of a {r['param_bytes'] / 2 / 1e9:.2f}B-parameter bf16 checkpoint "
-            f"({r['safetensors_bytes'] / gib:.2f} GiB of safetensors): peak RSS "
-            f"{r['peak_rss'] / gib:.2f} GiB, of which {r['peak_rss_before_load'] / gib:.2f} GiB "
-            f"before loading (python + jax); peak growth = "
-            f"{r['peak_over_baseline_per_weight_byte']:.2f} x the weights' bytes; "
-            f"load time {r['load_seconds']:.1f} s.",
-        ]
-    return "\n".join(lines)
 
 
 def machine() -> dict:
