@@ -128,6 +128,32 @@ def trainer_update(model, batch: int, prompt_len: int, new_tokens: int, **kwargs
     return {"run": run, "batch": host, "tokens_BxS": tokens_BxS, "params": params}
 
 
+def _torch_update(path, tokens, mask, advantages, new: int):
+    """transformers' model of ``path``: ``step(update=True)`` = forward + backward of the
+    AsymRE loss on the last ``new`` slots, then ``clip_grad_norm_`` + AdamW (``update=False``:
+    the gradient only); returns the detached loss."""
+    import torch
+    import transformers
+
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-5, weight_decay=0.0)
+    tokens_t = torch.tensor(tokens, dtype=torch.long)
+    advantages_t, mask_t = torch.tensor(advantages), torch.tensor(mask)
+
+    def step(update=True):
+        logits = reference(input_ids=tokens_t).logits[:, -new - 1 : -1].float()
+        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens_t[:, -new:, None])[..., 0]
+        loss = -(advantages_t * (logprobs * mask_t).sum(1)).mean()
+        loss.backward()
+        if update:
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
 def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
     """The trainer's update against torch fwd + bwd + clip + AdamW of the same loss.
 
@@ -141,8 +167,6 @@ def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
     """
     import jax
     import numpy as np
-    import torch
-    import transformers
     from flax import nnx
 
     from asymre_jax import asymre_loss, token_logprobs
@@ -166,22 +190,7 @@ def bench_train(workdir, batch: int, length: int, repeats: int) -> dict:
     plain = jax.jit(jax.value_and_grad(lambda s, *a: loss_of_model(nnx.merge(graphdef, s), *a)))
     naive = nnx.jit(lambda m, *a: nnx.value_and_grad(loss_of_model)(m, *a))
 
-    reference = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-5, weight_decay=0.0)
-    tokens_t = torch.tensor(tokens, dtype=torch.long)
-    advantages_t, mask_t = torch.tensor(advantages), torch.tensor(mask)
-
-    def torch_step(update=True):
-        logits = reference(input_ids=tokens_t).logits[:, -new - 1 : -1].float()
-        logprobs = torch.log_softmax(logits, -1).gather(-1, tokens_t[:, -new:, None])[..., 0]
-        loss = -(advantages_t * (logprobs * mask_t).sum(1)).mean()
-        loss.backward()
-        if update:
-            torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
+    torch_step = _torch_update(path, tokens, mask, advantages, new)
     fns = {
         "jax": real["run"],
         "jax_value_and_grad": lambda: jax.block_until_ready(plain(state, tokens, mask, advantages)),
