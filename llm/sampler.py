@@ -1,8 +1,9 @@
 r"""KV-cache sampler: ragged prompts in, completions and their log-probs out.
 
 Prompts (lists of token ids of different lengths) are left-padded into a static bucket
-``[B', T']`` (batch and prompt length rounded up to the next power of two, with minimums),
-so a new batch of another size in the same bucket reuses the compiled code. Two jitted,
+``[B', T']`` (the batch rounded up to a power of two, the prompt length to a quarter-octave
+bucket of `length_bucket`: at most 25% padding), so a new batch of another size in the same
+bucket reuses the compiled code. Two jitted,
 pure functions of ``(graphdef, state, ...)`` do the work:
 
 * ``prefill``: one forward pass over the padded prompts that fills a preallocated KV cache
@@ -83,6 +84,19 @@ def bucket_size(n: int, minimum: int) -> int:
     (8, 16, 32)
     """
     return max(minimum, 1 << max(0, (n - 1).bit_length()))
+
+
+def length_bucket(n: int, minimum: int = 16) -> int:
+    """Smallest ``k * 2**e / 8`` >= max(n, minimum) with k in 5..8 (quarter octaves), in
+    multiples of 16: at most 4 shapes per doubling, and never more than 25% padding past
+    ``minimum`` (a power of two would pad up to 100%).
+
+    >>> [length_bucket(n) for n in (3, 16, 17, 33, 73, 100, 129, 300)]
+    [16, 16, 32, 48, 80, 112, 160, 320]
+    """
+    n = max(int(n), int(minimum), 1)
+    step = max(16, (1 << (n - 1).bit_length()) // 8)
+    return -(-n // step) * step
 
 
 def pad_prompts(
@@ -374,7 +388,7 @@ def generate_from_state(
     )
     num_prompts = len(prompts)
     batch = bucket_size(num_prompts, min_batch_bucket)
-    length = bucket_size(max(len(p) for p in prompts), min_length_bucket)
+    length = length_bucket(max(len(p) for p in prompts), min_length_bucket)
     tokens_BxT, mask_BxT = pad_prompts(prompts, batch, length, pad_token_id)
     filler_B = np.arange(batch) >= num_prompts
     temperature_ = jnp.float32(temperature if not greedy else 1.0)
@@ -403,9 +417,15 @@ def generate_from_state(
     )
 
 
+_CONFIGS: dict[nnx.GraphDef, Any] = {}
+
+
 def graphdef_config(graphdef: nnx.GraphDef, state: nnx.State):
-    """The ModelConfig of a split model (merging only wraps the arrays; nothing is copied)."""
-    return nnx.merge(graphdef, state).config
+    """The ModelConfig of a split model (merged once per graphdef, then cached: the sampler
+    asks at every call)."""
+    if graphdef not in _CONFIGS:
+        _CONFIGS[graphdef] = nnx.merge(graphdef, state).config
+    return _CONFIGS[graphdef]
 
 
 def generate(

@@ -8,8 +8,9 @@ and the rewards [P, G]. A reward function is model-facing code: it must return B
 floats for any completion text (see `score_completions`).
 
 Row i of a step is prompt i // G, sample i % G (prompt-major, B = P * G rows). Each row is
-the left-padded prompt (padded to a power-of-two bucket of at least 16, so shapes repeat
-and the step compiles once) followed by the N = max_new_tokens completion slots:
+the left-padded prompt (padded to `llm.sampler.length_bucket`, the sampler's quarter-octave
+buckets of at least 16 tokens, so shapes repeat and the step compiles once per bucket)
+followed by the N = max_new_tokens completion slots:
 
     tokens_BxS = [pad .. pad, prompt, completion (pad after the end)],  S = L + N
 
@@ -33,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from llm.data.prompts import PromptRenderer
 from llm.rl.train_step import Batch
-from llm.sampler import bucket_size, generate_from_state
+from llm.sampler import generate_from_state, length_bucket
 
 MIN_PROMPT_BUCKET = 16
 
@@ -153,7 +154,7 @@ def build_batch(
         )
     if B % micro_batches:
         raise ValueError(f"micro_batches={micro_batches} must divide the batch size {B}")
-    L = bucket_size(max(len(p) for p in prompts), MIN_PROMPT_BUCKET)
+    L = length_bucket(max(len(p) for p in prompts), MIN_PROMPT_BUCKET)
     tokens_BxS = np.full((B, L + N), pad_token_id, np.int32)
     attention_BxS = np.zeros((B, L + N), np.int32)
     for b, prompt in enumerate(prompts):
@@ -195,6 +196,9 @@ def to_global(x: np.ndarray, sharding) -> jax.Array:
 
 
 def batch_to_global(batch: Batch, sharding) -> Batch:
+    """The host batch on the devices: one transfer for the whole batch on one process."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
     return Batch(*(to_global(x, sharding) for x in batch))
 
 

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -95,10 +96,10 @@ def make_optimizer(spec: OptSpec | None = None) -> optax.GradientTransformation:
 def hyperparams(learning_rate: float, weight_decay: float, max_grad_norm: float) -> dict:
     """The traced per-step hyperparameters (max_grad_norm 0 = no clipping)."""
     norm = max_grad_norm if max_grad_norm > 0 else float("inf")
-    return {
-        "learning_rate": jnp.float32(learning_rate),
-        "weight_decay": jnp.float32(weight_decay),
-        "max_grad_norm": jnp.float32(norm),
+    return {  # numpy scalars: no device dispatch on the host, same avals as jnp's
+        "learning_rate": np.float32(learning_rate),
+        "weight_decay": np.float32(weight_decay),
+        "max_grad_norm": np.float32(norm),
     }
 
 
