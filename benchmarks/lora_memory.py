@@ -51,15 +51,14 @@ def nbytes(tree) -> int:
 
 
 def abstract_batch(rows: int, prompt: int, new: int) -> Batch:
-    """One micro-batch of ``rows`` sequences: ``prompt`` + ``new`` tokens."""
-    T = prompt + new - 1
+    """One micro-batch of ``rows`` sequences of ``prompt`` + ``new`` tokens, each with its
+    own prompt (no prompt shared between rows)."""
     i32, f32 = jnp.int32, jnp.float32
     s = jax.ShapeDtypeStruct
     return Batch(
-        inputs=s((1, rows, T), i32),
-        targets=s((1, rows, T), i32),
-        positions=s((1, rows, T), i32),
-        attention_mask=s((1, rows, T), i32),
+        prompt_tokens=s((1, rows, prompt), i32),
+        prompt_mask=s((1, rows, prompt), i32),
+        completions=s((1, rows, new), i32),
         loss_mask=s((1, rows, new), f32),
         advantages=s((1, rows), f32),
         behaviour_logprobs=s((1, rows, new), f32),

@@ -328,6 +328,15 @@ class Transformer(nnx.Module):
         """
         return self._forward(tokens_BxT, positions, attention_mask, None, None)[0]
 
+    def cached_hidden_states(
+        self, tokens_BxT, cache: KVCache, cache_index, positions=None, attention_mask=None
+    ) -> tuple[jax.Array, KVCache]:
+        """(final normed hidden states [B, T, D], the updated cache): :meth:`hidden_states`
+        of T new tokens written into cache slots [cache_index, cache_index + T) that also
+        attend to the slots before. Differentiable: the trainer runs a prompt once into the
+        cache and its G completions on copies of it."""
+        return self._forward(tokens_BxT, positions, attention_mask, cache, cache_index)
+
     def _forward(self, tokens_BxT, positions, attention_mask, cache, cache_index):
         cfg = self.config
         tokens_BxT = jnp.asarray(tokens_BxT)

@@ -7,16 +7,17 @@ whether they ended with EOS, their log-probs under the distribution they were dr
 and the rewards [P, G]. A reward function is model-facing code: it must return B finite
 floats for any completion text (see `score_completions`).
 
-Row i of a step is prompt i // G, sample i % G (prompt-major, B = P * G rows). Each row is
-the left-padded prompt (padded to `llm.sampler.length_bucket`, the sampler's quarter-octave
-buckets of at least 16 tokens, so shapes repeat and the step compiles once per bucket)
-followed by the N = max_new_tokens completion slots:
+Row i of a step is prompt i // G, sample i % G (prompt-major, B = P * G rows). The train
+step's `Batch` stores each prompt once per group of rows that share it, left-padded to
+`llm.sampler.length_bucket` (quarter-octave buckets of at least 16 tokens, so shapes repeat
+and the step compiles once per bucket), and the N = max_new_tokens completion slots of every
+row. The sequence a row stands for is
 
-    tokens_BxS = [pad .. pad, prompt, completion (pad after the end)],  S = L + N
+    tokens_S = [pad .. pad, prompt, completion (pad after the end)],  S = L + N
 
-The model reads tokens[:, :-1] and predicts tokens[:, 1:]; the loss mask [B, N] is 1 on the
-completion tokens (EOS included), rotary positions count from the first real prompt token
-(as in the sampler), so teacher forcing reproduces the sampler's log-probs.
+with rotary positions counted from the first real prompt token (as in the sampler), so
+teacher forcing reproduces the sampler's log-probs; the loss mask [B, N] is 1 on the
+completion tokens (EOS included).
 
 Multi-process: every process holds the same host batch; `to_global` gives each process's
 devices their rows through ``jax.make_array_from_process_local_data`` (each process feeds
@@ -127,6 +128,21 @@ def rollout(
     )
 
 
+def prompts_per_micro_batch(rows: int, group_size: int) -> tuple[int, int]:
+    """(p, g): a micro-batch of ``rows`` completions stores p prompts, each shared by g rows.
+
+    g = G when whole groups fit a micro-batch, g = rows when a micro-batch is part of one
+    group, else 1 (every row its own prompt copy: always valid, never shared).
+    """
+    if rows % group_size == 0:
+        g = group_size
+    elif group_size % rows == 0:
+        g = rows
+    else:
+        g = 1
+    return rows // g, g
+
+
 def build_batch(
     prompts: Sequence[Sequence[int]],
     completions_BxN: np.ndarray,
@@ -136,8 +152,13 @@ def build_batch(
     pad_token_id: int,
     micro_batches: int = 1,
     behaviour_logprobs_BxN: np.ndarray | None = None,
+    group_size: int = 1,
 ) -> Batch:
-    """A host `Batch` of [M, B / M, ...] numpy arrays (behaviour log-probs zero if None)."""
+    """A host `Batch` of [M, ...] numpy arrays (behaviour log-probs zero if None).
+
+    ``group_size`` G: rows come in consecutive groups of G that continue the same prompt
+    (a rollout's layout); the train step then reads each prompt once per group.
+    """
     completions_BxN = np.asarray(completions_BxN, np.int32)
     B, N = completions_BxN.shape
     if len(prompts) != B or np.shape(lengths_B) != (B,) or np.shape(advantages_B) != (B,):
@@ -154,24 +175,31 @@ def build_batch(
         )
     if B % micro_batches:
         raise ValueError(f"micro_batches={micro_batches} must divide the batch size {B}")
+    if group_size < 1 or B % group_size:
+        raise ValueError(f"group_size={group_size} must be >= 1 and divide the batch size {B}")
+    for i in range(0, B, group_size):
+        if any(list(prompts[j]) != list(prompts[i]) for j in range(i + 1, i + group_size)):
+            raise ValueError(
+                f"rows {i}..{i + group_size - 1} form a group (group_size={group_size}) but "
+                "do not share one prompt"
+            )
+    _, g = prompts_per_micro_batch(B // micro_batches, group_size)
+    shared = [prompts[i] for i in range(0, B, g)]
     L = length_bucket(max(len(p) for p in prompts), MIN_PROMPT_BUCKET)
-    tokens_BxS = np.full((B, L + N), pad_token_id, np.int32)
-    attention_BxS = np.zeros((B, L + N), np.int32)
-    for b, prompt in enumerate(prompts):
-        tokens_BxS[b, L - len(prompt) : L] = prompt
-        attention_BxS[b, L - len(prompt) :] = 1
-    tokens_BxS[:, L:] = completions_BxN
+    prompt_tokens = np.full((len(shared), L), pad_token_id, np.int32)
+    prompt_mask = np.zeros((len(shared), L), np.int32)
+    for r, prompt in enumerate(shared):
+        prompt_tokens[r, L - len(prompt) :] = prompt
+        prompt_mask[r, L - len(prompt) :] = 1
     loss_mask_BxN = (np.arange(N)[None, :] < np.asarray(lengths_B)[:, None]).astype(np.float32)
-    positions_BxS = np.maximum(np.cumsum(attention_BxS, axis=1) - 1, 0).astype(np.int32)
 
     def split(x):
-        return x.reshape(micro_batches, B // micro_batches, *x.shape[1:])
+        return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
 
     return Batch(
-        inputs=split(tokens_BxS[:, :-1]),
-        targets=split(tokens_BxS[:, 1:]),
-        positions=split(positions_BxS[:, :-1]),
-        attention_mask=split(attention_BxS[:, :-1]),
+        prompt_tokens=split(prompt_tokens),
+        prompt_mask=split(prompt_mask),
+        completions=split(completions_BxN),
         loss_mask=split(loss_mask_BxN),
         advantages=split(np.asarray(advantages_B, np.float32)),
         behaviour_logprobs=split(np.asarray(behaviour_logprobs_BxN, np.float32) * loss_mask_BxN),
@@ -195,11 +223,13 @@ def to_global(x: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_process_local_data(sharding, local, x.shape)
 
 
-def batch_to_global(batch: Batch, sharding) -> Batch:
-    """The host batch on the devices: one transfer for the whole batch on one process."""
+def batch_to_global(batch: Batch, shardings) -> Batch:
+    """The host batch on the devices (``shardings``: a Batch of shardings, or None): one
+    transfer for the whole batch on one process."""
     if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    return Batch(*(to_global(x, sharding) for x in batch))
+        return jax.device_put(batch, shardings)
+    shardings = shardings if shardings is not None else Batch(*([None] * len(Batch._fields)))
+    return Batch(*(to_global(x, s) for x, s in zip(batch, shardings, strict=True)))
 
 
 def to_host(x) -> np.ndarray:

@@ -41,7 +41,7 @@ from llm.models.sharding import make_mesh, param_shardings
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
-from llm.rl.rollout import Sampling
+from llm.rl.rollout import Sampling, prompts_per_micro_batch
 from llm.rl.train_step import OptSpec, StepFunctions, batch_spec, step_functions
 from llm.rl.trainable import ParamSplit, merge_params
 
@@ -145,6 +145,7 @@ def make_setup(
         batch_spec(mesh, rows),
         cfg.logits_chunk_size,
         frozen_sh,
+        batch_spec(mesh, prompts_per_micro_batch(rows, cfg.samples_per_prompt)[0]),
     )
     chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
     renderer = PromptRenderer(

@@ -54,6 +54,7 @@ def update(
         pad_token_id=setup.sampling.pad_token_id,
         micro_batches=cfg.micro_batches,
         behaviour_logprobs_BxN=ro.logprobs_BxN,
+        group_size=ro.rewards_PxG.shape[1],
     )
     batch = batch_to_global(host_batch, fns.batch_sharding)
     if state.reference is not None:

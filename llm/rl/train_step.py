@@ -44,6 +44,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 import asymre_jax
+from llm.models.transformer import KVCache, init_cache, positions_from_mask
 from llm.rl.losses import AsymRE
 from llm.rl.trainable import merge_params
 
@@ -51,15 +52,16 @@ DATA_AXIS = "fsdp"
 
 
 class Batch(NamedTuple):
-    """One step's sequences as [M, b, ...] arrays.
+    """One step's sequences as [M, ...] arrays: M micro-batches of b completion rows whose
+    prompts are stored once per group of g rows that share one (p = b / g prompt rows).
 
-    T = padded prompt + completion length - 1 (model inputs), N = completion slots.
+    L = padded prompt length (left padding), N = completion slots. Row i of a micro-batch
+    continues prompt row i // g; g = 1 stores one prompt per row.
     """
 
-    inputs: Any  # int32 [M, b, T] tokens fed to the model
-    targets: Any  # int32 [M, b, T] next tokens (the inputs shifted by one)
-    positions: Any  # int32 [M, b, T] rotary positions (0 at the first real prompt token)
-    attention_mask: Any  # int32 [M, b, T], 0 on left padding
+    prompt_tokens: Any  # int32 [M, p, L] left-padded prompts
+    prompt_mask: Any  # int32 [M, p, L], 0 on left padding
+    completions: Any  # int32 [M, b, N] sampled tokens (pad after the end)
     loss_mask: Any  # float32 [M, b, N], 1 on completion tokens (EOS included)
     advantages: Any  # float32 [M, b]
     behaviour_logprobs: Any  # float32 [M, b, N], log mu(y_t) of the sampler (0 off the mask)
@@ -126,23 +128,60 @@ def _entropy_from_hidden(hidden_BxTxD, unembedding_DxV, chunk_size: int):
     return jnp.moveaxis(entropy_NxBxC, 0, 1).reshape(B, -1)[:, :T]
 
 
+def _hidden_of_completions(model, mb: Batch):
+    """Final hidden states [b, N, D] that predict the N completion tokens: the prompt's last
+    position for y_0, then y_0 .. y_{N-2} fed on top of the prompt's keys and values.
+
+    Each prompt runs once into a KV cache of L + N slots, which is repeated for its g
+    completions (autodiff flows through the copies), so the prompt costs 1/g of what
+    re-reading it in every row would; the maths is that of the full sequences.
+    """
+    p, L = mb.prompt_tokens.shape
+    b, N = mb.completions.shape
+    if b % p:
+        raise ValueError(f"completion rows b={b} must be a multiple of the prompt rows p={p}")
+    g = b // p
+    cfg = model.config
+    attention_PxS = jnp.concatenate(
+        [mb.prompt_mask, jnp.ones((p, N), mb.prompt_mask.dtype)], axis=1
+    )
+    cache = init_cache(cfg, p, L + N, cfg.jnp_compute_dtype)
+    h_PxLxD, cache = model.cached_hidden_states(
+        mb.prompt_tokens,
+        cache,
+        0,
+        positions=positions_from_mask(mb.prompt_mask),
+        attention_mask=attention_PxS,
+    )
+    first_Bx1xD = jnp.repeat(h_PxLxD[:, -1:], g, axis=0)
+    if N == 1:
+        return first_Bx1xD
+    cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1))
+    prompt_len_B = jnp.repeat(jnp.sum(mb.prompt_mask, axis=1, dtype=jnp.int32), g)
+    h_Bx_D, _ = model.cached_hidden_states(
+        mb.completions[:, :-1],
+        cache,
+        L,
+        positions=prompt_len_B[:, None] + jnp.arange(N - 1, dtype=jnp.int32),
+        attention_mask=jnp.repeat(attention_PxS, g, axis=0),
+    )
+    return jnp.concatenate([first_Bx1xD, h_Bx_D], axis=1)
+
+
 def _forward_logprobs(graphdef, params, mb: Batch, chunk_size: int, frozen=None):
     """Per-token log pi and entropy of pi (float32, [b, N]) of the completion slots, pi the
     model of ``params`` merged with the ``frozen`` ones.
 
-    The [b, T, V] logits are never materialised: log-probs come from the final hidden
+    The [b, N, V] logits are never materialised: log-probs come from the final hidden
     states ``chunk_size`` positions at a time (rematerialised in the backward pass).
     """
     model = nnx.merge(graphdef, merge_params(params, frozen or {}))
     N = mb.loss_mask.shape[-1]
     chunk_size = min(chunk_size, N)
-    hidden_BxTxD = model.hidden_states(
-        mb.inputs, positions=mb.positions, attention_mask=mb.attention_mask
-    )
-    hidden_BxNxD = hidden_BxTxD[:, -N:]
+    hidden_BxNxD = _hidden_of_completions(model, mb)
     unembedding_DxV = model.unembedding()
     logprobs_BxN = asymre_jax.token_logprobs_from_hidden(
-        hidden_BxNxD, unembedding_DxV, mb.targets[:, -N:], chunk_size=chunk_size
+        hidden_BxNxD, unembedding_DxV, mb.completions, chunk_size=chunk_size
     )
     entropy_BxN = _entropy_from_hidden(
         jax.lax.stop_gradient(hidden_BxNxD), jax.lax.stop_gradient(unembedding_DxV), chunk_size
@@ -251,7 +290,7 @@ class StepFunctions(NamedTuple):
     all_finite: Any  # tree -> bool
     param_shardings: Any  # pure dict of NamedSharding, or None
     opt_shardings: Any
-    batch_sharding: Any  # NamedSharding of the [M, b, ...] arrays, or None
+    batch_sharding: Any  # a Batch of NamedShardings (prompt rows, completion rows), or None
 
 
 _CACHE: dict[Any, StepFunctions] = {}
@@ -294,6 +333,7 @@ def step_functions(
     data_spec: PartitionSpec | None = None,
     chunk_size: int = 128,
     frozen_shardings=None,
+    prompt_spec: PartitionSpec | None = None,
 ) -> StepFunctions:
     """Build (or fetch from the module cache) the jitted step functions.
 
@@ -301,13 +341,16 @@ def step_functions(
     a NamedSharding per leaf, from ``llm.models.sharding.param_shardings``) and
     ``frozen_shardings`` the frozen ones (None or {}: nothing is frozen). They are determined
     by (graphdef, mesh, which leaves train), which with the static options form the cache key.
+    ``data_spec`` / ``prompt_spec`` place the completion rows and the prompt rows of a
+    `Batch` (`batch_spec`; ``prompt_spec`` None: ``data_spec``).
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
     opt_spec = opt_spec or OptSpec()
     data_spec = PartitionSpec() if data_spec is None else data_spec
+    prompt_spec = data_spec if prompt_spec is None else prompt_spec
     frozen_shardings = frozen_shardings or {}
     structure = (jax.tree.structure(param_shardings), jax.tree.structure(frozen_shardings))
-    key = (graphdef, mesh, loss_fn, opt_spec, data_spec, chunk_size, structure)
+    key = (graphdef, mesh, loss_fn, opt_spec, data_spec, prompt_spec, chunk_size, structure)
     if key in _CACHE:
         return _CACHE[key]
     tx = make_optimizer(opt_spec)
@@ -338,14 +381,14 @@ def step_functions(
             mesh,
             param_shardings,
             frozen_shardings,
-            data_spec,
+            (prompt_spec, data_spec),
         )
     _CACHE[key] = fns
     return fns
 
 
 def _sharded_functions(
-    tx, step, score_fn, copy, abstract_params, mesh, param_shardings, frozen_shardings, data_spec
+    tx, step, score_fn, copy, abstract_params, mesh, param_shardings, frozen_shardings, specs
 ) -> StepFunctions:
     """The step functions jitted with in/out shardings on ``mesh``."""
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -357,8 +400,8 @@ def _sharded_functions(
         param_shardings,
         transform_non_params=lambda _: replicated,
     )
-    data = NamedSharding(mesh, data_spec)
-    batch_sh = Batch(*([data] * len(Batch._fields)))
+    prompt_rows, data = (NamedSharding(mesh, spec) for spec in specs)
+    batch_sh = Batch(prompt_rows, prompt_rows, *([data] * (len(Batch._fields) - 2)))
     jitted_step = jax.jit(
         step,
         in_shardings=(param_shardings, opt_shardings, batch_sh, replicated, frozen_shardings),
@@ -377,5 +420,5 @@ def _sharded_functions(
         all_finite=jax.jit(all_finite, out_shardings=replicated),
         param_shardings=param_shardings,
         opt_shardings=opt_shardings,
-        batch_sharding=data,
+        batch_sharding=batch_sh,
     )

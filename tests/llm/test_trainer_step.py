@@ -56,8 +56,10 @@ def _fresh(params):
     return jax.tree.map(lambda x: jnp.array(np.asarray(x)), params)
 
 
-def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behaviour=None):
-    """One update from the setup's params; returns (host params, metrics, behaviour lp)."""
+def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behaviour=None, group=1):
+    """One update from the setup's params; returns (host params, metrics, behaviour lp).
+
+    ``group``: the batch's group_size (G: each prompt read once for its G rows)."""
     adv = setup["advantages"] if advantages is None else advantages
     spec = spec or AsymRE()
     host = build_batch(
@@ -67,6 +69,7 @@ def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behav
         adv,
         pad_token_id=0,
         micro_batches=micro_batches,
+        group_size=group,
     )
     if mesh is None:
         fns = step_functions(setup["graphdef"], None, None, None, spec, OPT)
@@ -81,6 +84,7 @@ def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behav
             spec,
             OPT,
             batch_spec(mesh, P * G // micro_batches),
+            prompt_spec=batch_spec(mesh, host.prompt_tokens.shape[1]),
         )
         params = jax.device_put(_fresh(setup["params"]), shardings)
         batch = jax.device_put(host, fns.batch_sharding)
@@ -99,9 +103,10 @@ def _assert_trees_close(a, b, **tol):
 
 
 def test_sharded_step_matches_unsharded(setup):
+    """On a mesh, with each prompt read once for its G rows, the update of separate copies."""
     mesh = make_mesh("fsdp=4,tp=2")
     p_ref, m_ref, _ = _run(setup)
-    p_sh, m_sh, _ = _run(setup, mesh=mesh)
+    p_sh, m_sh, _ = _run(setup, mesh=mesh, group=G)
     assert jax.device_count() == 8
     _assert_trees_close(p_sh, p_ref, rtol=1e-5, atol=1e-6)
     for k in ("loss", "grad_norm", "entropy"):
@@ -237,3 +242,33 @@ def test_reference_logprobs_reach_a_loss_that_needs_them(setup):
         _fresh(setup["params"]), fns.init_opt(setup["params"]), far, hyperparams(**HYPER)
     )[2]
     assert float(shifted["loss"]) > float(without["loss"]) + 0.1
+
+
+@pytest.mark.parametrize("micro_batches", [1, 4])
+def test_shared_prompts_are_exact(setup, micro_batches):
+    """Reading each prompt once for its G completions (KV cache repeated G times) gives the
+    update of G separate copies: whole groups per micro-batch (1), part of a group (4); on a
+    mesh: test_sharded_step_matches_unsharded."""
+    behaviour = jax.tree.map(lambda x: np.asarray(x) * 1.05, setup["params"])
+    kw = dict(spec=GRPO(), micro_batches=micro_batches, behaviour=behaviour)
+    p_copies, m_copies, lp_copies = _run(setup, group=1, **kw)
+    p_shared, m_shared, lp_shared = _run(setup, group=G, **kw)
+    np.testing.assert_allclose(lp_shared, lp_copies, rtol=1e-5, atol=1e-5)
+    _assert_trees_close(p_shared, p_copies, rtol=1e-5, atol=1e-6)
+    for k in ("loss", "grad_norm", "logratio_abs", "entropy"):
+        np.testing.assert_allclose(m_shared[k], m_copies[k], rtol=1e-5, atol=1e-7)
+
+
+def test_shared_prompt_layout_and_checks(setup):
+    host = build_batch(
+        setup["rows"], setup["completions"], setup["lengths"], setup["advantages"],
+        pad_token_id=0, micro_batches=1, group_size=G,
+    )  # fmt: skip
+    assert host.prompt_tokens.shape[:2] == (1, P) and host.completions.shape == (1, P * G, N)
+    rows = [list(r) for r in setup["rows"]]
+    rows[1] = rows[1] + [7]
+    with pytest.raises(ValueError, match="do not share one prompt"):
+        build_batch(
+            rows, setup["completions"], setup["lengths"], setup["advantages"],
+            pad_token_id=0, group_size=G,
+        )  # fmt: skip
