@@ -24,6 +24,10 @@ distribution it was actually drawn from (the behaviour policy mu of off-policy R
 returned are those of the unmodified model, :math:`\log \mathrm{softmax}(z)_{y_t}`. Ties in
 the k-th logit or at the nucleus edge are broken by ``lax.top_k``'s order (lowest id first).
 
+Prefill sharing: with ``num_samples=G`` the prefill reads each of the P prompts once and
+copies its KV cache and last logits to its G rows (prompt-major: row i continues prompt
+i // G), so the output is that of a call on each prompt repeated G times, at 1/G the prefill.
+
 Sliding-window layers (Mistral, Gemma 3) mask keys by cache-slot distance, which left padding
 keeps equal to position distance; the cache holds all slots (no rolling buffer).
 
@@ -43,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llm.models.transformer import init_cache, positions_from_mask
+from llm.models.transformer import KVCache, init_cache, positions_from_mask
 
 MIN_BATCH_BUCKET = 1
 MIN_LENGTH_BUCKET = 16
@@ -206,6 +210,11 @@ def _step_keys(row_keys_B: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_B, step)
 
 
+def _draw(logits_BxV, keys_B, temperature, top_p, s: _Static):
+    mode = dict(greedy=s.greedy, top_k=s.top_k, use_top_p=s.use_top_p)
+    return sample_logits(logits_BxV, keys_B, temperature, top_p, **mode)
+
+
 def _is_eos(tokens_B: jax.Array, eos_E: jax.Array) -> jax.Array:
     return jnp.any(tokens_B[:, None] == eos_E[None, :], axis=1)
 
@@ -243,7 +252,7 @@ def _record(carry: _Carry, step, tokens_B, logprobs_B) -> _Carry:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "static"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "num_samples"))
 def _prefill(
     graphdef,
     state,
@@ -257,37 +266,34 @@ def _prefill(
     top_p,
     *,
     static: _Static,
+    num_samples: int,
 ) -> _Carry:
+    """Prompts [P', T'] in; a carry of len(filler_B) rows out (row b: prompt b // G)."""
     model = nnx.merge(graphdef, state)
-    batch, length = tokens_BxT.shape
+    prompt_rows, length = tokens_BxT.shape
     num_new = static.max_new_tokens
     cache = init_cache(
-        model.config, batch_size=batch, max_len=length + num_new, dtype=static.cache_dtype
+        model.config, batch_size=prompt_rows, max_len=length + num_new, dtype=static.cache_dtype
     )
     positions_BxT = positions_from_mask(mask_BxT)
-    kv_mask_BxS = jnp.concatenate([mask_BxT, jnp.ones((batch, num_new), mask_BxT.dtype)], 1)
+    kv_mask_BxS = jnp.concatenate([mask_BxT, jnp.ones((prompt_rows, num_new), mask_BxT.dtype)], 1)
     logits_BxTxV, cache = model(
-        tokens_BxT,
-        positions=positions_BxT,
-        attention_mask=kv_mask_BxS,
-        cache=cache,
-        cache_index=jnp.int32(0),
+        tokens_BxT, positions=positions_BxT, attention_mask=kv_mask_BxS, cache=cache, cache_index=0
     )
+    last_BxV, next_position_B = logits_BxTxV[:, -1], positions_BxT[:, -1] + 1
+    batch = filler_B.shape[0]
+    if num_samples > 1:  # each prompt's cache and logits shared by its G rows
+        source_B = np.minimum(np.arange(batch) // num_samples, prompt_rows - 1)
+        cache = KVCache(*(jnp.take(x, source_B, axis=1) for x in cache))
+        last_BxV, next_position_B = last_BxV[source_B], next_position_B[source_B]
     row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
-    tokens_B, logprobs_B = sample_logits(
-        logits_BxTxV[:, -1],
-        _step_keys(row_keys_B, jnp.int32(0)),
-        temperature,
-        top_p,
-        greedy=static.greedy,
-        top_k=static.top_k,
-        use_top_p=static.use_top_p,
-    )
+    keys_B = _step_keys(row_keys_B, jnp.int32(0))
+    tokens_B, logprobs_B = _draw(last_BxV, keys_B, temperature, top_p, static)
     carry = _Carry(
         step=jnp.int32(1),
         cache=cache,
         last_B=tokens_B,
-        positions_B=positions_BxT[:, -1] + 1,
+        positions_B=next_position_B,
         done_B=filler_B,
         tokens_BxN=jnp.full((batch, num_new), pad_id, jnp.int32),
         logprobs_BxN=jnp.zeros((batch, num_new), jnp.float32),
@@ -319,15 +325,8 @@ def _decode(
             cache=c.cache,
             cache_index=prompt_len + c.step - 1,
         )
-        tokens_B, logprobs_B = sample_logits(
-            logits_Bx1xV[:, 0],
-            _step_keys(row_keys_B, c.step),
-            temperature,
-            top_p,
-            greedy=static.greedy,
-            top_k=static.top_k,
-            use_top_p=static.use_top_p,
-        )
+        keys_B = _step_keys(row_keys_B, c.step)
+        tokens_B, logprobs_B = _draw(logits_Bx1xV[:, 0], keys_B, temperature, top_p, static)
         c = c._replace(cache=cache, positions_B=c.positions_B + 1)
         c = _record(c, c.step, tokens_B, logprobs_B)
         return c._replace(step=c.step + 1)
@@ -336,6 +335,30 @@ def _decode(
 
 
 # ----------------------------------------------------------------------- public API ----
+
+
+def _static_of(config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype):
+    """Validated sampling arguments as a `_Static` (what selects the compiled programs)."""
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= config.vocab_size:
+        raise ValueError(
+            f"top_k must be an int in [0, vocab_size={config.vocab_size}], got {top_k!r}"
+        )
+    if not isinstance(pad_token_id, (int, np.integer)):
+        raise TypeError(f"pad_token_id must be an int, got {pad_token_id!r}")
+    greedy = temperature == 0 or top_k == 1
+    return _Static(
+        max_new_tokens=int(max_new_tokens),
+        greedy=bool(greedy),
+        top_k=0 if greedy else int(top_k),
+        use_top_p=bool(not greedy and top_p < 1.0),
+        cache_dtype=jnp.dtype(cache_dtype or config.compute_dtype),
+    )
 
 
 def generate_from_state(
@@ -353,6 +376,7 @@ def generate_from_state(
     cache_dtype: Any = None,
     min_batch_bucket: int = MIN_BATCH_BUCKET,
     min_length_bucket: int = MIN_LENGTH_BUCKET,
+    num_samples: int = 1,
 ) -> GenerateOutput:
     """:func:`generate` from a split model ``nnx.split(model) -> (graphdef, state)``.
 
@@ -362,59 +386,36 @@ def generate_from_state(
     """
     config = graphdef_config(graphdef, state)
     prompts = _validate_prompts(prompts, config.vocab_size)
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= config.vocab_size:
-        raise ValueError(
-            f"top_k must be an int in [0, vocab_size={config.vocab_size}], got {top_k!r}"
-        )
-    if not isinstance(pad_token_id, (int, np.integer)):
-        raise TypeError(f"pad_token_id must be an int, got {pad_token_id!r}")
-    greedy = temperature == 0 or top_k == 1
+    static = _static_of(
+        config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype
+    )
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if key is None:
-        if not greedy:
+        if not static.greedy:
             raise ValueError("key (a jax.random key) is required when temperature > 0")
         key = jax.random.key(0)
-    static = _Static(
-        max_new_tokens=int(max_new_tokens),
-        greedy=bool(greedy),
-        top_k=0 if greedy else int(top_k),
-        use_top_p=bool(not greedy and top_p < 1.0),
-        cache_dtype=jnp.dtype(cache_dtype or config.compute_dtype),
-    )
-    num_prompts = len(prompts)
-    batch = bucket_size(num_prompts, min_batch_bucket)
+    G = int(num_samples)
+    # Prefill P' >= P prompts, shared into the B' rows of the call on the repeated prompts:
+    # rows b < P * G keep their index (so their key), the decode its shape; the rest: filler.
+    num_rows = len(prompts) * G
+    batch = bucket_size(num_rows, min_batch_bucket)
+    prompt_batch = batch if G == 1 else bucket_size(len(prompts), 1)
     length = length_bucket(max(len(p) for p in prompts), min_length_bucket)
-    tokens_BxT, mask_BxT = pad_prompts(prompts, batch, length, pad_token_id)
-    filler_B = np.arange(batch) >= num_prompts
-    temperature_ = jnp.float32(temperature if not greedy else 1.0)
+    tokens_BxT, mask_BxT = pad_prompts(prompts, prompt_batch, length, pad_token_id)
+    filler_B = np.arange(batch) >= num_rows
+    temperature_ = jnp.float32(temperature if not static.greedy else 1.0)
     top_p_ = jnp.float32(top_p)
-
+    consts = (_eos_array(eos_token_id), np.int32(pad_token_id), key, temperature_, top_p_)
     carry = _prefill(
-        graphdef,
-        state,
-        tokens_BxT,
-        mask_BxT,
-        filler_B,
-        _eos_array(eos_token_id),
-        np.int32(pad_token_id),
-        key,
-        temperature_,
-        top_p_,
-        static=static,
+        graphdef, state, tokens_BxT, mask_BxT, filler_B, *consts, static=static, num_samples=G
     )
-    kv_mask_BxS = np.concatenate([mask_BxT, np.ones((batch, max_new_tokens), np.int32)], 1)
+    source_B = np.minimum(np.arange(batch) // G, prompt_batch - 1)
+    kv_mask_BxS = np.concatenate([mask_BxT, np.ones((prompt_batch, max_new_tokens), np.int32)], 1)
+    kv_mask_BxS = kv_mask_BxS[source_B]
     carry = _decode(graphdef, state, carry, kv_mask_BxS, key, temperature_, top_p_, static=static)
-    return GenerateOutput(
-        tokens=carry.tokens_BxN[:num_prompts],
-        logprobs=carry.logprobs_BxN[:num_prompts],
-        lengths=carry.lengths_B[:num_prompts],
-        finished=carry.finished_B[:num_prompts],
-    )
+    rows = (carry.tokens_BxN, carry.logprobs_BxN, carry.lengths_B, carry.finished_B)
+    return GenerateOutput(*(x[:num_rows] for x in rows))  # filler rows dropped
 
 
 _CONFIGS: dict[nnx.GraphDef, Any] = {}
@@ -438,6 +439,7 @@ def generate(
     top_k: int = 0,
     eos_token_id: int | Sequence[int] | None = None,
     key: jax.Array | None = None,
+    num_samples: int = 1,
     **kwargs,
 ) -> GenerateOutput:
     """Sample completions of ragged ``prompts`` from ``model`` with a KV cache.
@@ -452,11 +454,15 @@ def generate(
       eos_token_id: an id or a list of ids that end a row (kept in the output and counted
         in its length); None: rows run to ``max_new_tokens``.
       key: a ``jax.random.key``; required unless decoding greedily.
+      num_samples: G completions per prompt: the output has B * G rows, prompt-major (row i
+        continues prompt i // G), the same as a call on each prompt repeated G times, but
+        each prompt's prefill runs once.
       **kwargs: ``pad_token_id`` (fill after the end, default 0), ``cache_dtype`` (default
         the model's compute dtype), ``min_batch_bucket``, ``min_length_bucket``.
 
     Returns:
-      :class:`GenerateOutput` with tokens and logprobs [B, N], lengths and finished [B].
+      :class:`GenerateOutput` with tokens and logprobs [B * G, N], lengths and finished
+      [B * G].
     """
     graphdef, state = nnx.split(model)
     return generate_from_state(
@@ -469,5 +475,6 @@ def generate(
         top_k=top_k,
         eos_token_id=eos_token_id,
         key=key,
+        num_samples=num_samples,
         **kwargs,
     )

@@ -61,8 +61,11 @@ class Rollout(NamedTuple):
     rewards_PxG: np.ndarray  # float64
 
 
-def sample(graphdef, params, prompts, sampling: Sampling, key) -> tuple[np.ndarray, ...]:
-    """(tokens [B, N], lengths [B], finished [B], logprobs [B, N]) on the host."""
+def sample(
+    graphdef, params, prompts, sampling: Sampling, key, num_samples: int = 1
+) -> tuple[np.ndarray, ...]:
+    """(tokens [B, N], lengths [B], finished [B], logprobs [B, N]) on the host; B =
+    len(prompts) * num_samples, prompt-major (each prompt's prefill runs once)."""
     out = generate_from_state(
         graphdef,
         params,
@@ -73,6 +76,7 @@ def sample(graphdef, params, prompts, sampling: Sampling, key) -> tuple[np.ndarr
         eos_token_id=sampling.eos_token_id,
         key=key,
         pad_token_id=sampling.pad_token_id,
+        num_samples=num_samples,
     )
     return to_host(out.tokens), to_host(out.lengths), to_host(out.finished), to_host(out.logprobs)
 
@@ -111,10 +115,11 @@ def rollout(
     key: jax.Array,
 ) -> Rollout:
     """Sample ``num_samples`` (G) completions of each of the P ``examples`` from the behaviour
-    params and score them with ``reward_fn``."""
-    prompts = renderer.repeat(examples, num_samples)
+    params and score them with ``reward_fn``; each prompt is prefilled once for its G."""
+    distinct = renderer.repeat(examples, 1)
+    prompts = [list(p) for p in distinct for _ in range(num_samples)]
     tokens_BxN, lengths_B, finished_B, logprobs_BxN = sample(
-        graphdef, behaviour_params, prompts, sampling, key
+        graphdef, behaviour_params, distinct, sampling, key, num_samples=num_samples
     )
     texts = renderer.decode(tokens_BxN, lengths_B)
     rewards_B = score_completions(reward_fn, examples, texts, num_samples)

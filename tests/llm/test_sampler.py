@@ -268,6 +268,42 @@ def test_deterministic_for_a_key_and_different_across_keys(model):
     np.testing.assert_array_equal(a.tokens, d.tokens[:3])
 
 
+@pytest.mark.parametrize(
+    ("family", "num_samples", "kwargs"),
+    [
+        ("llama", 4, dict(temperature=0.9, top_p=0.8)),
+        ("llama", 3, dict(temperature=0.9, top_p=0.8)),  # 9 of 16 rows real, 4 prompt rows
+        ("llama", 4, dict(temperature=0.0)),
+        ("mistral", 3, dict(temperature=1.2, top_k=9, top_p=0.9)),  # window 8 < prompt + N
+    ],
+)
+def test_num_samples_shares_the_prefill_and_equals_repeated_prompts(
+    model, family, num_samples, kwargs
+):
+    if family != "llama":
+        model = random_model(tiny_config(family), seed=1)
+    graphdef, state = nnx.split(model)
+    prompts = [[1, 2, 3, 4, 5, 6], [7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]]
+    repeated = [p for p in prompts for _ in range(num_samples)]
+    kwargs = dict(max_new_tokens=N_NEW, key=jax.random.key(7), pad_token_id=2, **kwargs)
+    free = generate_from_state(graphdef, state, repeated, **kwargs).tokens
+    eos = int(free[0, 3])  # ragged stops: row 0 within 4 tokens, not every row
+    old = generate_from_state(graphdef, state, repeated, eos_token_id=eos, **kwargs)
+    new = generate_from_state(
+        graphdef, state, prompts, eos_token_id=eos, num_samples=num_samples, **kwargs
+    )
+    assert new.tokens.shape == (len(repeated), N_NEW)
+    np.testing.assert_array_equal(new.tokens, old.tokens)
+    np.testing.assert_array_equal(new.lengths, old.lengths)
+    np.testing.assert_array_equal(new.finished, old.finished)
+    # Log-probs: equal to round-off (prefilling 4 rows instead of 16 can change XLA's CPU
+    # kernels by a few ulps, as the bucket alone does in the old call).
+    np.testing.assert_allclose(new.logprobs, old.logprobs, rtol=1e-6, atol=1e-6)
+    assert bool(new.finished[0]) and not np.asarray(new.finished).all()
+    if kwargs["temperature"] > 0:  # the G samples of a prompt differ
+        assert len({tuple(np.asarray(t)) for t in new.tokens[:num_samples]}) > 1
+
+
 def test_same_bucket_does_not_recompile_and_new_state_does_not_retrace(model):
     graphdef, state = nnx.split(model)
     kwargs = dict(max_new_tokens=N_NEW, temperature=1.0, top_k=5, top_p=0.9, key=jax.random.key(0))
@@ -307,6 +343,7 @@ def test_bucket_size():
         ([[1]], {"top_k": VOCAB + 1}, ValueError, "top_k"),
         ([[1]], {"max_new_tokens": 0}, ValueError, "max_new_tokens"),
         ([[1]], {"eos_token_id": []}, ValueError, "eos_token_id"),
+        ([[1]], {"num_samples": 0}, ValueError, "num_samples"),
     ],
 )
 def test_bad_input_raises(model, prompts, kwargs, error, match):
