@@ -35,6 +35,65 @@ def _trl_reward(reward_fn, clock: dict):
     return reward
 
 
+def _grpo_config(trl, s: Settings, workdir: pathlib.Path):
+    """GRPO as close to AsymRE as TRL offers: beta 0, dr_grpo, unscaled rewards, one pass."""
+    return trl.GRPOConfig(
+        output_dir=str(workdir / "trl_out"),
+        per_device_train_batch_size=s.prompts * s.samples,
+        gradient_accumulation_steps=1,
+        num_generations=s.samples,
+        max_completion_length=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=0,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=s.max_grad_norm,
+        beta=0.0,
+        loss_type="dr_grpo",
+        scale_rewards="none",
+        num_iterations=1,
+        use_vllm=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_steps=s.steps + 1,
+        seed=0,
+    )
+
+
+def _summary(records, s: Settings, setup_s: float, trl_version: str, torch) -> dict:
+    """Medians over the steps after the first (the warm-up), from the callback's records."""
+    first, steady = records[0], records[1:]
+    step_s = _median([r["total"] for r in steady])
+    lengths = [r["length"] for r in steady if "length" in r]
+    mean_len = sum(lengths) / len(lengths) if lengths else float("nan")
+    pieces = {k: _median([r.get(k, 0.0) for r in steady]) for k in ("rollout", "reward")}
+    pieces["rest"] = _median(
+        [r["total"] - r.get("rollout", 0.0) - r.get("reward", 0.0) for r in steady]
+    )
+    return {
+        "trl": trl_version,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "setup_s": setup_s,
+        "first_step_s": first["total"],
+        "step_s_median": step_s,
+        "step_s_min": min(r["total"] for r in steady),
+        "mean_completion_length": mean_len,
+        "completion_tokens_per_s": s.prompts * s.samples * mean_len / step_s,
+        "pieces_s_median": pieces,
+        "steps_timed": len(steady),
+        "steps_s": [r["total"] for r in steady],
+    }
+
+
 def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
     """Setup, first step and median step of ``GRPOTrainer.train`` (callback-timed)."""
     try:
@@ -76,35 +135,7 @@ def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
         return out
 
     model.generate = timed_generate
-    config = trl.GRPOConfig(
-        output_dir=str(workdir / "trl_out"),
-        per_device_train_batch_size=s.prompts * s.samples,
-        gradient_accumulation_steps=1,
-        num_generations=s.samples,
-        max_completion_length=s.max_new_tokens,
-        temperature=s.temperature,
-        top_p=s.top_p,
-        top_k=0,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=s.max_grad_norm,
-        beta=0.0,
-        loss_type="dr_grpo",
-        scale_rewards="none",
-        num_iterations=1,
-        use_vllm=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        max_steps=s.steps + 1,
-        seed=0,
-    )
+    config = _grpo_config(trl, s, workdir)
     trainer = trl.GRPOTrainer(
         model=model,
         reward_funcs=_trl_reward(rewards.get_reward_fn("arithmetic"), clock),
@@ -115,28 +146,7 @@ def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
     )
     setup_s = time.perf_counter() - start
     trainer.train()
-    first, steady = records[0], records[1:]
-    step_s = _median([r["total"] for r in steady])
-    lengths = [r["length"] for r in steady if "length" in r]
-    mean_len = sum(lengths) / len(lengths) if lengths else float("nan")
-    pieces = {k: _median([r.get(k, 0.0) for r in steady]) for k in ("rollout", "reward")}
-    pieces["rest"] = _median(
-        [r["total"] - r.get("rollout", 0.0) - r.get("reward", 0.0) for r in steady]
-    )
-    return {
-        "trl": trl.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "setup_s": setup_s,
-        "first_step_s": first["total"],
-        "step_s_median": step_s,
-        "step_s_min": min(r["total"] for r in steady),
-        "mean_completion_length": mean_len,
-        "completion_tokens_per_s": s.prompts * s.samples * mean_len / step_s,
-        "pieces_s_median": pieces,
-        "steps_timed": len(steady),
-        "steps_s": [r["total"] for r in steady],
-    }
+    return _summary(records, s, setup_s, trl.__version__, torch)
 
 
 def run_in_child(path, s: Settings, workdir: pathlib.Path, threads: int) -> dict:

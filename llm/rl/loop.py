@@ -183,6 +183,30 @@ def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         )
 
 
+def _log_lora(setup: Setup, state: RunState) -> None:
+    if setup.split.is_lora:
+        count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+        log.info(
+            "LoRA: training %d adapter parameters; the %d base parameters stay frozen",
+            count(setup.split.trainable(state.params)),
+            count(setup.split.frozen(state.params)),
+        )
+
+
+def _export_run(setup: Setup, state: RunState) -> None:
+    """OUT_DIR/hf (the policy, adapters merged) and, with LoRA, OUT_DIR/adapter (PEFT)."""
+    out = pathlib.Path(setup.cfg.out_dir)
+    export(
+        setup.graphdef,
+        state.params,
+        setup.model_config,
+        out / "hf",
+        setup.tokenizer,
+        adapter_path=out / "adapter",
+        base_model_name_or_path=setup.cfg.model_path,
+    )
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -209,13 +233,7 @@ def train(
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn)
-    if setup.split.is_lora:
-        count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
-        log.info(
-            "LoRA: training %d adapter parameters; the %d base parameters stay frozen",
-            count(setup.split.trainable(state.params)),
-            count(setup.split.frozen(state.params)),
-        )
+    _log_lora(setup, state)
     train_ex, eval_ex = load_task(cfg) if dataset is None or eval_dataset is None else ([], [])
     train_ex = as_examples(dataset, "dataset") if dataset is not None else train_ex
     eval_ex = as_examples(eval_dataset, "eval_dataset") if eval_dataset is not None else eval_ex
@@ -255,16 +273,7 @@ def train(
                 save_checkpoint(ckpt, setup, state)
             _report(bar, cfg, row, is_main)
         if cfg.export_hf:
-            out = pathlib.Path(cfg.out_dir)
-            export(
-                setup.graphdef,
-                state.params,
-                setup.model_config,
-                out / "hf",
-                setup.tokenizer,
-                adapter_path=out / "adapter",
-                base_model_name_or_path=cfg.model_path,
-            )
+            _export_run(setup, state)
     finally:
         if bar is not None:
             bar.close()
