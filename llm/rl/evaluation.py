@@ -45,15 +45,16 @@ def sample_rewards(
     """Rewards [N, num_samples] of completions sampled for each of the N ``examples``."""
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    rows = renderer.repeat(examples, num_samples)
-    chunk = max(num_samples, chunk - chunk % num_samples)  # whole problems per chunk
+    prompts = [renderer.ids(ex.prompt) for ex in examples]
+    per_chunk = max(1, chunk // num_samples)  # whole problems per chunk
     rewards = []
-    for start in range(0, len(rows), chunk):
-        sub_key = None if key is None else jax.random.fold_in(key, start)
+    for start in range(0, len(prompts), per_chunk):
+        # the key of row start * num_samples, as when every sample was its own prompt row
+        sub_key = None if key is None else jax.random.fold_in(key, start * num_samples)
         tokens, lengths, _, _ = sample(
-            graphdef, params, rows[start : start + chunk], sampling, sub_key
+            graphdef, params, prompts[start : start + per_chunk], sampling, sub_key, num_samples
         )
-        batch = examples[start // num_samples : (start + len(tokens)) // num_samples]
+        batch = examples[start : start + per_chunk]
         rewards.append(
             score_completions(reward_fn, batch, renderer.decode(tokens, lengths), num_samples)
         )

@@ -9,7 +9,7 @@ floats for any completion text (see `score_completions`).
 
 Row i of a step is prompt i // G, sample i % G (prompt-major, B = P * G rows). The train
 step's `Batch` stores each prompt once per group of rows that share it, left-padded to
-`llm.sampler.length_bucket` (quarter-octave buckets of at least 16 tokens, so shapes repeat
+`llm.padding.length_bucket` (quarter-octave buckets of at least 16 tokens, so shapes repeat
 and the step compiles once per bucket), and the N = max_new_tokens completion slots of every
 row. The sequence a row stands for is
 
@@ -34,8 +34,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from llm.data.prompts import PromptRenderer
+from llm.padding import length_bucket
 from llm.rl.train_step import Batch
-from llm.sampler import generate_from_state, length_bucket
+from llm.sampler import generate_from_state
 
 MIN_PROMPT_BUCKET = 16
 

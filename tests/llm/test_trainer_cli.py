@@ -29,19 +29,6 @@ def model_path(tmp_path_factory):
     return str(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama"))
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = dict(os.environ)
-    env |= {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    }
-    return env
-
-
 def _flags(model_path, out_dir, **kw):
     flags = (
         dict(
