@@ -117,7 +117,7 @@ class TrainConfig:
     )
     lora_alpha: float | None = _model(
         None,
-        "LoRA scale numerator: the update is (alpha / r) x A B (None: 2 * lora_rank).",
+        "LoRA scale numerator: the update is (alpha / r) x A B.",
         range=Range(low=0, low_open=True, note="2 * lora_rank"),
     )
     lora_targets: str = _model(
@@ -189,7 +189,7 @@ class TrainConfig:
     )
     grpo_epsilon_high: float | None = _loss(
         None,
-        "GRPO upper clip epsilon (DAPO's clip-higher; None: grpo_epsilon).",
+        "GRPO upper clip epsilon (DAPO's clip-higher).",
         range=Range(low=0, note="grpo_epsilon"),
     )
     kl_beta: float = _loss(
@@ -291,9 +291,7 @@ class TrainConfig:
         0, "also report pass@k with k samples per eval prompt (0 = off).", range=AT_LEAST_ZERO
     )
     eval_max_new_tokens: int | None = _evaluation(
-        None,
-        "evaluation completion length (None: max_new_tokens).",
-        range=Range(low=1, note="max_new_tokens"),
+        None, "evaluation completion length.", range=Range(low=1, note="max_new_tokens")
     )
     seed: int = _run(
         0, "seed of everything: data order, sampling, evaluation.", range=AT_LEAST_ZERO
