@@ -377,10 +377,11 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ConfigError (a ValueError) naming the first bad field; returns self.
 
-        Checks every field's type, the range of every number (NaN and inf are refused
-        wherever they mean nothing), the choices of every named option, the options that only
-        one loss reads, the mesh syntax (the device count is checked by `make_mesh`), and
-        that ``model_path`` is a folder with a config.json (see `llm.rl.config_checks`).
+        Checks every field's type, then its declared range or choices (NaN and inf are
+        refused wherever they mean nothing), then the rules that relate fields: the options
+        only one loss reads, the data columns, LoRA's alpha, the micro-batch split, the mesh
+        syntax (the device count is checked by `make_mesh`), and that ``model_path`` is a
+        folder with a config.json (see `llm.rl.config_checks`).
         """
         validate_config(self)
         return self

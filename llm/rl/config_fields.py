@@ -63,11 +63,10 @@ class Range:
     def holds(self, value: float) -> bool:
         if math.isnan(value) or (self.finite and math.isinf(value)):
             return False
-        if self.low is not None and not (
-            value > self.low or (not self.low_open and value == self.low)
-        ):
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
-        return self.high is None or value < self.high or (not self.high_open and value == self.high)
+        high = self.high
+        return high is None or not (value > high or (self.high_open and value == high))
 
     def describe(self, base: str, optional: bool = False) -> str:
         """The range in words for a field of type ``base`` (int or float)."""
@@ -166,15 +165,12 @@ def check_option(field: dataclasses.Field, value: Any) -> None:
     """ConfigError naming the field when ``value`` (of the field's type already, see
     `llm.rl.config_checks.check_type`) is outside its choices or range; None passes."""
     opt = option_of(field)
-    base, optional = kind(field)
     if value is None:
         return
     if opt.choices is not None:
         _check_choice(field, opt, value)
     if opt.range is not None and not opt.range.holds(value):
-        raise ConfigError(
-            field.name, f"must be {opt.range.describe(base, optional)}, got {show(value)}"
-        )
+        raise ConfigError(field.name, f"must be {opt.allowed(field)}, got {show(value)}")
 
 
 def check_options(config: Any) -> None:
