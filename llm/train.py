@@ -27,7 +27,8 @@ import logging
 import os
 import sys
 
-from llm.rl.config import HELP, ConfigError, TrainConfig
+from llm.rl.config import GROUPS, ConfigError, TrainConfig
+from llm.rl.config_fields import option_of
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -41,6 +42,37 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _field_help(field: dataclasses.Field, default) -> str:
+    """The field's help, what it accepts and its default (``%`` escaped for argparse)."""
+    opt = option_of(field)
+    allowed = opt.allowed(field)
+    text = opt.help + (f" Allowed: {allowed}." if allowed else "")
+    return f"{text} (default: {default!r})".replace("%", "%%")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `TrainConfig` field, in one argument group per `GROUPS` entry, from the
+    field's declaration (`llm.rl.config_fields.option`). Values stay strings here:
+    `TrainConfig.replace` parses them and `validate` checks them (so the errors read the
+    same from a flag, a file or Python)."""
+    groups = {
+        name: parser.add_argument_group(f"{title} (TrainConfig fields)")
+        for name, title in GROUPS.items()
+    }
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        kwargs = dict(
+            dest=field.name,
+            default=argparse.SUPPRESS,
+            help=_field_help(field, getattr(defaults, field.name)),
+        )
+        if str(field.type).startswith("bool"):
+            kwargs |= dict(nargs="?", const="true", metavar="BOOL")
+        else:
+            kwargs |= dict(metavar=field.name.split("_")[-1].upper())
+        groups[option_of(field).group].add_argument(_flag(field.name), **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,21 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="initialize from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
         "JAX_PROCESS_ID, or a cluster jax detects).",
     )
-    group = parser.add_argument_group("training options (TrainConfig fields)")
-    defaults = TrainConfig()
-    for field in dataclasses.fields(TrainConfig):
-        default = getattr(defaults, field.name)
-        kind = str(field.type)
-        kwargs = dict(
-            dest=field.name,
-            default=argparse.SUPPRESS,
-            help=f"{HELP.get(field.name, '')} (default: {default!r})",
-        )
-        if kind.startswith("bool"):
-            kwargs |= dict(nargs="?", const="true", metavar="BOOL")
-        else:
-            kwargs |= dict(metavar=field.name.split("_")[-1].upper())
-        group.add_argument(_flag(field.name), **kwargs)
+    add_config_flags(parser)
     return parser
 
 

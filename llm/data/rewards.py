@@ -36,15 +36,18 @@ RewardFn = Callable[..., list[float]]
 # ----------------------------------------------------------------------------- scale
 
 
+REWARD_LEVELS = {"pm1": (1.0, -1.0), "01": (1.0, 0.0)}  # scale -> (correct, wrong)
+REWARD_SCALES = tuple(REWARD_LEVELS)
+
+
 def reward_levels(
     scale: str = "pm1", correct: float | None = None, incorrect: float | None = None
 ) -> tuple[float, float]:
     """(reward if correct, reward if wrong): scale "pm1" = (1, -1), "01" = (1, 0); explicit
     `correct` / `incorrect` override the scale."""
-    levels = {"pm1": (1.0, -1.0), "01": (1.0, 0.0)}
-    if scale not in levels:
+    if scale not in REWARD_LEVELS:
         raise ValueError(f"unknown scale {scale!r}; expected 'pm1' or '01'")
-    hi, lo = levels[scale]
+    hi, lo = REWARD_LEVELS[scale]
     hi = hi if correct is None else float(correct)
     lo = lo if incorrect is None else float(incorrect)
     if not (math.isfinite(hi) and math.isfinite(lo)):

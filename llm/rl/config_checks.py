@@ -1,11 +1,13 @@
 """Value checks for `llm.rl.config.TrainConfig`.
 
-Two halves: turning raw values (from files, `key=value` strings, Python callers) into a
-field's type (`coerce`, `check_type`), and the whole-config checks behind
-`TrainConfig.validate` (`validate_config`: types, choices, numbers, loss-specific options,
-the mesh syntax and the paths, in that order, so the first bad field is the one reported).
-Every problem is a ConfigError naming the field. This module does not import
-`llm.rl.config`; the dataclass fields and the config object are passed in.
+Two halves: turning raw values (config files, `key=value` strings, Python callers) into a
+field's type (`read_mapping`, `coerce`, `check_type`), and the whole-config checks behind
+`TrainConfig.validate` (`validate_config`): every field's type, then every field's own
+choices and range as declared by `option()` (`llm.rl.config_fields.check_options`), then the
+checks that relate several fields (the options one loss alone reads, the data columns,
+LoRA, the micro-batch split, the mesh syntax and the paths), in that order, so the first
+bad field is the one reported. Every problem is a ConfigError naming the field. The config
+object is passed in; this module does not import `llm.rl.config`.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import numbers
 import os
 import pathlib
@@ -21,44 +22,15 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml  # PyYAML, installed with transformers (YAML also reads JSON)
 
 from llm.errors import ConfigError
+from llm.models.sharding import parse_mesh_spec
+from llm.rl.config_fields import check_options, kind, show
 
 if TYPE_CHECKING:
     from llm.rl.config import TrainConfig
 
-REWARD_SCALES = ("pm1", "01")
-IS_LEVELS = ("sequence", "token")
-# float fields that may take any finite value / any finite value >= 0 (NaN and inf refused)
-_FINITE = ("delta_v",)
-_NONNEGATIVE = (
-    "grpo_epsilon",
-    "kl_beta",
-    "learning_rate",
-    "weight_decay",
-    "max_grad_norm",
-    "eval_temperature",
-)
-_AT_LEAST_ONE = (
-    "refresh_every",
-    "prompts_per_step",
-    "max_new_tokens",
-    "micro_batches",
-    "logits_chunk_size",
-    "max_nonfinite_steps",
-    "keep_checkpoints",
-    "log_every",
-)
-_AT_LEAST_ZERO = (
-    "lora_rank",
-    "num_steps",
-    "warmup_steps",
-    "eval_every",
-    "eval_prompts",
-    "eval_pass_k",
-    "checkpoint_every",
-    "seed",
-)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _EXPECTED = {
@@ -72,11 +44,6 @@ _EXPECTED = {
 # ---------------------------------------------------------------------- single values
 
 
-def show(value: Any) -> str:
-    """A value as the user wrote it: 'abc' quoted, nan / inf / 3 bare."""
-    return repr(value) if isinstance(value, str) else str(value)
-
-
 def unknown_message(keys: Iterable[Any], fields: Iterable[str]) -> str:
     """'unknown field(s) ...' for ``keys``, suggesting the closest of ``fields``."""
     names = list(fields)
@@ -85,12 +52,6 @@ def unknown_message(keys: Iterable[Any], fields: Iterable[str]) -> str:
         close = difflib.get_close_matches(str(key), names, n=1)
         parts.append(f"{str(key)!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return f"unknown field{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
-
-
-def _kind(field: dataclasses.Field) -> tuple[str, bool]:
-    """(base type name: str | bool | int | float | dict, whether None is allowed)."""
-    kind = str(field.type)
-    return kind.split("|")[0].split("[")[0].strip(), "None" in kind
 
 
 def _converted(base: str, value: Any) -> tuple[bool, Any]:
@@ -114,7 +75,7 @@ def _converted(base: str, value: Any) -> tuple[bool, Any]:
 def check_type(field: dataclasses.Field, value: Any) -> Any:
     """``value`` converted to the field's type (int -> float, Path -> str, Mapping -> dict);
     ConfigError naming the field when it is of another type."""
-    base, optional = _kind(field)
+    base, optional = kind(field)
     if value is None:
         if optional:
             return None
@@ -159,12 +120,49 @@ def coerce(fields: Mapping[str, dataclasses.Field], name: str, value: Any) -> An
     field = fields.get(name)
     if field is None:
         raise ConfigError(None, unknown_message([name], fields))
-    base, optional = _kind(field)
+    base, optional = kind(field)
     if optional and isinstance(value, str) and value.strip().lower() in ("none", "null"):
         return None
     if not isinstance(value, str) or base == "str":
         return check_type(field, value)
     return _parse_text(name, base, value)
+
+
+def _parse_file(path: pathlib.Path, text: str) -> Any:
+    """The JSON (.json) or YAML (anything else) document ``text``; ConfigError if invalid."""
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            msg = f"invalid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+            raise ConfigError(None, msg, source=path) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        msg = " ".join(str(err).split())
+        if mark is not None and problem:
+            msg = f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+        raise ConfigError(None, f"invalid YAML: {msg}", source=path) from None
+
+
+def read_mapping(path: pathlib.Path) -> Mapping[str, Any]:
+    """The mapping of a .json or .yaml/.yml config file (an empty file is an empty mapping);
+    ConfigError with ``source=path`` when it is missing, unreadable or not a mapping."""
+    if not path.exists():
+        raise ConfigError(None, "no such file", source=path)
+    if not path.is_file():
+        raise ConfigError(None, "is not a file (expected a .json or .yaml file)", source=path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(None, f"cannot be read ({err})", source=path) from None
+    data = _parse_file(path, text)
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        msg = f"expected a mapping of TrainConfig fields, got {type(data).__name__}"
+        raise ConfigError(None, msg, source=path)
+    return data
 
 
 # ---------------------------------------------------------------------- whole config
@@ -175,24 +173,12 @@ def _need(cfg: TrainConfig, name: str, ok: bool, expected: str) -> None:
         raise ConfigError(name, f"{expected}, got {show(getattr(cfg, name))}")
 
 
-def _choice(cfg: TrainConfig, name: str, choices, optional: bool = False) -> None:
-    value = getattr(cfg, name)
-    if value in choices or (optional and value is None):
-        return
-    expected = f"must be one of {', '.join(map(str, choices))}"
-    if optional:
-        expected += " (or none)"
-    close = difflib.get_close_matches(str(value), list(map(str, choices)), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(name, f"{expected}, got {show(value)}{hint}")
-
-
 def check_types(cfg: TrainConfig) -> None:
     for f in dataclasses.fields(cfg):
         check_type(f, getattr(cfg, f.name))
 
 
-def _check_fields(cfg: TrainConfig) -> None:
+def check_columns(cfg: TrainConfig) -> None:
     """prompt_field / answer_field: non-empty, distinct, not also in task_kwargs, not for
     the synthetic task."""
     for name in ("prompt_field", "answer_field"):
@@ -204,84 +190,6 @@ def _check_fields(cfg: TrainConfig) -> None:
         _need(cfg, name, name not in cfg.task_kwargs, "is also set in task_kwargs; set it once")
     both = cfg.prompt_field is not None and cfg.prompt_field == cfg.answer_field
     _need(cfg, "answer_field", not both, "must differ from prompt_field")
-
-
-def check_choices(cfg: TrainConfig) -> None:
-    """Every named option is one of its choices."""
-    from asymre_jax import NORMALIZATIONS
-    from asymre_jax.advantages import SCALES
-    from llm.data.rewards import REWARD_FNS
-    from llm.models.config import DTYPES
-    from llm.rl.config import LOSSES, SCHEDULES, TASKS
-
-    _choice(cfg, "dtype", tuple(DTYPES))
-    _choice(cfg, "compute_dtype", tuple(DTYPES), optional=True)
-    _choice(cfg, "task", TASKS)
-    _check_fields(cfg)
-    _choice(cfg, "reward", tuple(REWARD_FNS), optional=True)
-    _choice(cfg, "reward_scale", REWARD_SCALES)
-    _choice(cfg, "loss", LOSSES)
-    _choice(cfg, "normalization", NORMALIZATIONS, optional=True)
-    _choice(cfg, "advantage_scale", SCALES)
-    _choice(cfg, "is_level", IS_LEVELS)
-    _choice(cfg, "lr_schedule", SCHEDULES)
-
-
-def _check_floats(cfg: TrainConfig) -> None:
-    """Finiteness and ranges of the float fields."""
-    for name in _FINITE:
-        _need(cfg, name, math.isfinite(getattr(cfg, name)), "must be a finite number")
-    for name in _NONNEGATIVE:
-        value = getattr(cfg, name)
-        _need(cfg, name, math.isfinite(value) and value >= 0, "must be a finite number >= 0")
-    for name in ("temperature", "adam_eps"):
-        value = getattr(cfg, name)
-        _need(cfg, name, math.isfinite(value) and value > 0, "must be a finite number > 0")
-    for name in ("top_p", "eval_top_p"):
-        _need(cfg, name, 0 < getattr(cfg, name) <= 1, "must be in (0, 1]")
-    for name in ("adam_b1", "adam_b2"):
-        _need(cfg, name, 0 <= getattr(cfg, name) < 1, "must be in [0, 1)")
-    _need(cfg, "min_lr_ratio", 0 <= cfg.min_lr_ratio <= 1, "must be in [0, 1]")
-    _need(cfg, "is_truncation", cfg.is_truncation > 0, "must be > 0 (inf: no truncation)")
-    high = cfg.grpo_epsilon_high
-    _need(
-        cfg,
-        "grpo_epsilon_high",
-        high is None or (math.isfinite(high) and high >= 0),
-        "must be a finite number >= 0 (or none: grpo_epsilon)",
-    )
-
-
-def _check_ints(cfg: TrainConfig) -> None:
-    """Ranges of the integer fields and the micro-batch split."""
-    for name in _AT_LEAST_ONE:
-        _need(cfg, name, getattr(cfg, name) >= 1, "must be an integer >= 1")
-    for name in _AT_LEAST_ZERO:
-        _need(cfg, name, getattr(cfg, name) >= 0, "must be an integer >= 0")
-    _need(
-        cfg,
-        "samples_per_prompt",
-        cfg.samples_per_prompt >= 2,
-        "must be >= 2 (G samples per prompt give the per-prompt baseline)",
-    )
-    _need(
-        cfg,
-        "eval_max_new_tokens",
-        cfg.eval_max_new_tokens is None or cfg.eval_max_new_tokens >= 1,
-        "must be an integer >= 1 (or none: max_new_tokens)",
-    )
-    _need(
-        cfg,
-        "micro_batches",
-        cfg.batch_size % cfg.micro_batches == 0,
-        f"must divide prompts_per_step * samples_per_prompt = {cfg.batch_size}",
-    )
-
-
-def check_numbers(cfg: TrainConfig) -> None:
-    """Every number is finite where it must be and in its range."""
-    _check_floats(cfg)
-    _check_ints(cfg)
 
 
 def check_loss_options(cfg: TrainConfig) -> None:
@@ -308,25 +216,14 @@ def check_loss_options(cfg: TrainConfig) -> None:
     )
 
 
-def check_lora(cfg: TrainConfig) -> None:
-    """LoRA's alpha (finite > 0, only with a rank) and targets (distinct known names)."""
-    from llm.models.lora import LORA_TARGETS
-
-    alpha = cfg.lora_alpha
+def check_batch(cfg: TrainConfig) -> None:
+    """LoRA's alpha only with a rank; the micro-batches split the P * G sequences evenly."""
+    _need(cfg, "lora_alpha", cfg.lora_alpha is None or cfg.lora_rank > 0, "needs lora_rank > 0")
     _need(
         cfg,
-        "lora_alpha",
-        alpha is None or (math.isfinite(alpha) and alpha > 0),
-        "must be a finite number > 0 (or none: 2 * lora_rank)",
-    )
-    _need(cfg, "lora_alpha", alpha is None or cfg.lora_rank > 0, "needs lora_rank > 0")
-    names = [t.strip() for t in cfg.lora_targets.split(",")]
-    unknown = [t for t in names if t not in LORA_TARGETS]
-    _need(
-        cfg,
-        "lora_targets",
-        not unknown and len(set(names)) == len(names),
-        f"must be distinct names among {','.join(LORA_TARGETS)} separated by commas",
+        "micro_batches",
+        cfg.batch_size % cfg.micro_batches == 0,
+        f"must divide prompts_per_step * samples_per_prompt = {cfg.batch_size}",
     )
 
 
@@ -334,8 +231,6 @@ def check_mesh(cfg: TrainConfig) -> None:
     """The mesh syntax (the device count is checked when the mesh is built)."""
     if cfg.mesh is None:
         return
-    from llm.models.sharding import parse_mesh_spec
-
     try:
         parse_mesh_spec(cfg.mesh)
     except ValueError as err:
@@ -363,9 +258,9 @@ def check_paths(cfg: TrainConfig) -> None:
 def validate_config(cfg: TrainConfig) -> None:
     """Every check of `TrainConfig.validate`, in order; ConfigError at the first bad field."""
     check_types(cfg)
-    check_choices(cfg)
-    check_numbers(cfg)
+    check_options(cfg)
+    check_columns(cfg)
     check_loss_options(cfg)
-    check_lora(cfg)
+    check_batch(cfg)
     check_mesh(cfg)
     check_paths(cfg)

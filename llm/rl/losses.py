@@ -51,6 +51,7 @@ import asymre_jax
 from asymre_jax.advantages import SCALES
 
 LossFn = Callable[..., tuple[Any, Any]]
+LOSSES = ("asymre", "grpo", "is_reinforce")  # the names `loss_from_config` builds
 
 
 def _host(default):
@@ -147,7 +148,7 @@ def loss_from_config(cfg) -> LossFn:
         return ISReinforce(truncation=cfg.is_truncation, level=cfg.is_level, **advantage, **common)
     if cfg.loss == "asymre":
         return AsymRE(**advantage, **common)
-    raise ValueError(f"loss must be one of asymre, grpo, is_reinforce; got {cfg.loss!r}")
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {cfg.loss!r}")
 
 
 def advantages_fn(loss_fn: LossFn, cfg) -> Callable:

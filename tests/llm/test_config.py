@@ -1,6 +1,9 @@
 """TrainConfig: parsing of files and strings, and validate() naming the bad field
-(ConfigError, a ValueError); make_mesh's device-count checks."""
+(ConfigError, a ValueError); one declaration per field (option(): help, group, range,
+choices) read by the checks, the CLI and the docs' reference; make_mesh's device-count
+checks."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -11,7 +14,11 @@ import pytest
 
 from llm.errors import ConfigError
 from llm.models.sharding import make_mesh
-from llm.rl.config import TrainConfig
+from llm.rl import config_fields
+from llm.rl.config import GROUPS, HELP, TrainConfig
+from llm.rl.config_fields import Range, option, option_of
+from llm.rl.config_reference import reference_markdown
+from llm.train import build_parser, resolve_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -82,7 +89,7 @@ def test_defaults_and_shipped_configs_validate(model_dir, tmp_path):
         (dict(top_p=0.0), "top_p", "must be in (0, 1], got 0.0"),
         (dict(eval_top_p=math.nan), "eval_top_p", "must be in (0, 1], got nan"),
         (dict(min_lr_ratio=-0.5), "min_lr_ratio", "must be in [0, 1]"),
-        (dict(samples_per_prompt=1), "samples_per_prompt", "must be >= 2"),
+        (dict(samples_per_prompt=1), "samples_per_prompt", "must be an integer >= 2"),
         (dict(micro_batches=3), "micro_batches", "must divide"),
         (dict(refresh_every=0), "refresh_every", "must be an integer >= 1, got 0"),
         (dict(seed=-1), "seed", "must be an integer >= 0, got -1"),
@@ -258,3 +265,118 @@ def test_make_mesh_errors_name_the_mesh(spec, message):
         make_mesh(spec)
     assert info.value.field == "mesh" and message in info.value.message
     assert isinstance(info.value, ValueError)
+
+
+# ------------------------------------------------------------------ one declaration per field
+
+
+def _fields():
+    return dataclasses.fields(TrainConfig)
+
+
+def test_every_field_is_declared_once_with_help_and_group():
+    """A field added without option() (no help, no group) fails here, not in the CLI."""
+    for field in _fields():
+        opt = option_of(field)  # TypeError for a bare dataclass field
+        assert opt.help.strip() and opt.group in GROUPS, field.name
+        assert HELP[field.name] == opt.help
+    assert TrainConfig().task_kwargs is not TrainConfig().task_kwargs  # a fresh dict each
+    with pytest.raises(ValueError, match="help must be a non-empty"):
+        option(0, " ", group="run")
+
+    @dataclasses.dataclass
+    class HalfDeclared:
+        plain: int = 0
+
+    with pytest.raises(TypeError, match="'plain' is declared without option"):
+        option_of(dataclasses.fields(HalfDeclared)[0])
+
+
+def test_cli_has_a_flag_per_field_with_its_help():
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for field in _fields():
+        action = actions[field.name]
+        assert action.option_strings == ["--" + field.name.replace("_", "-")]
+        opt = option_of(field)
+        assert action.help.startswith(opt.help)
+        assert opt.allowed(field) in action.help
+    # every flag reaches its field: the defaults written as flags give the default config
+    argv = []
+    for name, value in TrainConfig().to_dict().items():
+        text = json.dumps(value) if isinstance(value, dict) else "none" if value is None else value
+        argv += ["--" + name.replace("_", "-"), str(text)]
+    assert resolve_config(parser.parse_args(argv)) == TrainConfig()
+    changed = resolve_config(parser.parse_args(["--delta-v", "-0.3", "--lora-targets", "q,v"]))
+    assert (changed.delta_v, changed.lora_targets) == (-0.3, "q,v")
+
+
+def _outside(field):
+    """A value outside the field's declared range: NaN for a float, below the bound else."""
+    base, _ = config_fields.kind(field)
+    return math.nan if base == "float" else int(option_of(field).range.low) - 1
+
+
+@pytest.mark.parametrize(
+    "name", [f.name for f in dataclasses.fields(TrainConfig) if option_of(f).range is not None]
+)
+def test_every_declared_range_is_checked(model_dir, name):
+    field = next(f for f in _fields() if f.name == name)
+    value = _outside(field)
+    cfg = TrainConfig(model_path=str(model_dir)).replace(**{name: value})
+    err = _invalid(cfg)
+    assert (err.field, err.message) == (
+        name,
+        f"must be {option_of(field).allowed(field)}, got {config_fields.show(value)}",
+    )
+
+
+@pytest.mark.parametrize(
+    "name", [f.name for f in dataclasses.fields(TrainConfig) if option_of(f).choices is not None]
+)
+def test_every_declared_choice_is_checked(model_dir, name):
+    field = next(f for f in _fields() if f.name == name)
+    err = _invalid(TrainConfig(model_path=str(model_dir)).replace(**{name: "zzz"}))
+    assert (err.field, err.message) == (
+        name,
+        f"must be {option_of(field).allowed(field)}, got 'zzz'",
+    )
+
+
+@dataclasses.dataclass
+class _Toy:
+    ratio: float = option(0.5, "a ratio.", group="g", range=config_fields.UNIT_INTERVAL)
+    count: int | None = option(None, "a count.", group="g", range=Range(low=3, note="all"))
+    mode: str = option("fast", "a mode.", group="g", choices=("fast", "slow"))
+    parts: str = option("a,b", "parts.", group="g", choices=("a", "b", "c"), separator=",")
+    mapping: dict = option({}, "a mapping.", group="g")
+
+
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        (dict(ratio=1.5), "ratio", "must be in [0, 1], got 1.5"),
+        (dict(ratio=math.inf), "ratio", "must be in [0, 1], got inf"),
+        (dict(count=2), "count", "must be an integer >= 3 (or none: all), got 2"),
+        (dict(mode="slw"), "mode", "must be one of fast, slow, got 'slw' (did you mean 'slow'?)"),
+        (dict(parts="a,a"), "parts", "must be distinct names among a,b,c separated by commas"),
+        (dict(parts="a,d"), "parts", "must be distinct names among a,b,c separated by commas"),
+    ],
+)
+def test_range_and_choice_errors_come_from_the_declaration(changes, field, message):
+    """check_options knows no field by name: the errors come from option()'s metadata."""
+    config_fields.check_options(_Toy(count=None))  # None is the optional field's default
+    with pytest.raises(ConfigError) as info:
+        config_fields.check_options(_Toy(**changes))
+    assert info.value.field == field and info.value.message.startswith(message)
+
+
+def test_reference_doc_is_generated_from_the_fields():
+    """docs/reference/config.md is `python -m llm.rl.config_reference`'s output: regenerate it
+    after changing a field."""
+    text = reference_markdown()
+    assert (REPO / "docs" / "reference" / "config.md").read_text() == text
+    for field in _fields():
+        assert f"| `{field.name}`<br>`--{field.name.replace('_', '-')}`" in text
+    for title in GROUPS.values():
+        assert f"\n## {title}\n" in text

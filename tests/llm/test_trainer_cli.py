@@ -156,8 +156,8 @@ def fake_model(tmp_path):
         (["--is-truncation", "nan"], "--is-truncation: must be > 0 (inf: no truncation), got nan"),
         (
             ["--samples-per-prompt", "1"],
-            "--samples-per-prompt: must be >= 2 (G samples per prompt give the per-prompt "
-            "baseline), got 1",
+            "--samples-per-prompt: must be an integer >= 2 (G samples per prompt give the "
+            "per-prompt baseline), got 1",
         ),
         (["--prompts-per-step", "0"], "--prompts-per-step: must be an integer >= 1, got 0"),
         (["--num-steps", "-3"], "--num-steps: must be an integer >= 0, got -3"),
@@ -269,9 +269,9 @@ def test_bad_config_file_is_one_line_error(fake_model, tmp_path, capsys):
     # a value from the file that validate() refuses names the file; the same given as a flag
     # names the flag
     path, line = run("g1.yaml", f"model_path: {fake_model}\nsamples_per_prompt: 1\n")
-    assert line.startswith(f"--config {path}: samples_per_prompt: must be >= 2")
+    assert line.startswith(f"--config {path}: samples_per_prompt: must be an integer >= 2")
     path, line = run("g2.yaml", f"model_path: {fake_model}\n", "--samples-per-prompt", "1")
-    assert line.startswith("--samples-per-prompt: must be >= 2")
+    assert line.startswith("--samples-per-prompt: must be an integer >= 2")
     missing = tmp_path / "nope.yaml"
     assert _error(capsys, ["--config", str(missing)]) == f"--config {missing}: no such file"
     assert _error(capsys, ["--config", str(tmp_path)]).startswith(
