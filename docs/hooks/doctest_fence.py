@@ -19,6 +19,7 @@ class _DoctestFence(Preprocessor):
     def run(self, lines: list[str]) -> list[str]:
         out: list[str] = []
         in_fence = in_doctest = False
+        indent = ""
         for line in lines:
             if in_doctest and not line.strip():
                 out += [indent + "```", line]
