@@ -1,7 +1,7 @@
 """Supervised warm start on the synthetic arithmetic task (teacher-forced cross-entropy).
 
 Each training sequence is the rendered prompt x (chat template of the tiny tokenizer, see
-`render_arithmetic_prompts`) followed by the completion y = answer + EOS; the loss is the
+`arithmetic_renderer`) followed by the completion y = answer + EOS; the loss is the
 mean negative log-likelihood of the completion tokens only,
 
     L(theta) = - (1 / sum_i |y_i|) * sum_i sum_t log pi_theta(y_it | x_i, y_i,<t),
