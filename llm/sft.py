@@ -1,13 +1,14 @@
 """Supervised warm start on the synthetic arithmetic task (teacher-forced cross-entropy).
 
 Each training sequence is the rendered prompt x (chat template of the tiny tokenizer, see
-`render_arithmetic_prompts`) followed by the completion y = answer + EOS; the loss is the
+`arithmetic_renderer`) followed by the completion y = answer + EOS; the loss is the
 mean negative log-likelihood of the completion tokens only,
 
     L(theta) = - (1 / sum_i |y_i|) * sum_i sum_t log pi_theta(y_it | x_i, y_i,<t),
 
 minimised in a jitted, pure step over (params, optimizer state) with the RL trainer's
-optimizer (`llm.rl.train_step.make_optimizer`: clipped AdamW, the learning rate a traced input).
+optimizer (`llm.rl.train_step.make_optimizer`: clipped AdamW, the learning rate a traced input
+set with `optax.tree_utils.tree_set`, so nothing here depends on how optax nests its state).
 Prompts are rendered by `llm.data.prompts.PromptRenderer` and every `eval_every` steps the
 accuracy of the model's own completions on held-out problems is measured by
 `llm.rl.evaluation.evaluate` (temperature 1, the sampling the RL trainer uses, and greedy);
@@ -38,14 +39,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from asymre_jax import token_logprobs
-from llm.data.datasets import Example, make_arithmetic_examples
+from llm.data.arithmetic import make_arithmetic_examples
+from llm.data.examples import Example
 from llm.data.prompts import PromptRenderer
 from llm.data.rewards import arithmetic_reward
 from llm.data.tokenizer import byte_level_tokenizer, load_tokenizer
-from llm.models.hf_io import save_hf
+from llm.models.hf_io import load_hf, save_hf
 from llm.models.tiny import tiny_config
-from llm.rl.evaluation import evaluate
-from llm.rl.rollout import Sampling
+from llm.models.transformer import Transformer
+from llm.rl import Sampling, evaluate
 from llm.rl.train_step import hyperparams, make_optimizer
 
 # The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.models.tiny).
@@ -126,9 +128,12 @@ def sft_loss(graphdef: nnx.GraphDef, params: nnx.State, tokens_BxT, mask_BxTm1) 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnums=(1, 2))
 def sft_step(graphdef, params, opt_state, tokens_BxT, mask_BxTm1, hyper, *, tx):
-    """One optimizer step of ``make_optimizer``: (params, opt_state, loss)."""
+    """One optimizer step of ``make_optimizer``: (params, opt_state, loss).
+
+    ``hyper`` (`hyperparams`: learning_rate, weight_decay, max_grad_norm) replaces the injected
+    hyperparameters wherever ``tx`` keeps them (`optax.tree_utils.tree_set`)."""
     loss, grads = jax.value_and_grad(sft_loss, argnums=1)(graphdef, params, tokens_BxT, mask_BxTm1)
-    opt_state.inner_state.hyperparams.update(hyper)
+    opt_state = optax.tree_utils.tree_set(opt_state, **hyper)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -147,9 +152,6 @@ def arithmetic_accuracy(graphdef, params, renderer, examples, *, key, max_new_to
 
 
 def _initial_model(cfg: SFTConfig):
-    from llm.models.hf_io import load_hf
-    from llm.models.transformer import Transformer
-
     if cfg.base_path is not None:
         model, config = load_hf(cfg.base_path)
         return model, config, load_tokenizer(cfg.base_path)
@@ -173,6 +175,54 @@ def _problems(cfg: SFTConfig, held_out, exclude, train) -> tuple[list, list]:
     return list(held_out), train
 
 
+def _check_config(cfg: SFTConfig) -> None:
+    if not 0.0 < cfg.target_accuracy <= 1.0:
+        raise ValueError(f"target_accuracy must be in (0, 1], got {cfg.target_accuracy}")
+    if cfg.batch_size < 1 or cfg.max_steps < 1 or cfg.eval_every < 1:
+        raise ValueError("batch_size, max_steps and eval_every must be >= 1")
+
+
+def train_sft(
+    cfg: SFTConfig, graphdef, params, renderer: PromptRenderer, train, held_out, *, pad_id: int
+):
+    """SFT steps on ``train`` until an evaluation on ``held_out`` reaches the target accuracy
+    (or `max_steps`); returns (params, history: one row per evaluation, the last one final).
+    ``pad_id`` fills the batch after each sequence (masked out of the loss)."""
+    tokenizer = renderer.tokenizer
+    prompts = renderer.repeat(train, 1)
+    completions = [completion_ids(tokenizer, ex.answer) for ex in train]
+    length = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+    tx = make_optimizer()
+    opt_state = tx.init(params)
+    rng, key = np.random.default_rng(cfg.seed), jax.random.key(cfg.seed)
+    history = []
+    bar = tqdm(total=cfg.max_steps, desc="sft", disable=not cfg.progress)
+    for step in range(1, cfg.max_steps + 1):
+        idx = rng.integers(0, len(train), cfg.batch_size)
+        tokens, mask = sft_batch(
+            [prompts[i] for i in idx], [completions[i] for i in idx], length, pad_id
+        )
+        hyper = hyperparams(float(schedule(step - 1)), cfg.weight_decay, 1.0)
+        params, opt_state, loss = sft_step(graphdef, params, opt_state, tokens, mask, hyper, tx=tx)
+        bar.update(1)
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            acc, greedy = arithmetic_accuracy(
+                graphdef,
+                params,
+                renderer,
+                held_out,
+                key=jax.random.fold_in(key, step),
+                max_new_tokens=cfg.max_new_tokens,
+            )
+            history.append(dict(step=step, loss=float(loss), accuracy=acc, greedy_accuracy=greedy))
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}", greedy=f"{greedy:.2f}")
+            if acc >= cfg.target_accuracy:
+                break
+    bar.close()
+    return params, history
+
+
 def run_sft(
     cfg: SFTConfig,
     *,
@@ -187,56 +237,23 @@ def run_sft(
     they stay unseen); `train`: the training problems (default: `num_train_examples` drawn
     from `cfg.seed`). Training problems that appear in `held_out` or `exclude` are dropped.
     """
-    if not 0.0 < cfg.target_accuracy <= 1.0:
-        raise ValueError(f"target_accuracy must be in (0, 1], got {cfg.target_accuracy}")
-    if cfg.batch_size < 1 or cfg.max_steps < 1 or cfg.eval_every < 1:
-        raise ValueError("batch_size, max_steps and eval_every must be >= 1")
+    _check_config(cfg)
     model, config, tokenizer = _initial_model(cfg)
     graphdef, params = nnx.split(model)
     held_out, train = _problems(cfg, held_out, exclude, train)
+    start = time.perf_counter()
     renderer = arithmetic_renderer(tokenizer)
-    prompts = renderer.repeat(train, 1)
-    completions = [completion_ids(tokenizer, ex.answer) for ex in train]
-    length = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
-    schedule = optax.warmup_constant_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
-    tx = make_optimizer()
-    opt_state = tx.init(params)
-    rng = np.random.default_rng(cfg.seed)
-    key = jax.random.key(cfg.seed)
-    history, start, step = [], time.perf_counter(), 0
-    bar = tqdm(total=cfg.max_steps, desc="sft", disable=not cfg.progress)
-    reached = False
-    while step < cfg.max_steps and not reached:
-        idx = rng.integers(0, len(train), cfg.batch_size)
-        tokens, mask = sft_batch(
-            [prompts[i] for i in idx], [completions[i] for i in idx], length, config.pad_token_id
-        )
-        hyper = hyperparams(float(schedule(step)), cfg.weight_decay, 1.0)
-        params, opt_state, loss = sft_step(graphdef, params, opt_state, tokens, mask, hyper, tx=tx)
-        step += 1
-        bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            acc, greedy = arithmetic_accuracy(
-                graphdef,
-                params,
-                renderer,
-                held_out,
-                key=jax.random.fold_in(key, step),
-                max_new_tokens=cfg.max_new_tokens,
-            )
-            history.append(dict(step=step, loss=float(loss), accuracy=acc, greedy_accuracy=greedy))
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.2f}", greedy=f"{greedy:.2f}")
-            reached = acc >= cfg.target_accuracy
-    bar.close()
-    model = nnx.merge(graphdef, params)
+    params, history = train_sft(
+        cfg, graphdef, params, renderer, train, held_out, pad_id=config.pad_token_id
+    )
     out = pathlib.Path(cfg.out_dir)
-    save_hf(model, config, out, tokenizer=tokenizer)
+    save_hf(nnx.merge(graphdef, params), config, out, tokenizer=tokenizer)
     last = history[-1]
     summary = dict(
-        steps=step,
+        steps=last["step"],
         num_train_problems=len({ex.prompt for ex in train}),
         num_held_out=len(held_out),
-        reached_target=bool(reached),
+        reached_target=bool(last["accuracy"] >= cfg.target_accuracy),
         accuracy=last["accuracy"],
         greedy_accuracy=last["greedy_accuracy"],
         loss=last["loss"],

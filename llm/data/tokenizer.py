@@ -1,8 +1,8 @@
 """Tokenizers and chat templates, through ``transformers.AutoTokenizer``.
 
 ``load_tokenizer(path)`` reads the tokenizer files of a Hugging Face folder (as written by
-``save_hf(..., tokenizer=...)`` or ``llm.models.tiny``); ``render_chat`` turns a list of
-{"role", "content"} messages into prompt token ids with the folder's chat template.
+``save_hf(..., tokenizer=...)`` or ``llm.models.tiny``); prompts are rendered with its chat
+template by `llm.data.prompts` (``render_chat``, ``render_prompt``, ``PromptRenderer``).
 ``byte_level_tokenizer`` builds, without any download, a small byte-level BPE tokenizer
 (the ``tokenizers`` library) with special tokens and a chat template, for tests and demos.
 """
@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -34,30 +34,6 @@ def load_tokenizer(path):
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist")
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def render_chat(
-    tokenizer, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
-) -> list[int]:
-    """Token ids of ``messages`` rendered with the tokenizer's chat template.
-
-    transformers 5 returns a dict (BatchEncoding) from ``apply_chat_template(tokenize=True)``
-    and older versions a list; both are handled.
-    """
-    if isinstance(messages, Mapping) or not all(
-        isinstance(m, Mapping) and "role" in m and "content" in m for m in messages
-    ):
-        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("tokenizer has no chat_template")
-    out = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt
-    )
-    if isinstance(out, Mapping) or hasattr(out, "input_ids"):
-        out = out["input_ids"]
-    if out and isinstance(out[0], list | tuple):  # a batch of one
-        out = out[0]
-    return [int(t) for t in out]
 
 
 def _default_corpus() -> list[str]:

@@ -1,12 +1,7 @@
 """Hugging Face checkpoints in and out: config.json + safetensors (single file or sharded).
 
-HF stores a linear layer as weight [out, in]; the model keeps [in, out] with the heads
-split out, so loading is a transpose and a reshape per tensor:
-
-    q_proj.weight [H*Dh, D] -> q [D, H, Dh]        o_proj.weight [D, H*Dh] -> o [H, Dh, D]
-    gate/up_proj.weight [F, D] -> [D, F]           down_proj.weight [D, F] -> [F, D]
-    lm_head.weight [V, D] -> [D, V]                q_proj.bias [H*Dh] -> [H, Dh]
-
+Each HF tensor maps to one model parameter by a transpose and a reshape
+(`llm.models.hf_names.tensor_specs`).
 ``load_hf`` checks names and shapes from the safetensors headers before reading any data,
 builds the abstract model with ``nnx.eval_shape`` (no memory), then reads one tensor at a
 time and puts it straight into its place (its NamedSharding when a mesh is given), so the
@@ -21,7 +16,6 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +25,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from llm.models.config import GENERATION_CONFIG_FILE, ModelConfig, dtype_name
+from llm.models.hf_names import TensorSpec, tensor_specs
 from llm.models.sharding import param_shardings
 from llm.models.transformer import Transformer
 
@@ -52,84 +47,6 @@ _ARCH_FIELDS = (
     "mlp_bias",
     "use_qk_norm",
 )
-
-
-class TensorSpec(NamedTuple):
-    """Where one HF tensor lives in the NNX state and how to convert it both ways."""
-
-    path: tuple
-    hf_shape: tuple[int, ...]
-    to_nnx: Callable
-    to_hf: Callable
-
-
-def _ident(x):
-    return x
-
-
-def _t(x):
-    return x.T
-
-
-def tensor_specs(config: ModelConfig) -> dict[str, TensorSpec]:
-    """HF tensor name -> TensorSpec for every weight of a model with this config."""
-    D, F, V, E = config.hidden_size, config.intermediate_size, config.vocab_size, config.head_dim
-    H, K = config.num_attention_heads, config.num_key_value_heads
-
-    def heads_in(n):  # [n*E, D] <-> [D, n, E]
-        return (lambda w: w.T.reshape(D, n, E), lambda w: w.reshape(D, n * E).T)
-
-    def heads_bias(n):  # [n*E] <-> [n, E]
-        return (lambda b: b.reshape(n, E), lambda b: b.reshape(n * E))
-
-    heads_out = (lambda w: w.T.reshape(H, E, D), lambda w: w.reshape(H * E, D).T)
-    ident, trans = (_ident, _ident), (_t, _t)
-    specs = {"model.embed_tokens.weight": TensorSpec(("embed",), (V, D), *ident)}
-    for i in range(config.num_hidden_layers):
-        hf, nn = f"model.layers.{i}.", ("layers", i)
-        entries = [
-            ("self_attn.q_proj.weight", ("attn", "q"), (H * E, D), heads_in(H)),
-            ("self_attn.k_proj.weight", ("attn", "k"), (K * E, D), heads_in(K)),
-            ("self_attn.v_proj.weight", ("attn", "v"), (K * E, D), heads_in(K)),
-            ("self_attn.o_proj.weight", ("attn", "o"), (D, H * E), heads_out),
-            ("mlp.gate_proj.weight", ("mlp", "gate"), (F, D), trans),
-            ("mlp.up_proj.weight", ("mlp", "up"), (F, D), trans),
-            ("mlp.down_proj.weight", ("mlp", "down"), (D, F), trans),
-            ("input_layernorm.weight", ("attn_norm", "weight"), (D,), ident),
-        ]
-        if config.sandwich_norms:  # Gemma: post_attention_layernorm norms the attention output
-            entries += [
-                ("post_attention_layernorm.weight", ("attn_post_norm", "weight"), (D,), ident),
-                ("pre_feedforward_layernorm.weight", ("mlp_norm", "weight"), (D,), ident),
-                ("post_feedforward_layernorm.weight", ("mlp_post_norm", "weight"), (D,), ident),
-            ]
-        else:  # the others: post_attention_layernorm is the MLP's input norm
-            entries.append(("post_attention_layernorm.weight", ("mlp_norm", "weight"), (D,), ident))
-        if config.attention_bias:
-            entries += [
-                ("self_attn.q_proj.bias", ("attn", "q_bias"), (H * E,), heads_bias(H)),
-                ("self_attn.k_proj.bias", ("attn", "k_bias"), (K * E,), heads_bias(K)),
-                ("self_attn.v_proj.bias", ("attn", "v_bias"), (K * E,), heads_bias(K)),
-            ]
-        if config.attention_out_bias:
-            entries.append(("self_attn.o_proj.bias", ("attn", "o_bias"), (D,), ident))
-        if config.use_qk_norm:
-            entries += [
-                ("self_attn.q_norm.weight", ("attn", "q_norm", "weight"), (E,), ident),
-                ("self_attn.k_norm.weight", ("attn", "k_norm", "weight"), (E,), ident),
-            ]
-        if config.mlp_bias:
-            entries += [
-                ("mlp.gate_proj.bias", ("mlp", "gate_bias"), (F,), ident),
-                ("mlp.up_proj.bias", ("mlp", "up_bias"), (F,), ident),
-                ("mlp.down_proj.bias", ("mlp", "down_bias"), (D,), ident),
-            ]
-        for name, sub, shape, (fwd, bwd) in entries:
-            specs[hf + name] = TensorSpec(nn + sub, shape, fwd, bwd)
-    specs["model.norm.weight"] = TensorSpec(("final_norm", "weight"), (D,), *ident)
-    if not config.tie_word_embeddings:
-        specs["lm_head.weight"] = TensorSpec(("lm_head",), (V, D), *trans)
-    return specs
 
 
 def _ignorable(name: str, config: ModelConfig) -> bool:
@@ -189,7 +106,7 @@ def _renamer(path: pathlib.Path) -> Callable[[str], str | None]:
     except (OSError, ValueError, AttributeError):
         multimodal = False
     if not multimodal:
-        return _ident
+        return lambda name: name
 
     def rename(name: str) -> str | None:
         for stored, text in _MULTIMODAL_GEMMA3:
@@ -321,6 +238,44 @@ def _write_generation_config(path: pathlib.Path, config: ModelConfig, hf_config:
     file.write_text(json.dumps({**existing, **ids}, indent=2) + "\n")
 
 
+def _shards(flat, specs: dict[str, TensorSpec], max_shard_bytes: int) -> list[list[str]]:
+    """HF tensor names in file order, cut into shards of at most ``max_shard_bytes`` (a
+    tensor larger than that gets a shard of its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, spec in specs.items():
+        nbytes = flat[spec.path].get_value().nbytes
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    return shards
+
+
+def _write_weights(path: pathlib.Path, flat, specs, max_shard_bytes: int) -> None:
+    """model.safetensors, or N shards plus the index; stale weight files are removed first.
+    One shard is gathered to the host at a time."""
+    shards = _shards(flat, specs, max_shard_bytes)
+    for stale in [*path.glob("model*.safetensors"), path / INDEX_FILE]:
+        stale.unlink(missing_ok=True)
+    n = len(shards)
+    weight_map, total = {}, 0
+    for i, names in enumerate(shards):
+        file = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        tensors = {}
+        for name in names:
+            spec = specs[name]
+            value = spec.to_hf(jnp.asarray(flat[spec.path].get_value()))
+            tensors[name] = np.ascontiguousarray(jax.device_get(value))
+            weight_map[name] = file
+            total += tensors[name].nbytes
+        save_file(tensors, path / file, metadata={"format": "pt"})
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
 def save_hf(
     model: Transformer,
     config: ModelConfig | None,
@@ -358,34 +313,7 @@ def save_hf(
     _write_generation_config(path, config, hf_config)
 
     flat = dict(nnx.to_flat_state(nnx.state(model)))
-    specs = tensor_specs(model.config)
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name, spec in specs.items():
-        nbytes = flat[spec.path].get_value().nbytes
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += nbytes
-    for stale in [*path.glob("model*.safetensors"), path / INDEX_FILE]:
-        stale.unlink(missing_ok=True)
-    n = len(shards)
-    weight_map, total = {}, 0
-    for i, names in enumerate(shards):
-        file = SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        tensors = {}
-        for name in names:
-            spec = specs[name]
-            value = spec.to_hf(jnp.asarray(flat[spec.path].get_value()))
-            tensors[name] = np.ascontiguousarray(jax.device_get(value))
-            weight_map[name] = file
-            total += tensors[name].nbytes
-        save_file(tensors, path / file, metadata={"format": "pt"})
-        del tensors
-    if n > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (path / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    _write_weights(path, flat, tensor_specs(model.config), max_shard_bytes)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path

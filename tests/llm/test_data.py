@@ -1,4 +1,4 @@
-"""llm.data.datasets: readers, chat rendering, the arithmetic generator and the resumable iterator."""
+"""llm.data: readers, prompt rendering, the arithmetic generator and the resumable iterator."""
 
 import json
 
@@ -8,17 +8,20 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from llm.data.datasets import (
-    DEFAULT_INSTRUCTION,
     BatchIterator,
     Example,
     IteratorState,
-    build_messages,
     gsm8k_final_answer,
     load_dataset,
     load_gsm8k,
     load_jsonl,
     load_math500,
     make_arithmetic_examples,
+)
+from llm.data.prompts import (
+    DEFAULT_INSTRUCTION,
+    PromptRenderer,
+    build_messages,
     render_prompt,
     render_prompt_text,
     render_prompts,
@@ -241,7 +244,8 @@ def test_iterator_bad_input(numbered):
 
 def test_render_prompt_agrees_with_llm_tokenizer():
     """The project's own byte-level BPE tokenizer (merges, EOS-terminated turns)."""
-    from llm.data.tokenizer import byte_level_tokenizer, render_chat
+    from llm.data.prompts import render_chat
+    from llm.data.tokenizer import byte_level_tokenizer
 
     tok = byte_level_tokenizer()
     for question in ("Ann has 3 apples and buys 4 more.", "What is 12 times 7?"):
@@ -249,3 +253,45 @@ def test_render_prompt_agrees_with_llm_tokenizer():
         messages = build_messages(question, system_prompt="You are helpful.")
         assert ids == render_chat(tok, messages)
         assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
+# Ids the renderer produced before rendering moved into llm.data.prompts (the byte-level
+# tokenizer of llm.data.tokenizer): chat with a system prompt and the default instruction, chat
+# without an instruction (the SFT warm start), a custom instruction, and plain text.
+QUESTION = "Ann has 3 apples and buys 4 more. How many?"
+PINNED_IDS = {
+    "chat_system_default_instruction": [
+        1, 3, 204, 39, 74, 278, 87, 78, 74, 75, 19, 2, 204, 4, 204, 279, 83, 276, 284, 226, 70,
+        85, 85, 81, 263, 309, 311, 88, 285, 307, 74, 19, 313, 308, 36, 204, 53, 81, 74, 70, 88,
+        74, 226, 87, 74, 70, 88, 292, 226, 88, 89, 74, 85, 278, 94, 226, 88, 89, 74, 85, 17, 309,
+        226, 85, 90, 89, 226, 94, 84, 90, 87, 226, 75, 78, 83, 70, 81, 310, 226, 92, 78, 89, 77,
+        78, 83, 226, 65, 71, 84, 93, 74, 73, 96, 98, 19, 2, 204, 5, 204,
+    ],
+    "chat_no_instruction": [1, 4, 204, 22, 23, 16, 28, 34, 2, 204, 5, 204],
+    "chat_custom_instruction": [1, 4, 204, 23, 16, 24, 34, 204, 279, 277, 31, 2, 204, 5, 204],
+    "plain": [22, 23, 16, 28, 34],
+}  # fmt: skip
+
+
+def test_prompt_renderer_ids_are_pinned():
+    from llm.data.tokenizer import byte_level_tokenizer
+
+    tok = byte_level_tokenizer()
+    rendered = {
+        "chat_system_default_instruction": PromptRenderer(tok, system_prompt="Be brief.").ids(
+            QUESTION
+        ),
+        "chat_no_instruction": PromptRenderer(tok, chat=True, instruction="").ids("12+7="),
+        "chat_custom_instruction": PromptRenderer(tok, chat=True, instruction="Answer:").ids(
+            "2+3="
+        ),
+        "plain": PromptRenderer(tok, chat=False).ids("12+7="),
+    }
+    assert rendered == PINNED_IDS
+    assert tok.decode(rendered["chat_system_default_instruction"]) == (
+        f"<|bos|><|system|>\nBe brief.<|eos|>\n<|user|>\n{QUESTION}\n{DEFAULT_INSTRUCTION}"
+        "<|eos|>\n<|assistant|>\n"
+    )
+    assert tok.decode(rendered["chat_custom_instruction"]) == (
+        "<|bos|><|user|>\n2+3=\nAnswer:<|eos|>\n<|assistant|>\n"
+    )

@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from llm.models.config import ModelConfig  # noqa: E402
-from llm.models.hf_io import INDEX_FILE, load_hf, save_hf, tensor_specs  # noqa: E402
+from llm.models.hf_io import INDEX_FILE, load_hf, save_hf  # noqa: E402
+from llm.models.hf_names import tensor_specs  # noqa: E402
 from llm.models.tiny import make_tiny_checkpoint, random_model, tiny_config  # noqa: E402
 
 TOL = 1e-4

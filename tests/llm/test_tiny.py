@@ -6,12 +6,8 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 
-from llm.data.tokenizer import (  # noqa: E402
-    SPECIAL_TOKENS,
-    byte_level_tokenizer,
-    load_tokenizer,
-    render_chat,
-)
+from llm.data.prompts import render_chat  # noqa: E402
+from llm.data.tokenizer import SPECIAL_TOKENS, byte_level_tokenizer, load_tokenizer  # noqa: E402
 from llm.models.config import ModelConfig  # noqa: E402
 from llm.models.tiny import SIZES, make_tiny_checkpoint, tiny_config  # noqa: E402
 
