@@ -14,7 +14,8 @@ llama.cpp's convert script, as transformers' own GGUF loader does:
 - llama: the rows of q and k (weights and biases) were permuted for llama.cpp's RoPE, which
   rotates adjacent pairs (2i, 2i+1) where HF rotates halves (i, i + Dh/2). With n heads
   (n = kv heads for k) and rows indexed [head, half, i] in HF, [head, i, half] in the file:
-      W_gguf = W.reshape(n, 2, Dh/2, D).swapaxes(1, 2)   =>   W = W_gguf.reshape(n, Dh/2, 2, D).swapaxes(1, 2)
+      W_gguf = W.reshape(n, 2, Dh/2, D).swapaxes(1, 2).reshape(n*Dh, D)
+      W      = W_gguf.reshape(n, Dh/2, 2, D).swapaxes(1, 2).reshape(n*Dh, D)
 - gemma3: every RMSNorm weight w (applied as x * (1 + w)) was stored as 1 + w.
 
 What GGUF does not say, llama.cpp hard-codes, and so does this reader: Gemma 3's local RoPE
