@@ -216,14 +216,18 @@ def test_q8_0_gguf_is_the_original_with_q8_0_rounded_weights(tiny, tmp_path):
     assert 0 < relative < 0.04, relative
 
 
-def _transformers_logits(gguf_file: pathlib.Path) -> np.ndarray:
+def _transformers_logits(path: pathlib.Path) -> np.ndarray:
+    """transformers' logits of a GGUF file (its own GGUF loader) or of an HF folder."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("accelerate")
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
-    )
+    if path.is_dir():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32
+        )
     with torch.no_grad():
         return model(torch.tensor(TOKENS, dtype=torch.long)).logits.numpy()
 
@@ -233,7 +237,9 @@ def test_tiny_matches_transformers_gguf_loading(tiny, tmp_path, qtype):
     hf_dir, _ = tiny["llama"]
     gguf_file = write_tiny_gguf(hf_dir, tmp_path / "tiny.gguf", "llama", qtype)
     out = convert_gguf(gguf_file, tmp_path / "out")
-    np.testing.assert_allclose(_logits(out), _transformers_logits(gguf_file), rtol=0, atol=1e-5)
+    reference = _transformers_logits(gguf_file)
+    np.testing.assert_allclose(_logits(out), reference, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_transformers_logits(out), reference, rtol=0, atol=1e-5)
 
 
 def _assert_same_tokenizer(folder: pathlib.Path, gguf_file: pathlib.Path, texts):
