@@ -12,7 +12,7 @@ import asymre_jax
 from llm.data.datasets import Example
 from llm.models.tiny import make_tiny_checkpoint
 from llm.rl import train_step
-from llm.rl.loop import learning_rate_fn
+from llm.rl.schedule import learning_rate_fn
 from llm.rl.losses import AsymRE
 from llm.rl.metrics import read_metrics
 from llm.trainer import TrainConfig, train
