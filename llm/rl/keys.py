@@ -2,23 +2,23 @@ r"""Every random key and seed of a training run, derived from ``cfg.seed`` in on
 
 With ``base = jax.random.key(cfg.seed)`` (``RunState.key``):
 
-=========================  ===========================================  =====================
-what                       derivation                                   function
-=========================  ===========================================  =====================
-rollout of step t          ``fold_in(fold_in(base, t), SAMPLING_SALT)``  `sampling_key`
-evaluation (every step)    ``fold_in(base, EVAL_SALT)``                  `evaluation_key`
-LoRA A matrices at init    ``fold_in(base, LORA_INIT_SALT)``             `lora_init_key`
-arithmetic eval problems   ``seed + EVAL_DATA_SEED_OFFSET``              `eval_data_seed`
-training-data order        ``IteratorState(seed=cfg.seed)``              `llm.data.BatchIterator`
-=========================  ===========================================  =====================
+| what                       | derivation                                    | function           |
+|----------------------------|-----------------------------------------------|--------------------|
+| rollout of step t          | ``fold_in(fold_in(base, t), SAMPLING_SALT)``  | `sampling_key`     |
+| evaluation (every step)    | ``fold_in(base, EVAL_SALT)``                  | `evaluation_key`   |
+| LoRA A matrices at init    | ``fold_in(base, LORA_INIT_SALT)``             | `lora_init_key`    |
+| arithmetic eval problems   | ``seed + EVAL_DATA_SEED_OFFSET`` (a seed)     | `eval_data_seed`   |
+| training-data order        | ``IteratorState(seed=cfg.seed)`` (a seed)     | `BatchIterator`    |
 
 Inside a rollout (``llm.sampler``) row b at decoding step s draws with
 ``fold_in(fold_in(key, b), s)``; an evaluation chunk starting at sample row r gets
 ``fold_in(evaluation key, r)``. The evaluation key is the same at every step of a run and in
-every run of one seed (common random numbers), and ``EVAL_SALT = 2**32 - 1`` is a step a run
-never reaches, so it never equals a step's ``fold_in(base, t)``. A loop written by hand
-samples step t with ``sampling_key(state.key, state.step)`` (`llm.rl.state.step_key`) and
-reproduces `llm.trainer.train` bit for bit.
+every run of one seed (common random numbers). Steps fold in from 0 up, the salts of
+``base`` from the top of uint32 down (``EVAL_SALT = 2**32 - 1``, ``LORA_INIT_SALT =
+2**32 - 2``), so no two uses share a key (a salt of 7 made LoRA's first draw,
+``fold_in(fold_in(base, 7), 0)`` in `flax.nnx.Rngs`, the rollout key of step 7). A loop
+written by hand samples step t with ``sampling_key(state.key, state.step)``
+(`llm.rl.state.step_key`) and reproduces `llm.trainer.train` bit for bit.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 SAMPLING_SALT = 0  # the rollout key of step t, under fold_in(base, t)
 EVAL_SALT = 2**32 - 1  # the evaluation key, under base
-LORA_INIT_SALT = 7  # the LoRA adapters' initialisation, under base
+LORA_INIT_SALT = 2**32 - 2  # the LoRA adapters' initialisation, under base
 EVAL_DATA_SEED_OFFSET = 1_000_003  # seed of the generated (arithmetic) evaluation problems
 
 __all__ = [
