@@ -42,7 +42,7 @@ from asymre_jax import token_logprobs
 from llm.data.arithmetic import make_arithmetic_examples
 from llm.data.examples import Example
 from llm.data.prompts import PromptRenderer
-from llm.data.rewards import arithmetic_reward
+from llm.data.rewards import VerifiableReward, arithmetic_reward
 from llm.data.tokenizer import byte_level_tokenizer, load_tokenizer
 from llm.models.hf_io import load_hf, save_hf
 from llm.models.tiny import tiny_config
@@ -140,8 +140,7 @@ def sft_step(graphdef, params, opt_state, tokens_BxT, mask_BxTm1, hyper, *, tx):
 
 def arithmetic_accuracy(graphdef, params, renderer, examples, *, key, max_new_tokens: int):
     """(temperature-1 accuracy, greedy accuracy) on ``examples`` (`llm.rl.evaluation`)."""
-    reward = functools.partial(arithmetic_reward, scale="01")
-    reward.correct_reward = 1.0
+    reward = VerifiableReward(arithmetic_reward, scale="01")
     tokenizer = renderer.tokenizer
     sampling = Sampling(max_new_tokens, 1.0, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
     metrics = evaluate(graphdef, params, examples, renderer, reward, key=key, sampling=sampling)

@@ -9,6 +9,9 @@ any str completion is scored, whatever it holds (a 1 MB runaway generation, huge
 deeply nested braces, NUL bytes), in time linear in its length (math_reward: bounded by the
 pool's timeout); a non-str entry (None) scores as wrong.
 
+What counts as correct (accuracy) is the contract of `llm.data.verifiable`: the trainer's
+built-in rewards are `verifiable_reward(name, scale=...)`, a `VerifiableReward`.
+
 Answer extraction (`extract_answer`): the content of the last balanced \\boxed{...} (or
 \\fbox), else the text after the last "####", else the last number in the text.
 
@@ -24,35 +27,34 @@ Answer extraction (`extract_answer`): the content of the last balanced \\boxed{.
 from __future__ import annotations
 
 import functools
-import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from fractions import Fraction
 
 from llm.data.math_verify_pool import MathVerifyPool, default_math_pool
+from llm.data.verifiable import (
+    REWARD_SCALES,
+    RewardFn,
+    VerifiableReward,
+    correctness,
+    reward_levels,
+)
 
-RewardFn = Callable[..., list[float]]
-
-# ----------------------------------------------------------------------------- scale
-
-
-REWARD_LEVELS = {"pm1": (1.0, -1.0), "01": (1.0, 0.0)}  # scale -> (correct, wrong)
-REWARD_SCALES = tuple(REWARD_LEVELS)
-
-
-def reward_levels(
-    scale: str = "pm1", correct: float | None = None, incorrect: float | None = None
-) -> tuple[float, float]:
-    """(reward if correct, reward if wrong): scale "pm1" = (1, -1), "01" = (1, 0); explicit
-    `correct` / `incorrect` override the scale."""
-    if scale not in REWARD_LEVELS:
-        raise ValueError(f"unknown scale {scale!r}; expected 'pm1' or '01'")
-    hi, lo = REWARD_LEVELS[scale]
-    hi = hi if correct is None else float(correct)
-    lo = lo if incorrect is None else float(incorrect)
-    if not (math.isfinite(hi) and math.isfinite(lo)):
-        raise ValueError(f"correct and incorrect must be finite, got {hi}, {lo}")
-    return hi, lo
+__all__ = [
+    "REWARD_FNS",
+    "REWARD_SCALES",
+    "RewardFn",
+    "VerifiableReward",
+    "arithmetic_reward",
+    "correctness",
+    "extract_answer",
+    "get_reward_fn",
+    "gsm8k_reward",
+    "math_reward",
+    "parse_number",
+    "reward_levels",
+    "verifiable_reward",
+]
 
 
 def _check_columns(completions: Sequence[str], **columns: Sequence) -> None:
@@ -344,3 +346,11 @@ def get_reward_fn(name: str, **kwargs) -> RewardFn:
         raise ValueError(f"unknown reward {name!r}; expected one of {', '.join(REWARD_FNS)}")
     fn = REWARD_FNS[name]
     return functools.partial(fn, **kwargs) if kwargs else fn
+
+
+def verifiable_reward(name: str, **kwargs) -> VerifiableReward:
+    """The named reward (gsm8k, math, math500, arithmetic) as a `VerifiableReward` (kwargs:
+    scale, correct, incorrect, and the function's own, e.g. pool=...)."""
+    if name not in REWARD_FNS:
+        raise ValueError(f"unknown reward {name!r}; expected one of {', '.join(REWARD_FNS)}")
+    return VerifiableReward(REWARD_FNS[name], **kwargs)

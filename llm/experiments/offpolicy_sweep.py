@@ -28,142 +28,34 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-# ----------------------------------------------------------------------------- presets
+from llm.data.verifiable import correctness
+from llm.experiments import report
+from llm.experiments.presets import PRESETS, SMOKE, TINY_ARITH, Preset, RunSpec, run_specs
+from llm.experiments.splits import arithmetic_splits
+from llm.experiments.stats import mean_ci
+from llm.rl.config import TrainConfig
+from llm.rl.evaluation import problem_rewards
+from llm.rl.loop import train
+from llm.rl.state import make_setup
+from llm.sft import SFTConfig, run_sft
 
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """Everything a sweep needs; `train` holds the TrainConfig fields shared by all runs."""
-
-    name: str
-    task: dict[str, Any]  # make_arithmetic_examples knobs
-    split_sizes: dict[str, int | None]  # test, rl_train, sft_val, sft_train (None: the rest)
-    sft: dict[str, Any]  # SFTConfig fields
-    train: dict[str, Any]  # TrainConfig fields
-    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
-    fixed_learning_rate: float | None = None  # skip the selection (a sensitivity run)
-    delta_vs: tuple[float, ...] = (-0.5, -0.2, -0.1, 0.0, 0.1, 0.3)
-    refresh_every: int = 25  # N, the staleness of the behaviour policy
-    on_policy_delta_vs: tuple[float, ...] = (0.3,)  # N = 1 controls
-    grpo: bool = True
-    seeds: tuple[int, ...] = (0, 1, 2)
-    num_steps: int = 300
-    eval_every: int = 25
-    eval_samples: int = 4  # k of mean@k, at the training temperature
-    pass_k: int = 8  # step-0 pass@k
-    split_pool: int = 60_000  # generated problems the splits are drawn from
-    split_seed: int = 0
-    eval_seed: int = 1234  # the one evaluation key of the sweep
-    smooth: int = 10  # moving-average window of the collapse rule
-    quick_steps: int = 40
-
-    def quick(self) -> Preset:
-        """One seed, fewer steps, the same protocol."""
-        return dataclasses.replace(
-            self, name=f"{self.name}-quick", seeds=self.seeds[:1], num_steps=self.quick_steps
-        )
-
-
-TINY_ARITH = Preset(
-    name="tiny-arith",
-    task=dict(num_operands=2, digits=(1, 2), operators="+"),
-    split_sizes=dict(test=500, rl_train=2000, sft_val=256, sft_train=None),
-    sft=dict(target_accuracy=0.3, max_steps=1500, eval_every=50, batch_size=64),
-    train=dict(
-        task="arithmetic",
-        chat=True,
-        instruction="",
-        reward_scale="pm1",
-        prompts_per_step=8,
-        samples_per_prompt=8,
-        max_new_tokens=5,
-        temperature=1.0,
-        warmup_steps=10,
-        max_grad_norm=1.0,
-        tensorboard=False,
-        progress=False,
-    ),
-)
-
-# A few-second variant for the test suite.
-SMOKE = dataclasses.replace(
-    TINY_ARITH,
-    name="smoke",
-    split_sizes=dict(test=16, rl_train=32, sft_val=8, sft_train=None),
-    split_pool=400,
-    sft=dict(
-        model=dict(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            intermediate_size=64,
-        ),
-        target_accuracy=1.0,
-        max_steps=4,
-        eval_every=2,
-        batch_size=16,
-    ),
-    train={**TINY_ARITH.train, "prompts_per_step": 2, "samples_per_prompt": 4, "warmup_steps": 1},
-    learning_rates=(1e-3, 3e-3),
-    delta_vs=(-0.1, 0.1),
-    refresh_every=2,
-    seeds=(0, 1),
-    num_steps=4,
-    eval_every=2,
-    eval_samples=2,
-    pass_k=4,
-    smooth=2,
-    quick_steps=2,
-)
-
-PRESETS = {p.name: p for p in (TINY_ARITH, SMOKE)}
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One configuration of the sweep (all its seeds share the name)."""
-
-    name: str
-    label: str
-    loss: str
-    delta_v: float
-    refresh_every: int
-
-
-def run_specs(preset: Preset) -> list[RunSpec]:
-    """Stale AsymRE per delta_v, the on-policy controls, GRPO in the stale regime."""
-    n = preset.refresh_every
-    specs = [
-        RunSpec(f"asymre_dv{dv:+.2f}_N{n}", f"AsymRE δV={dv:+.1f}", "asymre", dv, n)
-        for dv in preset.delta_vs
-    ]
-    specs += [
-        RunSpec(f"asymre_dv{dv:+.2f}_N1", f"AsymRE δV={dv:+.1f}, on-policy", "asymre", dv, 1)
-        for dv in preset.on_policy_delta_vs
-    ]
-    if preset.grpo:
-        specs.append(RunSpec(f"grpo_N{n}", "GRPO", "grpo", 0.0, n))
-    return specs
-
+__all__ = ["PRESETS", "SMOKE", "TINY_ARITH", "Preset", "RunSpec", "main", "run_specs", "run_sweep"]
 
 # ----------------------------------------------------------------------------- pieces
 
 
 def make_splits(preset: Preset) -> dict[str, list]:
-    from llm.experiments.splits import arithmetic_splits
-
     return arithmetic_splits(
         preset.split_sizes, seed=preset.split_seed, pool=preset.split_pool, **preset.task
     )
@@ -171,8 +63,6 @@ def make_splits(preset: Preset) -> dict[str, list]:
 
 def warm_start(preset: Preset, splits, out: pathlib.Path, *, progress: bool) -> pathlib.Path:
     """The SFT warm start in `out/warm_start` (reused when its config matches)."""
-    from llm.sft import SFTConfig, run_sft
-
     path = out / "warm_start"
     cfg = SFTConfig(
         out_dir=str(path),
@@ -193,9 +83,7 @@ def warm_start(preset: Preset, splits, out: pathlib.Path, *, progress: bool) -> 
 
 def scorer(preset: Preset, setup, examples, *, samples: int):
     """``params -> (greedy hits [N], sampled hits [N, samples])`` with the sweep's one key."""
-    from llm.rl.evaluation import correct_reward, problem_rewards
-
-    correct = correct_reward(setup.reward_fn)
+    is_correct = correctness(setup.reward_fn)
     key = jax.random.key(preset.eval_seed)
 
     def score(params):
@@ -210,14 +98,14 @@ def scorer(preset: Preset, setup, examples, *, samples: int):
             num_samples=samples,
             chunk=512,
         )
-        return greedy_N == correct, sampled_NxK == correct
+        return is_correct(greedy_N), is_correct(sampled_NxK)
 
     return score
 
 
-def train_config(preset: Preset, model_path, spec: RunSpec, seed: int, lr: float, out_dir):
-    from llm.rl.config import TrainConfig
-
+def train_config(
+    preset: Preset, model_path, spec: RunSpec, seed: int, lr: float, out_dir, progress=False
+) -> TrainConfig:
     return TrainConfig(
         model_path=str(model_path),
         loss=spec.loss,
@@ -230,45 +118,27 @@ def train_config(preset: Preset, model_path, spec: RunSpec, seed: int, lr: float
         eval_prompts=0,
         mesh_subset=True,
         mesh="fsdp=1",
-        **preset.train,
+        **(preset.train | {"progress": progress}),
     )
 
 
-def run_one(preset: Preset, cfg, rl_train, test, *, progress: bool) -> dict[str, Any]:
-    """One run with the sweep's protocol: {"rows": per-step metrics, "evals": {step: hits}}."""
-    from tqdm.auto import tqdm
+def run_one(preset: Preset, cfg: TrainConfig, rl_train, test, start) -> dict[str, Any]:
+    """`train` with the sweep's evaluation hook: {"rows": per-step metrics, "evals": {step:
+    (greedy hits [N], sampled hits [N, k])}} on ``test``, from the step-0 hits ``start``."""
+    evals, scorers = {0: start}, []
 
-    from llm.data.datasets import BatchIterator
-    from llm.rl.loop import learning_rate_fn
-    from llm.rl.metrics import MetricsWriter
-    from llm.rl.state import init_run
-    from llm.rl.step import rl_step
+    def eval_fn(setup, state) -> dict[str, float] | None:
+        if state.step % preset.eval_every and state.step != cfg.num_steps:
+            return None
+        if not scorers:  # one scorer (its prompts rendered once) for the run
+            scorers.append(scorer(preset, setup, test, samples=preset.eval_samples))
+        greedy, sampled = evals[state.step] = scorers[0](state.params)
+        return {
+            "eval_greedy_accuracy": float(greedy.mean()),
+            f"eval_mean@{preset.eval_samples}": float(sampled.mean()),
+        }
 
-    setup, state = init_run(cfg)
-    score = scorer(preset, setup, test, samples=preset.eval_samples)
-    iterator = BatchIterator(rl_train, cfg.prompts_per_step, seed=cfg.seed)
-    lr_fn, rows, evals = learning_rate_fn(cfg), [], {0: score(state.params)}
-    writer = MetricsWriter(cfg.out_dir, tensorboard=False)
-    bar = tqdm(
-        total=cfg.num_steps,
-        desc=pathlib.Path(cfg.out_dir).parent.name,
-        leave=False,
-        disable=not progress,
-    )
-    for _ in range(cfg.num_steps):
-        state, row = rl_step(setup, state, next(iterator), learning_rate=lr_fn(state.step))
-        if state.step % preset.eval_every == 0 or state.step == cfg.num_steps:
-            greedy, sampled = evals[state.step] = score(state.params)
-            row |= {
-                "eval_greedy_accuracy": float(greedy.mean()),
-                f"eval_mean@{preset.eval_samples}": float(sampled.mean()),
-            }
-        writer.write(row)
-        rows.append(row)
-        bar.update(1)
-    bar.close()
-    writer.close()
-    return {"rows": rows, "evals": evals}
+    return {"rows": train(cfg, dataset=rl_train, eval_fn=eval_fn), "evals": evals}
 
 
 def save_evals(path: pathlib.Path, evals: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -291,7 +161,21 @@ def load_evals(path: pathlib.Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
 # ----------------------------------------------------------------------------- the sweep
 
 
-def choose_learning_rate(preset, model_path, splits, out, *, progress) -> dict[str, Any]:
+def start_scorer(preset: Preset, model_path, splits) -> Callable[[str, int], tuple]:
+    """``(split name, k) -> (greedy hits [N], sampled hits [N, k])`` of the warm start, each
+    computed once: every run starts from it and is scored with the sweep's one key."""
+    spec = RunSpec("step0", "", "asymre", -0.1, 1)
+    cfg = train_config(preset, model_path, spec, preset.seeds[0], 0.0, "/tmp/unused")
+    setup, params = make_setup(cfg)
+
+    @functools.cache
+    def hits(split: str, samples: int) -> tuple[np.ndarray, np.ndarray]:
+        return scorer(preset, setup, splits[split], samples=samples)(params)
+
+    return hits
+
+
+def choose_learning_rate(preset, model_path, splits, start, out, *, progress) -> dict[str, Any]:
     """Greedy SFT-validation accuracy after a delta_v = -0.1 stale run, per candidate rate."""
     if preset.fixed_learning_rate is not None:
         lr = preset.fixed_learning_rate
@@ -301,11 +185,10 @@ def choose_learning_rate(preset, model_path, splits, out, *, progress) -> dict[s
     for lr in preset.learning_rates:
         run_dir = out / "lr_sweep" / f"{lr:g}"
         if not (run_dir / "evals.npz").is_file():
-            cfg = train_config(preset, model_path, spec, preset.seeds[0], lr, run_dir)
+            cfg = train_config(preset, model_path, spec, preset.seeds[0], lr, run_dir, progress)
             only_last = dataclasses.replace(preset, eval_every=preset.num_steps)
-            result = run_one(
-                only_last, cfg, splits["rl_train"], splits["sft_val"], progress=progress
-            )
+            val, begin = splits["sft_val"], start("sft_val", preset.eval_samples)
+            result = run_one(only_last, cfg, splits["rl_train"], val, begin)
             save_evals(run_dir / "evals.npz", result["evals"])
         evals = load_evals(run_dir / "evals.npz")
         scores[lr] = float(evals[max(evals)][0].mean())
@@ -318,46 +201,40 @@ def choose_learning_rate(preset, model_path, splits, out, *, progress) -> dict[s
     }
 
 
-def step0_report(preset, model_path, test) -> dict[str, Any]:
+def step0_report(preset: Preset, start, num_problems: int) -> dict[str, Any]:
     """pass@1 / pass@k / greedy / mean@k of the warm start on the test split."""
-    from llm.experiments.stats import mean_ci
-
-    spec = RunSpec("step0", "", "asymre", -0.1, 1)
-    cfg = train_config(preset, model_path, spec, preset.seeds[0], 0.0, "/tmp/unused")
-    from llm.rl.state import make_setup
-
-    setup, params = make_setup(cfg)
-    greedy, sampled = scorer(preset, setup, test, samples=preset.pass_k)(params)
+    greedy, sampled = start("test", preset.pass_k)
     return {
         "greedy_accuracy": mean_ci(greedy),
         "pass@1": mean_ci(sampled.mean(axis=1)),
         f"pass@{preset.pass_k}": mean_ci(sampled.any(axis=1)),
-        "num_problems": len(test),
+        "num_problems": num_problems,
     }
 
 
 def run_sweep(preset: Preset, out: str | pathlib.Path, *, progress: bool = True) -> dict:
     """Splits, warm start, step-0 report, learning-rate choice, every run, the report.
     Finished runs (their evals.npz present) are reused. Returns the summary dict."""
-    from llm.experiments import report
-
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     splits = make_splits(preset)
     report.write_splits(out / "splits.json", splits)
     model_path = warm_start(preset, splits, out, progress=progress)
-    step0 = step0_report(preset, model_path, splits["test"])
-    lr_choice = choose_learning_rate(preset, model_path, splits, out, progress=progress)
+    start = start_scorer(preset, model_path, splits)
+    step0 = step0_report(preset, start, len(splits["test"]))
+    lr_choice = choose_learning_rate(preset, model_path, splits, start, out, progress=progress)
     results, timings, trained = {}, {}, []
     specs = run_specs(preset)
     for spec in specs:
         for seed in preset.seeds:
             name, run_dir = f"{spec.name}/seed{seed}", out / "runs" / spec.name / f"seed{seed}"
             if not (run_dir / "evals.npz").is_file():
-                cfg = train_config(preset, model_path, spec, seed, lr_choice["chosen"], run_dir)
+                lr = lr_choice["chosen"]
+                cfg = train_config(preset, model_path, spec, seed, lr, run_dir, progress)
                 t = time.perf_counter()
-                result = run_one(preset, cfg, splits["rl_train"], splits["test"], progress=progress)
+                begin = start("test", preset.eval_samples)
+                result = run_one(preset, cfg, splits["rl_train"], splits["test"], begin)
                 (run_dir / "seconds.json").write_text(json.dumps(time.perf_counter() - t))
                 save_evals(run_dir / "evals.npz", result["evals"])
                 trained.append(name)

@@ -6,9 +6,12 @@ temperature, with :math:`c_{nj} \in \{0, 1\}` whether sample j of problem n is c
 .. math::  \mathrm{mean@}k = \frac{1}{Nk}\sum_{n,j} c_{nj}, \qquad
            \mathrm{pass@}k = \frac{1}{N}\sum_n \max_j c_{nj}.
 
-"Correct" is the reward's to say: a reward function with a ``correct_reward`` attribute (the
-built-in ones: +1 on the pm1 scale, 1 on the 01 scale) counts samples scoring exactly that;
-without it no accuracy is reported, only mean rewards. The samples depend only on the params,
+"Correct" is the reward's to say (`llm.data.verifiable`): a reward function with an
+``is_correct(rewards) -> bool array`` method (the built-in ones, `VerifiableReward`: a
+reward nearer the correct level than the wrong one) gets accuracies; without it no accuracy
+is reported, only mean rewards. mean@k is also the unbiased estimate of pass@1 from k
+samples; it is reported once, as ``eval_accuracy`` (a key that does not change with k).
+The samples depend only on the params,
 the key and ``chunk``: pass one fixed key at every step and in every run (common random
 numbers) to compare checkpoints without fresh sampling noise between them.
 """
@@ -21,13 +24,8 @@ import jax
 import numpy as np
 
 from llm.data.prompts import PromptRenderer
+from llm.data.verifiable import correctness
 from llm.rl.rollout import Sampling, sample, score_completions
-
-
-def correct_reward(reward_fn: Callable) -> float | None:
-    """The reward value that counts as a correct answer, or None when the reward has none."""
-    value = getattr(reward_fn, "correct_reward", None)
-    return None if value is None else float(value)
 
 
 def sample_rewards(
@@ -88,6 +86,31 @@ def problem_rewards(
     return greedy_N, sampled_NxK
 
 
+def accuracy_metrics(greedy_hits_N: np.ndarray, sampled_hits_NxK: np.ndarray) -> dict[str, float]:
+    """Accuracies from per-problem correctness: greedy [N] and k samples [N, k] (bool).
+
+    ``eval_greedy_accuracy``; ``eval_accuracy`` = mean@k, the fraction of correct samples
+    (also the unbiased pass@1 estimate; one key, whatever k, so it is not repeated as
+    ``eval_mean@k``); for k > 1 ``eval_pass@k``, the fraction of problems with at least one
+    correct sample.
+    """
+    greedy_hits_N = np.asarray(greedy_hits_N, bool)
+    sampled_hits_NxK = np.asarray(sampled_hits_NxK, bool)
+    if sampled_hits_NxK.ndim != 2 or greedy_hits_N.shape != sampled_hits_NxK.shape[:1]:
+        raise ValueError(
+            f"need greedy hits [N] and sampled hits [N, k], got {greedy_hits_N.shape} "
+            f"and {sampled_hits_NxK.shape}"
+        )
+    k = sampled_hits_NxK.shape[1]
+    metrics = {
+        "eval_greedy_accuracy": float(greedy_hits_N.mean()),
+        "eval_accuracy": float(sampled_hits_NxK.mean()),
+    }
+    if k > 1:
+        metrics[f"eval_pass@{k}"] = float(sampled_hits_NxK.any(axis=1).mean())
+    return metrics
+
+
 def evaluate(
     graphdef,
     params,
@@ -103,8 +126,8 @@ def evaluate(
     """Greedy and sampled (``num_samples`` = k per problem) scores of ``params`` on ``examples``.
 
     Returns ``eval_greedy_reward``, ``eval_reward`` (mean over the k samples) and, when the
-    reward defines correctness, ``eval_greedy_accuracy``, ``eval_accuracy`` (mean@k) and,
-    for k > 1, ``eval_pass@k`` and ``eval_mean@k``.
+    reward says what is correct, the `accuracy_metrics`: ``eval_greedy_accuracy``,
+    ``eval_accuracy`` (mean@k) and, for k > 1, ``eval_pass@k``.
     """
     greedy_N, sampled_NxK = problem_rewards(
         graphdef,
@@ -121,12 +144,7 @@ def evaluate(
         "eval_greedy_reward": float(greedy_N.mean()),
         "eval_reward": float(sampled_NxK.mean()),
     }
-    correct = correct_reward(reward_fn)
-    if correct is not None:
-        hits_NxK = sampled_NxK == correct
-        metrics["eval_greedy_accuracy"] = float(np.mean(greedy_N == correct))
-        metrics["eval_accuracy"] = float(hits_NxK.mean())
-        if num_samples > 1:
-            metrics[f"eval_pass@{num_samples}"] = float(hits_NxK.any(axis=1).mean())
-            metrics[f"eval_mean@{num_samples}"] = float(hits_NxK.mean())
+    is_correct = correctness(reward_fn)
+    if is_correct is not None:
+        metrics |= accuracy_metrics(is_correct(greedy_N), is_correct(sampled_NxK))
     return metrics

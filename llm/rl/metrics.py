@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,10 +27,11 @@ def sample_stats(
     advantages_PxG: np.ndarray,
     lengths_B: np.ndarray,
     finished_B: np.ndarray,
-    correct_reward: float | None,
+    is_correct: Callable[[np.ndarray], np.ndarray] | None,
 ) -> dict[str, float]:
     """Statistics of one step's samples (B = P * G rows, prompt-major); ``accuracy`` only
-    when the reward defines a correct level."""
+    when the reward says what is correct (``is_correct``: rewards -> bool array,
+    `llm.data.verifiable.correctness`)."""
     rewards_PxG = np.asarray(rewards_PxG, np.float64)
     if rewards_PxG.ndim != 2:
         raise ValueError(f"rewards must have shape [P, G], got {rewards_PxG.shape}")
@@ -44,8 +45,8 @@ def sample_stats(
         "completion_len": float(lengths_B.mean()),
         "truncated_frac": float(np.mean(~np.asarray(finished_B, bool))),
     }
-    if correct_reward is not None:
-        stats["accuracy"] = float(np.mean(rewards_PxG == correct_reward))
+    if is_correct is not None:
+        stats["accuracy"] = float(np.mean(is_correct(rewards_PxG)))
     return stats
 
 

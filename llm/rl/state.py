@@ -23,12 +23,10 @@ state holds adapter-shaped moments only.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 from flax import nnx
 
 from llm.data import rewards as rewards_lib
@@ -38,6 +36,7 @@ from llm.data.tokenizer import load_tokenizer
 from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import make_mesh, param_shardings
+from llm.rl import keys
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
@@ -55,7 +54,7 @@ class RunState(NamedTuple):
     reference: Any  # frozen initial params when the loss needs a reference, else None
     step: int  # updates done
     data: IteratorState  # where the training-data iterator stands
-    key: jax.Array  # base key: step t samples with fold_in(key, t)
+    key: jax.Array  # base key of cfg.seed; every other key derives from it (llm.rl.keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +76,9 @@ class Setup:
     split: ParamSplit = ParamSplit()  # which leaves train (LoRA: the adapters only)
 
 
-def builtin_reward(cfg: TrainConfig) -> Callable:
-    """The task's reward function with ``correct_reward`` set (what counts as correct)."""
-    fn = functools.partial(rewards_lib.get_reward_fn(cfg.reward_name, scale=cfg.reward_scale))
-    fn.correct_reward = rewards_lib.reward_levels(cfg.reward_scale)[0]
-    return fn
+def builtin_reward(cfg: TrainConfig) -> rewards_lib.VerifiableReward:
+    """The task's reward on the config's scale; it says what is correct (``is_correct``)."""
+    return rewards_lib.verifiable_reward(cfg.reward_name, scale=cfg.reward_scale)
 
 
 def lora_spec(cfg: TrainConfig) -> LoRASpec | None:
@@ -94,15 +91,33 @@ def lora_spec(cfg: TrainConfig) -> LoRASpec | None:
 
 
 def _with_lora(cfg: TrainConfig, model: nnx.Module) -> nnx.Module:
-    """``model`` with the config's adapters attached (A drawn from ``cfg.seed``; B = 0)."""
+    """``model`` with the config's adapters attached (A from `keys.lora_init_key`; B = 0)."""
     spec = lora_spec(cfg)
     if spec is not None:
         if has_lora(model):
             raise ValueError(
                 "model already has LoRA adapters; pass it with lora_rank=0 to train them"
             )
-        add_lora(model, spec, rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 7)))
+        add_lora(model, spec, rngs=nnx.Rngs(params=keys.lora_init_key(cfg.seed)))
     return model
+
+
+def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, loss_fn):
+    """The compiled step functions of the config's shapes (cached across runs)."""
+    rows = cfg.batch_size // cfg.micro_batches
+    trainable_sh, frozen_sh = split.split(shardings)
+    return step_functions(
+        graphdef,
+        abstract_like(split.trainable(params), trainable_sh),
+        mesh,
+        trainable_sh,
+        loss_fn,
+        OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
+        batch_spec(mesh, rows),
+        cfg.logits_chunk_size,
+        frozen_sh,
+        batch_spec(mesh, prompts_per_micro_batch(rows, cfg.samples_per_prompt)[0]),
+    )
 
 
 def make_setup(
@@ -133,20 +148,7 @@ def make_setup(
     shardings = nnx.to_pure_dict(param_shardings(model, mesh))
     params = jax.device_put(nnx.to_pure_dict(state), shardings)
     loss_fn = loss_fn if loss_fn is not None else loss_from_config(cfg)
-    rows = cfg.batch_size // cfg.micro_batches
-    trainable_sh, frozen_sh = split.split(shardings)
-    fns = step_functions(
-        graphdef,
-        abstract_like(split.trainable(params), trainable_sh),
-        mesh,
-        trainable_sh,
-        loss_fn,
-        OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
-        batch_spec(mesh, rows),
-        cfg.logits_chunk_size,
-        frozen_sh,
-        batch_spec(mesh, prompts_per_micro_batch(rows, cfg.samples_per_prompt)[0]),
-    )
+    fns = _step_functions(cfg, graphdef, params, mesh, shardings, split, loss_fn)
     chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
     renderer = PromptRenderer(
         tokenizer, chat=chat, system_prompt=cfg.system_prompt, instruction=cfg.instruction
@@ -185,7 +187,7 @@ def init_state(setup: Setup, params, *, data: IteratorState | None = None) -> Ru
         reference=reference,
         step=0,
         data=data if data is not None else IteratorState(seed=setup.cfg.seed),
-        key=jax.random.key(setup.cfg.seed),
+        key=keys.base_key(setup.cfg.seed),
     )
 
 
@@ -204,11 +206,11 @@ def refresh_behaviour(setup: Setup, state: RunState) -> RunState:
 
 
 def step_key(state: RunState) -> jax.Array:
-    """The sampling key of the state's step (``fold_in(key, step)``)."""
-    return jax.random.fold_in(state.key, state.step)
+    """The key ``train()`` samples the state's step with (`llm.rl.keys.sampling_key`)."""
+    return keys.sampling_key(state.key, state.step)
 
 
 def eval_key(state: RunState) -> jax.Array:
-    """The evaluation key: the same at every step of a run and across runs of one seed
-    (common random numbers)."""
-    return jax.random.fold_in(state.key, np.uint32(2**32 - 1))
+    """The evaluation key (`llm.rl.keys.evaluation_key`): the same at every step of a run and
+    across runs of one seed (common random numbers)."""
+    return keys.evaluation_key(state.key)

@@ -12,21 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 
-from llm.rl.evaluation import correct_reward
+from llm.data.verifiable import correctness
 from llm.rl.metrics import sample_stats
 from llm.rl.rollout import Rollout, batch_to_global, build_batch, rollout, to_host
-from llm.rl.state import RunState, Setup, refresh_behaviour
+from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
 from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
-
-
-@jax.jit
-def _rollout_key(key, step):
-    """``fold_in(step_key(state), 0)`` in one dispatch (the same key, less host time)."""
-    return jax.random.fold_in(jax.random.fold_in(key, step), 0)
 
 
 def update(
@@ -72,8 +65,9 @@ def update(
 def rl_step(
     setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
 ) -> tuple[RunState, dict]:
-    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G, update; returns the
-    new state and the step's metrics row (sample statistics + update metrics + timing)."""
+    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G with
+    ``step_key(state)``, update; returns the new state and the step's metrics row (sample
+    statistics + update metrics + timing)."""
     cfg = setup.cfg
     t0 = time.perf_counter()
     if state.step % cfg.refresh_every == 0:
@@ -86,7 +80,7 @@ def rl_step(
         setup.reward_fn,
         num_samples=cfg.samples_per_prompt,
         sampling=setup.sampling,
-        key=_rollout_key(state.key, state.step),
+        key=step_key(state),
     )
     step = state.step
     state, metrics = update(setup, state, ro, learning_rate=learning_rate)
@@ -94,7 +88,7 @@ def rl_step(
     dt = time.perf_counter() - t0
     row = {"step": step}
     row |= sample_stats(
-        ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, correct_reward(setup.reward_fn)
+        ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, correctness(setup.reward_fn)
     )
     row |= metrics
     row |= {

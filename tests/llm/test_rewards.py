@@ -15,7 +15,9 @@ from llm.data.datasets import load_gsm8k, load_math500, make_arithmetic_examples
 from llm.data.rewards import (
     MAX_DIGITS,
     MathVerifyPool,
+    VerifiableReward,
     arithmetic_reward,
+    correctness,
     default_math_pool,
     extract_answer,
     get_reward_fn,
@@ -24,6 +26,7 @@ from llm.data.rewards import (
     math_reward,
     parse_number,
     reward_levels,
+    verifiable_reward,
 )
 
 TIMEOUT = 2.0
@@ -525,3 +528,39 @@ def test_registry():
     assert fn(None, ["\\boxed{1}", "\\boxed{2}"], ["1", "1"]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="unknown reward"):
         get_reward_fn("nope")
+
+
+# ----------------------------------------------------------------------------- correctness
+
+
+def test_verifiable_reward_scores_like_the_function_and_says_what_is_correct():
+    completions, answers = ["\\boxed{1}", "\\boxed{2}", "no"], ["1", "1", "1"]
+    for scale, levels in (("pm1", [1.0, -1.0, -1.0]), ("01", [1.0, 0.0, 0.0])):
+        fn = verifiable_reward("gsm8k", scale=scale)
+        assert fn(None, completions, answer=answers) == levels
+        assert gsm8k_reward(None, completions, answers, scale=scale) == levels
+        assert correctness(fn)(levels).tolist() == [True, False, False]
+    # nearest level, not float equality: a reward a rounding error off its level still counts
+    fn = VerifiableReward(arithmetic_reward, correct=0.1, incorrect=-0.2)
+    assert fn.is_correct([0.1 + 1e-12, 0.30000000000000004 - 0.2, -0.2]).tolist() == [
+        True,
+        True,
+        False,
+    ]
+    with pytest.raises(ValueError, match="differ"):
+        VerifiableReward(arithmetic_reward, correct=1.0, incorrect=1.0)
+
+
+def test_plain_reward_functions_define_no_correctness():
+    assert correctness(gsm8k_reward) is None
+    assert correctness(functools.partial(gsm8k_reward, scale="01")) is None
+
+    class Bad:
+        def __call__(self, prompts, completions, **columns):
+            return [1.0] * len(completions)
+
+        def is_correct(self, rewards):
+            return rewards  # floats, not a bool array
+
+    with pytest.raises(ValueError, match="bool array"):
+        correctness(Bad())([1.0, 0.0])

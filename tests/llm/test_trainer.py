@@ -9,12 +9,22 @@ import numpy as np
 import pytest
 
 import asymre_jax
-from llm.data.datasets import Example
+from llm.data.datasets import BatchIterator, Example, make_arithmetic_examples
+from llm.data.verifiable import correctness
 from llm.models.tiny import make_tiny_checkpoint
-from llm.rl import train_step
-from llm.rl.loop import learning_rate_fn
+from llm.rl import (
+    eval_key,
+    evaluate,
+    init_run,
+    refresh_behaviour,
+    rollout,
+    step_key,
+    train_step,
+    update,
+)
 from llm.rl.losses import AsymRE
-from llm.rl.metrics import read_metrics
+from llm.rl.metrics import read_metrics, sample_stats
+from llm.rl.schedule import learning_rate_fn
 from llm.trainer import TrainConfig, train
 
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
@@ -207,14 +217,6 @@ def test_dataset_and_eval_dataset_replace_the_task(model_path, tmp_path):
         train(_cfg(model_path, tmp_path), dataset=["not an example"])
 
 
-def test_warmup_never_uses_learning_rate_zero():
-    cfg = TrainConfig(model_path="x", learning_rate=1e-3, warmup_steps=4, num_steps=10)
-    rates = [learning_rate_fn(cfg)(t) for t in range(6)]
-    np.testing.assert_allclose(rates, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rtol=1e-6)
-    cosine = learning_rate_fn(cfg.replace(lr_schedule="cosine"))
-    assert cosine(0) > 0 and cosine(3) == pytest.approx(1e-3)
-
-
 def test_grpo_ratio_is_against_the_sampling_distribution(model_path, tmp_path):
     """At temperature 0.5 the behaviour log-probs are those of the tempered sampler, so even
     on-policy (step 0) pi (temperature 1) / mu differs from 1; at temperature 1 it is 1."""
@@ -267,3 +269,110 @@ def test_no_compilation_after_the_first_step(model_path, tmp_path, caplog):
         logger.setLevel(old_level)
     assert compiled_at.get(-1, 0) >= 1  # the counter sees a compilation
     assert set(compiled_at) <= {-1, 0}, compiled_at
+
+
+def test_callback_extends_the_row_and_stops_the_run_with_checkpoint_and_export(
+    model_path, tmp_path
+):
+    seen_evals = []
+
+    def every_other(setup, state):
+        seen_evals.append(state.step)
+        return {"my_eval": float(state.step)} if state.step % 2 == 0 else None
+
+    def stop_after_two(step, params, behaviour, row):
+        row["from_callback"] = step  # the row is written after the callback
+        return step == 1
+
+    cfg = _cfg(model_path, tmp_path, num_steps=5, checkpoint_every=3, export_hf=True)
+    history = train(cfg, reward_fn=letter_reward, eval_fn=every_other, callback=stop_after_two)
+    assert [r["step"] for r in history] == [0, 1] and seen_evals == [1, 2]
+    assert "my_eval" not in history[0] and history[1]["my_eval"] == 2.0
+    on_disk = read_metrics(tmp_path / "run")
+    assert [r["from_callback"] for r in on_disk] == [0, 1] and on_disk[1]["my_eval"] == 2.0
+    from llm.rl.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    assert ckpt.all_steps() == [2]  # the stopping step, though not on the schedule
+    ckpt.close()
+    assert (tmp_path / "run" / "hf" / "config.json").is_file()
+
+
+def test_hooks_are_checked(model_path, tmp_path):
+    clash = lambda setup, state: {"loss": 0.0}
+    with pytest.raises(ValueError, match=r"already has: \['loss'\]"):
+        train(_cfg(model_path, tmp_path, num_steps=1), reward_fn=letter_reward, eval_fn=clash)
+    chatty = lambda step, params, behaviour, row: row
+    with pytest.raises(TypeError, match="callback must return None, True or False"):
+        train(_cfg(model_path, tmp_path, num_steps=1), reward_fn=letter_reward, callback=chatty)
+
+
+TIMINGS = {"step_time", "tokens_per_s"}
+
+
+def _hand_written_loop(cfg, train_set, held_out):
+    """train()'s loop from the public pieces of llm.rl (what the README shows)."""
+    setup, state = init_run(cfg)
+    batches = BatchIterator(train_set, cfg.prompts_per_step, seed=cfg.seed)
+    lr = learning_rate_fn(cfg)
+    eval_sampling = setup.sampling._replace(temperature=cfg.eval_temperature)
+    rows = []
+    for t in range(cfg.num_steps):
+        if t % cfg.refresh_every == 0:
+            state = refresh_behaviour(setup, state)
+        ro = rollout(
+            setup.graphdef,
+            state.behaviour,
+            next(batches),
+            setup.renderer,
+            setup.reward_fn,
+            num_samples=cfg.samples_per_prompt,
+            sampling=setup.sampling,
+            key=step_key(state),
+        )
+        state, metrics = update(setup, state, ro, learning_rate=lr(t))
+        advantages = metrics.pop("advantages")
+        is_correct = correctness(setup.reward_fn)
+        row = {"step": t, "lr": lr(t), "behaviour_age": t % cfg.refresh_every}
+        row |= sample_stats(ro.rewards_PxG, advantages, ro.lengths_B, ro.finished_B, is_correct)
+        row |= metrics | {"skipped": int(not metrics["finite"])}
+        if state.step % cfg.eval_every == 0 or state.step == cfg.num_steps:
+            row |= evaluate(
+                setup.graphdef,
+                state.params,
+                held_out,
+                setup.renderer,
+                setup.reward_fn,
+                key=eval_key(state),
+                sampling=eval_sampling,
+                num_samples=cfg.eval_pass_k,
+                chunk=64,
+            )
+        rows.append(row)
+    return rows, state
+
+
+def test_a_hand_written_loop_reproduces_train_bit_for_bit(model_path, tmp_path):
+    cfg = _cfg(
+        model_path,
+        tmp_path,
+        num_steps=4,
+        refresh_every=2,
+        warmup_steps=2,
+        lr_schedule="cosine",
+        min_lr_ratio=0.1,
+        eval_prompts=3,
+        eval_every=2,
+        eval_pass_k=2,
+        eval_temperature=1.0,
+    )
+    train_set = make_arithmetic_examples(64, seed=3)
+    held_out = make_arithmetic_examples(3, seed=4)
+    history, state = train(cfg, dataset=train_set, eval_dataset=held_out, return_state=True)
+    rows, own_state = _hand_written_loop(cfg, train_set, held_out)
+    assert "accuracy" in rows[0] and "eval_pass@2" in rows[1] and "eval_pass@2" not in rows[0]
+    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in history] == rows
+    assert own_state.step == state.step == 4
+    leaves = [jax.tree.leaves(s.params) + jax.tree.leaves(s.opt_state) for s in (state, own_state)]
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

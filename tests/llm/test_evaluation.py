@@ -1,0 +1,67 @@
+"""Held-out evaluation's numbers (`llm.rl.evaluation`) and the step statistics' accuracy
+(`llm.rl.metrics.sample_stats`) on hand-made rewards with known correctness."""
+
+import numpy as np
+import pytest
+
+from llm.data.rewards import VerifiableReward, arithmetic_reward
+from llm.rl import evaluation
+from llm.rl.metrics import sample_stats
+
+# 2 problems x 4 samples on the +1/-1 scale: problem 0 right twice, problem 1 never
+SAMPLED_NxK = np.array([[1.0, -1.0, -1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
+GREEDY_N = np.array([-1.0, -1.0])
+
+
+def _evaluate(monkeypatch, reward_fn, greedy_N=GREEDY_N, sampled_NxK=SAMPLED_NxK):
+    """`evaluate` with the sampling replaced by the hand-made rewards."""
+    monkeypatch.setattr(evaluation, "problem_rewards", lambda *a, **k: (greedy_N, sampled_NxK))
+    k = sampled_NxK.shape[1]
+    return evaluation.evaluate(
+        None, None, [None] * len(greedy_N), None, reward_fn, key=None, sampling=None,
+        num_samples=k,
+    )  # fmt: skip
+
+
+def test_pass_at_k_and_mean_at_k_values(monkeypatch):
+    metrics = _evaluate(monkeypatch, VerifiableReward(arithmetic_reward))
+    assert metrics == {
+        "eval_greedy_reward": -1.0,
+        "eval_reward": -0.5,  # (2 - 6) / 8
+        "eval_greedy_accuracy": 0.0,
+        "eval_accuracy": 0.25,  # mean@4 = pass@1: 2 of 8 samples
+        "eval_pass@4": 0.5,  # problem 0 has a correct sample, problem 1 none
+    }
+    # every problem solved by some sample, greedy right on one
+    sampled = np.array([[1.0, -1.0, -1.0, -1.0], [-1.0, 1.0, 1.0, 1.0]])
+    metrics = _evaluate(
+        monkeypatch, VerifiableReward(arithmetic_reward), np.array([1.0, -1.0]), sampled
+    )
+    assert metrics["eval_accuracy"] == 0.5 and metrics["eval_pass@4"] == 1.0
+    assert metrics["eval_greedy_accuracy"] == 0.5
+
+
+def test_one_sample_reports_no_pass_at_k(monkeypatch):
+    metrics = _evaluate(
+        monkeypatch, VerifiableReward(arithmetic_reward), GREEDY_N, SAMPLED_NxK[:, :1]
+    )
+    assert metrics["eval_accuracy"] == 0.5
+    assert not any(key.startswith("eval_pass@") for key in metrics)
+
+
+def test_a_plain_reward_gets_rewards_but_no_accuracy(monkeypatch):
+    metrics = _evaluate(monkeypatch, lambda prompts, completions, **columns: [0.0])
+    assert metrics == {"eval_greedy_reward": -1.0, "eval_reward": -0.5}
+
+
+def test_accuracy_metrics_checks_shapes():
+    with pytest.raises(ValueError, match=r"\[N, k\]"):
+        evaluation.accuracy_metrics(np.ones(3, bool), np.ones((2, 4), bool))
+
+
+def test_step_accuracy_counts_the_correct_samples():
+    rewards_PxG = np.array([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    args = (rewards_PxG, np.zeros_like(rewards_PxG), np.ones(8), np.ones(8, bool))
+    stats = sample_stats(*args, VerifiableReward(arithmetic_reward, scale="01").is_correct)
+    assert stats["accuracy"] == 3 / 8
+    assert "accuracy" not in sample_stats(*args, None)
