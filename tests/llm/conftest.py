@@ -26,6 +26,18 @@ runpy.run_module("llm.train", run_name="__main__", alter_sys=True)
 """
 
 
+@pytest.fixture
+def killed_before_checkpoint():
+    """``command(step, flags)``: the argv of a `python -m llm.train FLAGS` run that SIGKILLs
+    itself just before writing checkpoint ``step`` (see KILL_BEFORE_CHECKPOINT); the process
+    then ends with return code ``-signal.SIGKILL``."""
+
+    def command(step: int, flags: list[str]) -> list[str]:
+        return [sys.executable, "-c", KILL_BEFORE_CHECKPOINT, str(int(step)), *flags]
+
+    return command
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """The environment of a `python -m llm.train` subprocess: 4 CPU devices, the repo on the
@@ -39,15 +51,3 @@ def env(tmp_path_factory):
         "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     }
     return env
-
-
-@pytest.fixture
-def killed_before_checkpoint():
-    """``command(step, flags)``: the argv of a `python -m llm.train FLAGS` run that SIGKILLs
-    itself just before writing checkpoint ``step`` (see KILL_BEFORE_CHECKPOINT); the process
-    then ends with return code ``-signal.SIGKILL``."""
-
-    def command(step: int, flags: list[str]) -> list[str]:
-        return [sys.executable, "-c", KILL_BEFORE_CHECKPOINT, str(int(step)), *flags]
-
-    return command
