@@ -138,7 +138,9 @@ def test_the_check_sees_slow_markers_and_imports():
 
 if __name__ == "__main__":
     covered, direct = covered_modules()
-    modules = set(project_modules())
-    print("uncovered:", ", ".join(sorted(modules - covered)) or "none")
-    indirect = sorted(n for n in covered - direct if not n.endswith("__main__"))
+    print("uncovered:", ", ".join(uncovered_modules()) or "none")
+    modules = project_modules()
+    indirect = sorted(
+        n for n in covered - direct if modules[n].stem not in ("__init__", "__main__")
+    )
     print("covered only through a module of their package:", ", ".join(indirect) or "none")

@@ -38,6 +38,7 @@ def _run(args, timeout=300, **env):
     )
 
 
+@pytest.mark.slow
 def test_bench_rl_quick_measures_our_step_and_trl_when_installed(tmp_path):
     out = tmp_path / "rl.json"
     proc = _run([BENCH / "bench_rl.py", "--quick", "--json", out])
@@ -78,6 +79,7 @@ def test_bench_rl_bad_flags_give_one_error_line(flags, message):
     assert message in proc.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     out = tmp_path / "gpu.json"
     proc = _run([BENCH / "gpu_check.py", out, "--cpu-smoke"])
