@@ -219,6 +219,7 @@ def test_warmup_never_uses_learning_rate_zero():
     assert cosine(0) > 0 and cosine(3) == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_grpo_ratio_is_against_the_sampling_distribution(model_path, tmp_path):
     """At temperature 0.5 the behaviour log-probs are those of the tempered sampler, so even
     on-policy (step 0) pi (temperature 1) / mu differs from 1; at temperature 1 it is 1."""
