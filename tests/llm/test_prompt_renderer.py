@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from llm.data.datasets import Example  # noqa: E402
+from llm.data import Example  # noqa: E402
 from llm.data.prompts import PromptRenderer  # noqa: E402
 from llm.data.tokenizer import byte_level_tokenizer  # noqa: E402
 
