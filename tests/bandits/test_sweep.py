@@ -62,6 +62,7 @@ def test_relative_grid_and_batch_baseline():
     assert not np.allclose(res.data["baseline"], exact_V)
 
 
+@pytest.mark.slow
 def test_sharded_sweep_matches_single_device(problem):
     assert len(jax.devices()) >= 4  # tests/conftest.py exposes 8 CPU devices
     assert len(_shard_grid_axis(jax.numpy.zeros(4)).sharding.device_set) == 4

@@ -2,7 +2,8 @@
 check's CPU smoke mode and its no-GPU refusal, one-line errors for bad flags.
 
 Each script runs in a subprocess with one plain CPU device (the suite's 8 simulated devices
-would put the trainer on an 8-device mesh)."""
+would put the trainer on an 8-device mesh). No test bounds a wall-clock time (a loaded
+machine would fail it); timings are only compared within one run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -28,8 +28,7 @@ def _env(**extra) -> dict:
 
 
 def _run(args, timeout=300, **env):
-    start = time.perf_counter()
-    proc = subprocess.run(
+    return subprocess.run(
         [sys.executable, *map(str, args)],
         cwd=REPO_ROOT,
         env=_env(**env),
@@ -37,12 +36,12 @@ def _run(args, timeout=300, **env):
         text=True,
         timeout=timeout,
     )
-    return proc, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_bench_rl_quick_measures_our_step_and_trl_when_installed(tmp_path):
     out = tmp_path / "rl.json"
-    proc, seconds = _run([BENCH / "bench_rl.py", "--quick", "--json", out])
+    proc = _run([BENCH / "bench_rl.py", "--quick", "--json", out])
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("TRL s/step / asymre-jax s/step"), last
@@ -50,7 +49,7 @@ def test_bench_rl_quick_measures_our_step_and_trl_when_installed(tmp_path):
     ours = result["sizes"]["toy"]["ours"]
     pieces = ours["pieces_s_median"]
     assert set(pieces) == {"refresh", "rollout", "reward", "update", "host", "total"}
-    assert 0 < ours["step_s_median"] < ours["first_step_s"]
+    assert 0 < ours["step_s_median"] < ours["first_step_s"]  # the first one compiles
     assert 0 < ours["mean_completion_length"] <= 4
     assert pieces["host"] == pytest.approx(
         pieces["total"] - sum(pieces[k] for k in ("refresh", "rollout", "reward", "update")),
@@ -63,7 +62,6 @@ def test_bench_rl_quick_measures_our_step_and_trl_when_installed(tmp_path):
     else:
         assert trl["step_s_median"] > 0 and 0 < trl["mean_completion_length"] <= 4
         assert f"toy {trl['step_s_median'] / ours['step_s_median']:.2f}x" in last
-    assert seconds < 120, f"bench_rl --quick took {seconds:.0f} s"
 
 
 @pytest.mark.parametrize(
@@ -75,15 +73,16 @@ def test_bench_rl_quick_measures_our_step_and_trl_when_installed(tmp_path):
     ],
 )
 def test_bench_rl_bad_flags_give_one_error_line(flags, message):
-    proc, _ = _run([BENCH / "bench_rl.py", *flags], timeout=60)
+    proc = _run([BENCH / "bench_rl.py", *flags], timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("bench_rl.py: error: ")
     assert message in proc.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     out = tmp_path / "gpu.json"
-    proc, seconds = _run([BENCH / "gpu_check.py", out, "--cpu-smoke"])
+    proc = _run([BENCH / "gpu_check.py", out, "--cpu-smoke"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["mode"] == "cpu-smoke" and result["backend"] == "cpu"
@@ -95,37 +94,37 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     assert result["decode"]["tokens_per_s"] > 0
     assert 0 <= result["rl_step"]["host_overhead_fraction"] < 1
     assert "skipped" in result["tests"]
-    assert seconds < 120, f"the CPU smoke run took {seconds:.0f} s"
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
-def test_gpu_check_fails_fast_without_a_gpu(tmp_path):
+def test_gpu_check_refuses_without_a_gpu(tmp_path):
     out = tmp_path / "gpu.json"
-    start = time.perf_counter()
     proc = subprocess.run(
-        ["bash", BENCH / "gpu_check.sh", out], env=_env(), capture_output=True, text=True
-    )
-    assert time.perf_counter() - start < 10
+        ["bash", BENCH / "gpu_check.sh", out], env=_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: no NVIDIA GPU")
     assert not out.exists()
     # the Python side refuses too when called directly (jax sees only the CPU)
-    proc, seconds = _run([BENCH / "gpu_check.py", out], timeout=60)
+    proc = _run([BENCH / "gpu_check.py", out], timeout=120)
     assert proc.returncode == 2 and "error: no GPU visible to JAX" in proc.stderr
     assert not out.exists()
 
 
-def test_gpu_peak_table():
+def test_gpu_peak_table_first_match_reaches_every_entry():
     sys.path.insert(0, str(BENCH))
     try:
         import gpu_check
     finally:
         sys.path.remove(str(BENCH))
-    assert gpu_check.peak_flops("NVIDIA H200") == 989e12
-    assert gpu_check.peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert gpu_check.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
-    assert gpu_check.peak_flops("NVIDIA L4") == 121e12
-    assert gpu_check.peak_flops("NVIDIA L40S") == 362e12
+    names = [name.lower() for name, _ in gpu_check.PEAK_BF16]
+    # first match wins: an entry after one whose name it contains could never be chosen
+    for i, earlier in enumerate(names):
+        shadowed = [later for later in names[i + 1 :] if earlier in later]
+        assert not shadowed, f"{earlier!r} comes before and hides {shadowed}"
+    # the longer name wins over its prefix, in any case; unknown cards have no peak
+    assert gpu_check.peak_flops("nvidia h100 pcie") != gpu_check.peak_flops("NVIDIA H100 80GB HBM3")
+    assert gpu_check.peak_flops("NVIDIA L40S") != gpu_check.peak_flops("NVIDIA L40")
     assert gpu_check.peak_flops("Tesla T4") is None

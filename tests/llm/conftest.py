@@ -2,10 +2,40 @@
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# `python -c KILL_BEFORE_CHECKPOINT STEP FLAGS...` runs `python -m llm.train FLAGS...`, but the
+# process SIGKILLs itself when it is about to write checkpoint STEP (or a later one): it dies
+# at a known point, after the updates and metrics rows up to STEP, with the checkpoints before
+# STEP on disk. No race with a run that finishes first, and nothing in llm/ to patch.
+KILL_BEFORE_CHECKPOINT = """
+import os, runpy, signal, sys
+from llm.rl.checkpoint import Checkpointer
+kill_at = int(sys.argv.pop(1))
+_save = Checkpointer.save
+def save_or_die(self, step, *args, **kwargs):
+    if int(step) >= kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _save(self, step, *args, **kwargs)
+Checkpointer.save = save_or_die
+runpy.run_module("llm.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.fixture
+def killed_before_checkpoint():
+    """``command(step, flags)``: the argv of a `python -m llm.train FLAGS` run that SIGKILLs
+    itself just before writing checkpoint ``step`` (see KILL_BEFORE_CHECKPOINT); the process
+    then ends with return code ``-signal.SIGKILL``."""
+
+    def command(step: int, flags: list[str]) -> list[str]:
+        return [sys.executable, "-c", KILL_BEFORE_CHECKPOINT, str(int(step)), *flags]
+
+    return command
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from llm.rl.metrics import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 10
+KILL_AT = 6  # the checkpoint the killed run dies before writing
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def model_path(tmp_path_factory):
     return str(make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama"))
 
 
-def _command(model_path, out_dir, *extra):
+def _flags(model_path, out_dir) -> list[str]:
     flags = dict(
         model_path=model_path,
         task="arithmetic",
@@ -52,8 +52,11 @@ def _command(model_path, out_dir, *extra):
         progress="false",
         out_dir=str(out_dir),
     )
-    args = [x for k, v in flags.items() for x in ("--" + k.replace("_", "-"), str(v))]
-    return [sys.executable, "-m", "llm.train", *args, *extra]
+    return [x for k, v in flags.items() for x in ("--" + k.replace("_", "-"), str(v))]
+
+
+def _command(model_path, out_dir, *extra):
+    return [sys.executable, "-m", "llm.train", *_flags(model_path, out_dir), *extra]
 
 
 def _tensors(path):
@@ -69,7 +72,7 @@ def _saved_leaves(step_dir: pathlib.Path) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_lora_resume_after_sigkill_is_exact(model_path, env, tmp_path):
+def test_lora_resume_after_sigkill_is_exact(model_path, env, tmp_path, killed_before_checkpoint):
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
     proc = subprocess.run(
         _command(model_path, ref_out), env=env, cwd=REPO, capture_output=True, text=True,
@@ -78,21 +81,15 @@ def test_lora_resume_after_sigkill_is_exact(model_path, env, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "LoRA: training" in proc.stderr
 
-    victim = subprocess.Popen(
-        _command(model_path, out), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # SIGKILLed just before checkpoint 6: updates 0..5 done, checkpoints 2 and 4 on disk
+    victim = subprocess.run(
+        killed_before_checkpoint(KILL_AT, _flags(model_path, out)), env=env, cwd=REPO,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    deadline, ckpts = time.time() + 300, out / "checkpoints"
-    while time.time() < deadline and victim.poll() is None:
-        done = [p for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
-        if any(int(p.name) >= 2 for p in done):
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-3000:]
+    ckpts = out / "checkpoints"
     kept = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-    assert kept and max(kept) < STEPS and not (out / "hf").exists()
+    assert kept == [2, 4] and not (out / "hf").exists()
 
     # a checkpoint holds adapters, their moments, mu's adapters, the key: never the base
     leaves = _saved_leaves(ckpts / str(kept[0]))
@@ -106,7 +103,7 @@ def test_lora_resume_after_sigkill_is_exact(model_path, env, tmp_path):
         text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resumed from {ckpts} at step {max(kept)}" in proc.stderr
+    assert f"resumed from {ckpts} at step 4" in proc.stderr
 
     for name in ("adapter/adapter_model.safetensors", "hf/model.safetensors"):
         a, b = _tensors(ref_out / name), _tensors(out / name)

@@ -90,6 +90,7 @@ def _adapters(params):
     return {jax.tree_util.keystr(p): x for p, x in flat if "_lora" in jax.tree_util.keystr(p)}
 
 
+@pytest.mark.slow
 def test_only_the_adapters_train_and_hold_optimizer_state(run):
     cfg, state, rows, _, _ = run
     assert all(np.isfinite(r["loss"]) and r["finite"] for r in rows)
@@ -115,6 +116,7 @@ def _params_by_path(params):
     return {jax.tree_util.keystr(p): x for p, x in flat}
 
 
+@pytest.mark.slow
 def test_behaviour_is_the_shared_base_plus_stale_adapters(run):
     _, state, rows, _, seen = run
     params, behaviour, reference = map(_params_by_path, state[:1] + state[2:4])
@@ -132,6 +134,7 @@ def test_behaviour_is_the_shared_base_plus_stale_adapters(run):
             np.testing.assert_array_equal(np.asarray(value), 0.0, err_msg=key)
 
 
+@pytest.mark.slow
 def test_adapters_and_their_moments_follow_the_rule_table(run):
     _, state, _, _, _ = run
     attn = state.params["layers"][0]["attn"]
@@ -151,12 +154,14 @@ def test_adapters_and_their_moments_follow_the_rule_table(run):
     assert len(state.params["embed"].sharding.device_set) == 8
 
 
+@pytest.mark.slow
 def test_no_compilation_after_the_first_step(run):
     _, _, _, compiled_at, _ = run
     assert compiled_at.get(0, 0) >= 1  # the counter sees step 0's compilations
     assert set(compiled_at) <= {0, STEPS}, compiled_at  # STEPS: the export after the loop
 
 
+@pytest.mark.slow
 def test_peft_adapter_and_merged_export_compute_the_trained_policy(run):
     import torch
     from peft import PeftModel
@@ -251,6 +256,7 @@ def test_lora_flags_reach_the_config(capsys):
 # ---------------------------------------------------------------------- memory script
 
 
+@pytest.mark.slow
 def test_lora_memory_script_counts_without_allocating(capsys):
     """benchmarks/lora_memory.py on Qwen2.5-0.5B shapes (eval_shape only): r=16 on every
     projection trains 8,798,208 parameters (what PEFT reports for this model) and the run

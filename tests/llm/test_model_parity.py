@@ -131,6 +131,7 @@ def test_llama3_rope_frequencies_match_transformers(jax_models, torch_models):
     assert np.abs(unscaled - ours).max() > 1e-3 * np.abs(ours).max()  # the scaling matters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_left_padding_with_attention_mask(family, jax_models, torch_models):
     model = jax_models[family]
@@ -147,6 +148,7 @@ def test_left_padding_with_attention_mask(family, jax_models, torch_models):
     np.testing.assert_allclose(ours[1][real[1]], alone, atol=TOL_F32, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])  # mistral: as llama
 def test_bfloat16_within_tolerance(family, checkpoints, torch_models):
     """bf16 weights and matmuls, float32 logits: error vs the float32 reference at most 2x
@@ -167,6 +169,7 @@ def test_bfloat16_within_tolerance(family, checkpoints, torch_models):
 
 
 # mistral's cached windows: tests/llm/test_sampler.py::test_sliding_window_greedy_matches_own_forward
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_kv_cache_decode_matches_full_forward(family, jax_models):
     """Prefill a left-padded prompt, then decode one token at a time: every position's
@@ -209,6 +212,7 @@ def test_kv_cache_decode_matches_full_forward(family, jax_models):
     assert np.all(np.asarray(cache.k)[:, :, P + new :] == 0)  # nothing written past idx + T
 
 
+@pytest.mark.slow
 def test_kv_cache_chunked_prefill(jax_models):
     """Two prefill chunks of T = 5 give the same logits as one forward pass."""
     model = jax_models["qwen3"]
@@ -233,6 +237,7 @@ def test_hidden_states_times_unembedding_is_logits(jax_models):
     )
 
 
+@pytest.mark.slow
 def test_model_is_differentiable_under_jit(jax_models):
     model = jax_models["llama"]
     tokens = jnp.arange(3, 19, dtype=jnp.int32).reshape(2, 8)

@@ -6,6 +6,8 @@ import io
 import pathlib
 import re
 
+import pytest
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 LOOP_PAGE = REPO_ROOT / "docs" / "llm" / "loop.md"
 
@@ -17,6 +19,7 @@ def _example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_build_your_own_loop_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()

@@ -66,6 +66,7 @@ def _jit_forward(graphdef, state, tokens_BxT):
     return nnx.merge(graphdef, state)(tokens_BxT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])  # gemma3: windows, 2 RoPEs
 def test_greedy_matches_transformers_generate(tmp_path, family):
     path = make_tiny_checkpoint(tmp_path / family, family=family, seed=0)
@@ -89,6 +90,7 @@ def test_greedy_matches_transformers_generate(tmp_path, family):
         np.testing.assert_array_equal(tokens, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mistral", "gemma3"])
 def test_sliding_window_greedy_matches_own_forward(family):
     """Left-padded prompts + completions longer than the window (8): the KV-cache sampler's
@@ -124,6 +126,7 @@ def filtered_logprobs(logits_V, temperature, top_k, top_p):
     return z - z.max() - np.log(np.exp(z - z.max()).sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.7, 0, 0.8), (1.3, 6, 0.9)])
 def test_sampled_frequencies_match_target_distribution(model, temperature, top_k, top_p):
     prompt = [3, 1, 4, 1, 5]
@@ -163,6 +166,7 @@ def test_sampled_frequencies_match_target_distribution(model, temperature, top_k
     assert chi2.pvalue > 1e-3, (counts, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.8, 0, 0.9), (1.0, 5, 0.9)])
 def test_logprobs_are_those_of_the_sampling_distribution(model, temperature, top_k, top_p):
     out = generate(
@@ -218,6 +222,7 @@ def test_left_padding_does_not_change_a_completion(model):
         np.testing.assert_allclose(alone.logprobs[0], together.logprobs[i], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eos_stops_rows_and_sets_lengths_and_finished(model):
     free = np.asarray(generate(model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0).tokens)
     eos = int(free[0, 4])
@@ -255,6 +260,7 @@ def test_eos_stops_rows_and_sets_lengths_and_finished(model):
     assert np.asarray(stop.finished).all()
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_key_and_different_across_keys(model):
     kwargs = dict(max_new_tokens=N_NEW, temperature=0.8, top_k=5, top_p=0.9)
     a = generate(model, PROMPTS_SMALL, key=jax.random.key(1), **kwargs)
@@ -268,6 +274,7 @@ def test_deterministic_for_a_key_and_different_across_keys(model):
     np.testing.assert_array_equal(a.tokens, d.tokens[:3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "num_samples", "kwargs"),
     [
@@ -304,6 +311,7 @@ def test_num_samples_shares_the_prefill_and_equals_repeated_prompts(
         assert len({tuple(np.asarray(t)) for t in new.tokens[:num_samples]}) > 1
 
 
+@pytest.mark.slow
 def test_same_bucket_does_not_recompile_and_new_state_does_not_retrace(model):
     graphdef, state = nnx.split(model)
     kwargs = dict(max_new_tokens=N_NEW, temperature=1.0, top_k=5, top_p=0.9, key=jax.random.key(0))

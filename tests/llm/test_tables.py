@@ -111,6 +111,7 @@ def test_field_options_are_checked(overrides, field, message, tmp_path):
     assert err.value.field == field
 
 
+@pytest.mark.slow
 def test_a_parquet_dataset_drives_a_run(tmp_path, parquet_folder):
     model = make_tiny_checkpoint(tmp_path / "llama", "llama")
     out = tmp_path / "run"

@@ -77,7 +77,7 @@ def test_sizes_families_and_errors(tmp_path):
     small = tiny_config("qwen2", "small")
     assert 4e6 < small.num_params() < 6e6  # the ~5M benchmark model
     assert 4.5e8 < tiny_config("qwen2", "0.5b").num_params() < 5.5e8  # Qwen2.5-0.5B's shape
-    assert set(SIZES) == {"tiny", "small", "0.5b"}
+    assert all(tiny_config("llama", size).num_params() > 0 for size in SIZES)  # each one builds
     path = make_tiny_checkpoint(tmp_path / "q3", "qwen3", seed=1, num_hidden_layers=1)
     d = json.loads((path / "config.json").read_text())
     assert (

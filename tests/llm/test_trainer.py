@@ -163,6 +163,7 @@ def test_bad_config_is_rejected(model_path, tmp_path):
     assert jax.device_count() == 8
 
 
+@pytest.mark.slow
 def test_grpo_comparator_runs_off_policy(model_path, tmp_path):
     history = train(
         _cfg(model_path, tmp_path, loss="grpo", num_steps=3, refresh_every=3),
@@ -181,6 +182,7 @@ def plain_asymre(logprobs, behaviour_logprobs, advantages, mask):
     return asymre_jax.asymre_loss_terms(logprobs, advantages, mask)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_fn", [AsymRE(delta_v=-0.1), plain_asymre])
 def test_loss_plugin_matches_the_configured_loss(model_path, tmp_path, loss_fn):
     runs = []
@@ -196,6 +198,7 @@ def test_loss_plugin_matches_the_configured_loss(model_path, tmp_path, loss_fn):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_custom_reward_without_levels_reports_no_accuracy(model_path, tmp_path):
     def graded(prompts, completions, answer, **columns):
         return [0.3 * len(c) for c in completions]
@@ -205,6 +208,7 @@ def test_custom_reward_without_levels_reports_no_accuracy(model_path, tmp_path):
     assert np.isfinite(history[0]["eval_greedy_reward"])
 
 
+@pytest.mark.slow
 def test_dataset_and_eval_dataset_replace_the_task(model_path, tmp_path):
     data = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(8)]
     history = train(
@@ -217,6 +221,7 @@ def test_dataset_and_eval_dataset_replace_the_task(model_path, tmp_path):
         train(_cfg(model_path, tmp_path), dataset=["not an example"])
 
 
+@pytest.mark.slow
 def test_grpo_ratio_is_against_the_sampling_distribution(model_path, tmp_path):
     """At temperature 0.5 the behaviour log-probs are those of the tempered sampler, so even
     on-policy (step 0) pi (temperature 1) / mu differs from 1; at temperature 1 it is 1."""

@@ -11,7 +11,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -405,8 +404,8 @@ def _safetensors(path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(model_path, env, tmp_path):
-    steps = 12
+def test_resume_after_sigkill_is_exact(model_path, env, tmp_path, killed_before_checkpoint):
+    steps, kill_at = 12, 6
     common = dict(
         num_steps=steps,
         checkpoint_every=2,
@@ -415,45 +414,36 @@ def test_resume_after_sigkill_is_exact(model_path, env, tmp_path):
         tensorboard="false",
     )
     ref_out, out = tmp_path / "uninterrupted", tmp_path / "killed"
-    run = lambda out_dir, *extra: [
-        sys.executable,
-        "-m",
-        "llm.train",
-        *_flags(model_path, out_dir, **common),
-        *extra,
-    ]
+    cli = lambda out_dir: _flags(model_path, out_dir, **common)
+    run = lambda out_dir, *extra: [sys.executable, "-m", "llm.train", *cli(out_dir), *extra]
     proc = subprocess.run(
         run(ref_out), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    victim = subprocess.Popen(
-        run(out), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
+    # SIGKILLed just before checkpoint 6: updates 0..5 done, checkpoints 2 and 4 on disk
+    victim = subprocess.run(
+        killed_before_checkpoint(kill_at, cli(out)), env=env, cwd=REPO,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-3000:]
     ckpts = out / "checkpoints"
-    while time.time() < deadline and victim.poll() is None:
-        done = [p for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
-        if any(int(p.name) >= 2 for p in done):
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, "the run ended before it could be killed"
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    kept = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-    assert kept and max(kept) < steps and not (out / "hf").exists()
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [2, 4]
+    assert not (out / "hf").exists()
+    assert [r["step"] for r in read_metrics(out)] == list(range(kill_at))
 
     proc = subprocess.run(
         run(out, "--resume"), env=env, cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resumed from {ckpts} at step {max(kept)}" in proc.stderr
+    assert f"resumed from {ckpts} at step 4" in proc.stderr
 
     a, b = _safetensors(ref_out / "hf"), _safetensors(out / "hf")
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    # the metrics file reads as one run, equal to the uninterrupted one
+    # the metrics file reads as one run (rows 4 and 5 of the killed run dropped), equal to
+    # the uninterrupted one
     ref_rows, rows = read_metrics(ref_out), read_metrics(out)
     assert [r["step"] for r in rows] == list(range(steps))
     for key in ("reward_mean", "loss", "grad_norm", "logratio_abs"):

@@ -102,6 +102,7 @@ def _assert_trees_close(a, b, **tol):
         np.testing.assert_allclose(x, y, **tol)
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_unsharded(setup):
     """On a mesh, with each prompt read once for its G rows, the update of separate copies."""
     mesh = make_mesh("fsdp=4,tp=2")
@@ -119,6 +120,7 @@ def test_sharded_step_matches_unsharded(setup):
     assert moved > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec",
     [AsymRE(), GRPO(epsilon_high=0.3), ISReinforce(level="token", normalization="token")],
@@ -151,6 +153,7 @@ def test_non_finite_step_is_skipped(setup):
     assert ok["finite"] == 1.0
 
 
+@pytest.mark.slow
 def test_teacher_forcing_reproduces_sampler_logprobs(setup):
     """build_batch + score give the sampler's log-probs at temperature 1 (same positions)."""
     prompts = [setup["rows"][0], setup["rows"][-1], [7, 8]]
@@ -220,6 +223,7 @@ def test_constant_normalization_divides_by_the_generation_budget(setup):
         assert float(den) == P * G * N
 
 
+@pytest.mark.slow
 def test_reference_logprobs_reach_a_loss_that_needs_them(setup):
     """GRPO with beta > 0 gets the frozen reference's log-probs; the KL is 0 at pi = ref."""
     host = build_batch(
@@ -244,6 +248,7 @@ def test_reference_logprobs_reach_a_loss_that_needs_them(setup):
     assert float(shifted["loss"]) > float(without["loss"]) + 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("micro_batches", [1, 4])
 def test_shared_prompts_are_exact(setup, micro_batches):
     """Reading each prompt once for its G completions (KV cache repeated G times) gives the
