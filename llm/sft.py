@@ -45,7 +45,7 @@ from llm.data.tokenizer import byte_level_tokenizer, load_tokenizer
 from llm.models.hf_io import save_hf
 from llm.models.tiny import tiny_config
 from llm.rl.evaluation import evaluate
-from llm.rl.rollout import Sampling
+from llm.rl.rollouts import Sampling
 from llm.rl.train_step import hyperparams, make_optimizer
 
 # The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.models.tiny).

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from llm.data.prompts import PromptRenderer
-from llm.rl.rollout import Sampling, sample, score_completions
+from llm.rl.rollouts import Sampling, sample, score_completions
 
 
 def correct_reward(reward_fn: Callable) -> float | None:

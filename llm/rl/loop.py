@@ -48,10 +48,10 @@ from llm.rl.checkpoint import Checkpointer, restore_state, save_state
 from llm.rl.config import RESUME_MUTABLE, TrainConfig
 from llm.rl.losses import LossFn
 from llm.rl.metrics import MetricsWriter
-from llm.rl.rollout import to_host
 from llm.rl.state import RunState, Setup, eval_key, init_run
 from llm.rl.step import rl_step
 from llm.rl.train_step import optimizer_moments
+from llm.rl.transfer import to_host
 
 __all__ = ["TrainConfig", "initialize_distributed", "run_evaluation", "train"]
 
