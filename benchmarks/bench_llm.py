@@ -96,8 +96,8 @@ def trainer_update(model, batch: int, prompt_len: int, new_tokens: int, **kwargs
     import numpy as np
     from flax import nnx
 
-    from llm.rl.losses import AsymRE
     from llm.rl.batch import build_batch
+    from llm.rl.losses import AsymRE
     from llm.rl.train_step import hyperparams, step_functions
 
     micro_batches, chunk = kwargs.get("micro_batches", 1), kwargs.get("chunk_size", 128)
