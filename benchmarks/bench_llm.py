@@ -7,7 +7,7 @@ Sections (``--sections``, comma separated):
   weights in both frameworks (the torch model is loaded by transformers from the same
   folder). The ``jax`` row is the trainer's real jitted update,
   ``llm.rl.train_step.step_functions(...).step`` on a ``Batch`` from
-  ``llm.rl.rollout.build_batch`` (chunked log-probs from the hidden states, entropy, the
+  ``llm.rl.batch.build_batch`` (chunked log-probs from the hidden states, entropy, the
   micro-batch scan, clipped AdamW under ``apply_if_finite``), against ``torch`` = forward +
   backward + ``clip_grad_norm_`` + AdamW of the same AsymRE loss. ``jax_value_and_grad``
   (``jax.jit(jax.value_and_grad)`` from full logits), ``jax_naive_nnx`` (the same through
@@ -89,15 +89,15 @@ def trainer_update(model, batch: int, prompt_len: int, new_tokens: int, **kwargs
     ``llm.rl.train_step.step_functions`` without a mesh (AsymRE loss: chunked log-probs of
     the ``new_tokens`` completion slots from the final hidden states, entropy, the
     micro-batch ``lax.scan``, global-norm clipping + AdamW under ``apply_if_finite``) on a
-    `Batch` from ``llm.rl.rollout.build_batch``. ``kwargs``: ``micro_batches`` (1),
+    `Batch` from ``llm.rl.batch.build_batch``. ``kwargs``: ``micro_batches`` (1),
     ``chunk_size`` (128), ``learning_rate`` (1e-5), ``seed`` (0).
     """
     import jax
     import numpy as np
     from flax import nnx
 
+    from llm.rl.batch import build_batch
     from llm.rl.losses import AsymRE
-    from llm.rl.rollout import build_batch
     from llm.rl.train_step import hyperparams, step_functions
 
     micro_batches, chunk = kwargs.get("micro_batches", 1), kwargs.get("chunk_size", 128)
@@ -121,7 +121,7 @@ def trainer_update(model, batch: int, prompt_len: int, new_tokens: int, **kwargs
     carry["opt"] = fns.init_opt(carry["params"])
 
     def run():
-        p, o, metrics = fns.step(carry["params"], carry["opt"], device_batch, hyper)
+        p, o, metrics = fns.step(carry["params"], carry["opt"], device_batch, hyper, {})
         carry["params"], carry["opt"] = p, o
         return jax.block_until_ready(metrics)
 

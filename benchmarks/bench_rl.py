@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
@@ -151,26 +150,25 @@ class _Clock:
 @contextlib.contextmanager
 def instrumented(setup, clock: _Clock):
     """A copy of ``setup`` whose pieces are timed by ``clock``; patches the sampler call of
-    ``llm.rl.rollout`` while active (the real ``rl_step`` code path, plus blocking)."""
-    rollout_mod = importlib.import_module("llm.rl.rollout")  # llm.rl.rollout is a function
+    ``llm.rl.rollouts`` while active (the real ``rl_step`` code path, plus blocking)."""
+    from llm.rl import rollouts
 
-    for name in ("generate_from_state", "to_host"):
-        if not hasattr(rollout_mod, name):
-            raise RuntimeError(f"llm.rl.rollout.{name} is gone: update bench_rl.instrumented")
+    if not hasattr(rollouts, "generate_from_state"):
+        raise RuntimeError("llm.rl.rollouts.generate_from_state is gone: update instrumented")
     renderer = setup.renderer
-    original_sampler, original_decode = rollout_mod.generate_from_state, renderer.decode
+    original_sampler, original_decode = rollouts.generate_from_state, renderer.decode
     fns = setup.fns._replace(
         step=clock.wrap("update", setup.fns.step), copy=clock.wrap("refresh", setup.fns.copy)
     )
     timed_setup = dataclasses.replace(
         setup, fns=fns, reward_fn=clock.wrap("reward", setup.reward_fn, block=False)
     )
-    rollout_mod.generate_from_state = clock.wrap("rollout", original_sampler)
+    rollouts.generate_from_state = clock.wrap("rollout", original_sampler)
     renderer.decode = clock.wrap("reward", original_decode, block=False)
     try:
         yield timed_setup
     finally:
-        rollout_mod.generate_from_state = original_sampler
+        rollouts.generate_from_state = original_sampler
         del renderer.decode  # back to the class's method
 
 

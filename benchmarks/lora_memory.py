@@ -30,7 +30,8 @@ from flax import nnx
 from llm.models.lora import LORA_TARGETS, LoRASpec, add_lora
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
-from llm.rl.train_step import Batch, hyperparams, step_functions
+from llm.rl.batch import Batch
+from llm.rl.train_step import hyperparams, step_functions
 from llm.rl.trainable import ParamSplit
 
 GiB = 2**30
@@ -87,7 +88,7 @@ def measure(config, spec, *, reference: bool, compile_step: bool, batch: Batch) 
     if compile_step:
         t0 = time.perf_counter()
         hyper = jax.eval_shape(lambda: hyperparams(1e-5, 0.0, 1.0))
-        lowered = fns.step.jitted.lower(trainable, opt, batch, hyper, frozen)
+        lowered = fns.step.lower(trainable, opt, batch, hyper, frozen)
         analysis = lowered.compile().memory_analysis()
         row["compile_s"] = time.perf_counter() - t0
         for name in ("argument", "output", "alias", "temp"):

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+MIN_LENGTH_BUCKET = 16  # the shortest padded prompt, for the sampler and the learner alike
+
 
 def bucket_size(n: int, minimum: int) -> int:
     """Smallest power of two >= max(n, minimum).
@@ -17,7 +19,7 @@ def bucket_size(n: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, (n - 1).bit_length()))
 
 
-def length_bucket(n: int, minimum: int = 16) -> int:
+def length_bucket(n: int, minimum: int = MIN_LENGTH_BUCKET) -> int:
     """Smallest ``k * 2**e / 8`` >= max(n, minimum) with k in 5..8 (quarter octaves), in
     multiples of 16: at most 4 shapes per doubling, and never more than 25% padding past
     ``minimum`` (a power of two would pad up to 100%).

@@ -11,18 +11,9 @@ pure functions of ``(graphdef, state, ...)`` do the work:
 * ``decode``: a ``lax.while_loop`` of one-token steps over that cache (donated, so it is
   updated in place), until every row has emitted EOS or ``max_new_tokens`` are drawn.
 
-Sampling at step t, with model logits z (float32) and temperature tau > 0:
-
-.. math::  q(v) \propto \exp(z_v / \tau) \, [v \in K_k] \, [v \in P_p]
-
-where :math:`K_k` is the set of the k largest logits (``top_k=0``: all) and :math:`P_p` the
-smallest prefix of the remaining tokens, by decreasing probability, whose mass reaches
-``top_p`` (the nucleus, computed after temperature and top-k, as in transformers). The
-returned log-prob of each drawn token is :math:`\log q(y_t)`: the log-probability under the
-distribution it was actually drawn from (the behaviour policy mu of off-policy RL). With
-``temperature=0`` or ``top_k=1`` (greedy) that distribution is a point mass, so the log-probs
-returned are those of the unmodified model, :math:`\log \mathrm{softmax}(z)_{y_t}`. Ties in
-the k-th logit or at the nucleus edge are broken by ``lax.top_k``'s order (lowest id first).
+Each token is drawn by :func:`llm.token_sampling.sample_logits` (temperature, top-k, top-p)
+and returned with :math:`\log q(y_t)`, its log-probability under the distribution it was
+actually drawn from (the behaviour policy mu of off-policy RL; see that module).
 
 Prefill sharing: with ``num_samples=G`` the prefill reads each of the P prompts once and
 copies its KV cache and last logits to its G rows (prompt-major: row i continues prompt
@@ -48,10 +39,10 @@ import numpy as np
 from flax import nnx
 
 from llm.models.transformer import KVCache, init_cache, positions_from_mask
-from llm.padding import bucket_size, length_bucket, pad_prompts
+from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
+from llm.token_sampling import sample_logits
 
 MIN_BATCH_BUCKET = 1
-MIN_LENGTH_BUCKET = 16
 
 
 class GenerateOutput(NamedTuple):
@@ -121,50 +112,6 @@ def _eos_array(eos_token_id) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- sampling ----
-
-
-def sample_logits(
-    logits_BxV: jax.Array,
-    keys_B: jax.Array,
-    temperature: jax.Array,
-    top_p: jax.Array,
-    *,
-    greedy: bool,
-    top_k: int,
-    use_top_p: bool,
-) -> tuple[jax.Array, jax.Array]:
-    """Draw one token per row; returns (tokens [B] int32, log q(token) [B] float32).
-
-    ``greedy``, ``top_k`` and ``use_top_p`` are static; ``temperature`` and ``top_p`` are
-    traced scalars. See the module docstring for the distribution q.
-    """
-    logits_BxV = logits_BxV.astype(jnp.float32)
-    if greedy:
-        tokens_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-        logprobs_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-        return tokens_B, jnp.take_along_axis(logprobs_BxV, tokens_B[:, None], axis=-1)[:, 0]
-
-    scaled_BxV = logits_BxV / temperature
-    draw = jax.vmap(jax.random.categorical)
-    if top_k == 0 and not use_top_p:
-        tokens_B = draw(keys_B, scaled_BxV).astype(jnp.int32)
-        logprobs_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
-        return tokens_B, jnp.take_along_axis(logprobs_BxV, tokens_B[:, None], axis=-1)[:, 0]
-
-    # Work in the sorted space of the k best logits (k = vocab when only top-p is on).
-    k = top_k if top_k > 0 else logits_BxV.shape[-1]
-    values_BxK, indices_BxK = jax.lax.top_k(scaled_BxV, k)
-    if use_top_p:
-        probs_BxK = jax.nn.softmax(values_BxK, axis=-1)
-        mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-        keep_BxK = (mass_before_BxK < top_p) | (top_p >= 1.0)
-        keep_BxK = keep_BxK.at[:, 0].set(True)
-        values_BxK = jnp.where(keep_BxK, values_BxK, -jnp.inf)
-    choice_B = draw(keys_B, values_BxK)
-    tokens_B = jnp.take_along_axis(indices_BxK, choice_B[:, None], axis=-1)[:, 0]
-    logprobs_BxK = jax.nn.log_softmax(values_BxK, axis=-1)
-    logprob_B = jnp.take_along_axis(logprobs_BxK, choice_B[:, None], axis=-1)[:, 0]
-    return tokens_B.astype(jnp.int32), logprob_B
 
 
 def _step_keys(row_keys_B: jax.Array, step: jax.Array) -> jax.Array:
@@ -342,10 +289,10 @@ def generate_from_state(
     """:func:`generate` from a split model ``nnx.split(model) -> (graphdef, state)``.
 
     The trainer keeps (graphdef, state) and calls this after every update: a new ``state``
-    with the same shapes, dtypes and shardings reuses the compiled prefill and decode (they
-    are cached per graphdef, bucket shape and sampling mode).
+    with the same shapes, dtypes and shardings reuses the compiled prefill and decode (jit's
+    own cache: the graphdef and the sampling mode are static arguments, the rest are shapes).
     """
-    config = graphdef_config(graphdef, state)
+    config = nnx.merge(graphdef, state).config  # a few ms: no copy of the arrays
     prompts = _validate_prompts(prompts, config.vocab_size)
     static = _static_of(
         config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype
@@ -377,17 +324,6 @@ def generate_from_state(
     carry = _decode(graphdef, state, carry, kv_mask_BxS, key, temperature_, top_p_, static=static)
     rows = (carry.tokens_BxN, carry.logprobs_BxN, carry.lengths_B, carry.finished_B)
     return GenerateOutput(*(x[:num_rows] for x in rows))  # filler rows dropped
-
-
-_CONFIGS: dict[nnx.GraphDef, Any] = {}
-
-
-def graphdef_config(graphdef: nnx.GraphDef, state: nnx.State):
-    """The ModelConfig of a split model (merged once per graphdef, then cached: the sampler
-    asks at every call)."""
-    if graphdef not in _CONFIGS:
-        _CONFIGS[graphdef] = nnx.merge(graphdef, state).config
-    return _CONFIGS[graphdef]
 
 
 def generate(

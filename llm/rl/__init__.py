@@ -8,10 +8,13 @@
     scores = evaluate(setup.graphdef, state.params, held_out, setup.renderer,
                       setup.reward_fn, key=eval_key(state), sampling=setup.sampling)
 
-Modules: ``config`` (TrainConfig), ``state`` (Setup, RunState), ``rollout``, ``losses``
-(the loss plug-in contract; AsymRE, GRPO, ISReinforce), ``train_step`` (the jitted step),
-``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train),
-``trainable`` (ParamSplit: all weights, or LoRA's adapters alone, are trained).
+Modules: ``config`` (TrainConfig), ``state`` (Setup, RunState), ``rollouts`` (sample and
+score), ``batch`` (the learner's Batch), ``transfer`` (host <-> device), ``losses`` (the loss
+plug-in contract; AsymRE, GRPO, ISReinforce), ``logprobs`` (teacher forcing), ``train_step``
+(the jitted step), ``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``,
+``loop`` (train), ``trainable`` (ParamSplit: all weights, or LoRA's adapters alone, train).
+No name exported here is also a submodule's (the function ``rollout`` lives in ``rollouts``),
+so ``import llm.rl.<module>`` and ``llm.rl.<name>`` never shadow each other.
 """
 
 from llm.rl.checkpoint import Checkpointer, restore_state, save_state
@@ -19,7 +22,7 @@ from llm.rl.config import TrainConfig
 from llm.rl.evaluation import evaluate
 from llm.rl.losses import GRPO, AsymRE, ISReinforce, loss_from_config
 from llm.rl.metrics import MetricsWriter
-from llm.rl.rollout import Rollout, Sampling, rollout
+from llm.rl.rollouts import Rollout, Sampling, rollout
 from llm.rl.state import (
     RunState,
     Setup,

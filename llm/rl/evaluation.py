@@ -25,7 +25,7 @@ import numpy as np
 
 from llm.data.prompts import PromptRenderer
 from llm.data.verifiable import correctness
-from llm.rl.rollout import Sampling, sample, score_completions
+from llm.rl.rollouts import Sampling, sample, score_completions
 
 
 def sample_rewards(

@@ -48,12 +48,12 @@ from llm.rl.checkpoint import Checkpointer, restore_state, save_state
 from llm.rl.config import RESUME_MUTABLE, TrainConfig
 from llm.rl.losses import LossFn
 from llm.rl.metrics import MetricsWriter
-from llm.rl.rollout import to_host
 from llm.rl.schedule import learning_rate_fn
 from llm.rl.state import RunState, Setup, eval_key, init_run
 from llm.rl.step import rl_step
 from llm.rl.tasks import run_examples
 from llm.rl.train_step import optimizer_moments
+from llm.rl.transfer import to_host
 
 __all__ = ["Callback", "EvalFn", "TrainConfig", "run_evaluation", "save_checkpoint", "train"]
 

@@ -37,10 +37,11 @@ from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import make_mesh, param_shardings
 from llm.rl import keys
+from llm.rl.batch import prompts_per_micro_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
-from llm.rl.rollout import Sampling, prompts_per_micro_batch
+from llm.rl.rollouts import Sampling
 from llm.rl.train_step import OptSpec, StepFunctions, batch_spec, step_functions
 from llm.rl.trainable import ParamSplit, merge_params
 

@@ -15,11 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from llm.data.verifiable import correctness
+from llm.rl.batch import build_batch
 from llm.rl.metrics import sample_stats
-from llm.rl.rollout import Rollout, batch_to_global, build_batch, rollout, to_host
+from llm.rl.rollouts import Rollout, rollout
 from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
 from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
+from llm.rl.transfer import batch_to_global, to_host
 
 
 def update(

@@ -10,6 +10,7 @@ whole sequence; log-probs are taken on the N completion slots only, and the loss
            \nabla L = \frac{\sum_k \nabla N_k}{\sum_k D_k}
 
 which is exactly the full-batch loss and gradient (D never depends on the parameters).
+The log-probs come from :mod:`llm.rl.logprobs` (teacher forcing on a shared prompt cache).
 The behaviour log-probs are the sampler's (the distribution the tokens were drawn from);
 :func:`score` recomputes log-probs under other params (the frozen reference of a KL term).
 
@@ -27,8 +28,10 @@ merged inside ``jit`` (``frozen`` is read, never donated or copied).
 Sharding: with a mesh, the step is ``jax.jit`` with ``in_shardings``/``out_shardings`` (what
 older JAX called pjit): params, optimizer state and behaviour params follow the rule table of
 ``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis).
-Compiled functions are cached per (graphdef, mesh, loss, static options, trainable/frozen
-structure), so a second run with the same shapes reuses them.
+
+`step_functions` keeps the last ``COMPILED_STEPS`` bundles (``functools.lru_cache`` keyed on
+graphdef, loss, static options and placement), so a second run in one process with an equal
+configuration (a sweep over seeds, learning rates or ``delta_v``) reuses the compiled step.
 """
 
 from __future__ import annotations
@@ -40,32 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-import asymre_jax
-from llm.models.transformer import KVCache, init_cache, positions_from_mask
+from llm.rl.batch import Batch
+from llm.rl.logprobs import completion_logprobs
 from llm.rl.losses import AsymRE
-from llm.rl.trainable import merge_params
 
 DATA_AXIS = "fsdp"
-
-
-class Batch(NamedTuple):
-    """One step's sequences as [M, ...] arrays: M micro-batches of b completion rows whose
-    prompts are stored once per group of g rows that share one (p = b / g prompt rows).
-
-    L = padded prompt length (left padding), N = completion slots. Row i of a micro-batch
-    continues prompt row i // g; g = 1 stores one prompt per row.
-    """
-
-    prompt_tokens: Any  # int32 [M, p, L] left-padded prompts
-    prompt_mask: Any  # int32 [M, p, L], 0 on left padding
-    completions: Any  # int32 [M, b, N] sampled tokens (pad after the end)
-    loss_mask: Any  # float32 [M, b, N], 1 on completion tokens (EOS included)
-    advantages: Any  # float32 [M, b]
-    behaviour_logprobs: Any  # float32 [M, b, N], log mu(y_t) of the sampler (0 off the mask)
-    ref_logprobs: Any  # float32 [M, b, N], log pi_ref(y_t) for a KL term (else zeros)
 
 
 class OptSpec(NamedTuple):
@@ -105,90 +89,6 @@ def hyperparams(learning_rate: float, weight_decay: float, max_grad_norm: float)
     }
 
 
-# ----------------------------------------------------------------------------- maths
-
-
-def _entropy_from_hidden(hidden_BxTxD, unembedding_DxV, chunk_size: int):
-    """Token entropy of softmax(h W) [B, T], ``chunk_size`` positions at a time (no grad)."""
-    B, T, _ = hidden_BxTxD.shape
-    chunks = -(-T // chunk_size)
-    pad = chunks * chunk_size - T
-    h_NxBxCxD = jnp.moveaxis(
-        jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, chunks, chunk_size, -1), 1, 0
-    )
-
-    def one(h_BxCxD):
-        logits = jnp.einsum(
-            "bcd,dv->bcv", h_BxCxD, unembedding_DxV, preferred_element_type=jnp.float32
-        )
-        log_z = jax.nn.logsumexp(logits, axis=-1)
-        return log_z - jnp.sum(jnp.exp(logits - log_z[..., None]) * logits, axis=-1)
-
-    entropy_NxBxC = jax.lax.map(one, h_NxBxCxD)
-    return jnp.moveaxis(entropy_NxBxC, 0, 1).reshape(B, -1)[:, :T]
-
-
-def _hidden_of_completions(model, mb: Batch):
-    """Final hidden states [b, N, D] that predict the N completion tokens: the prompt's last
-    position for y_0, then y_0 .. y_{N-2} fed on top of the prompt's keys and values.
-
-    Each prompt runs once into a KV cache of L + N slots, which is repeated for its g
-    completions (autodiff flows through the copies), so the prompt costs 1/g of what
-    re-reading it in every row would; the maths is that of the full sequences.
-    """
-    p, L = mb.prompt_tokens.shape
-    b, N = mb.completions.shape
-    if b % p:
-        raise ValueError(f"completion rows b={b} must be a multiple of the prompt rows p={p}")
-    g = b // p
-    cfg = model.config
-    attention_PxS = jnp.concatenate(
-        [mb.prompt_mask, jnp.ones((p, N), mb.prompt_mask.dtype)], axis=1
-    )
-    cache = init_cache(cfg, p, L + N, cfg.jnp_compute_dtype)
-    h_PxLxD, cache = model.cached_hidden_states(
-        mb.prompt_tokens,
-        cache,
-        0,
-        positions=positions_from_mask(mb.prompt_mask),
-        attention_mask=attention_PxS,
-    )
-    first_Bx1xD = jnp.repeat(h_PxLxD[:, -1:], g, axis=0)
-    if N == 1:
-        return first_Bx1xD
-    cache = KVCache(jnp.repeat(cache.k, g, axis=1), jnp.repeat(cache.v, g, axis=1))
-    prompt_len_B = jnp.repeat(jnp.sum(mb.prompt_mask, axis=1, dtype=jnp.int32), g)
-    h_Bx_D, _ = model.cached_hidden_states(
-        mb.completions[:, :-1],
-        cache,
-        L,
-        positions=prompt_len_B[:, None] + jnp.arange(N - 1, dtype=jnp.int32),
-        attention_mask=jnp.repeat(attention_PxS, g, axis=0),
-    )
-    return jnp.concatenate([first_Bx1xD, h_Bx_D], axis=1)
-
-
-def _forward_logprobs(graphdef, params, mb: Batch, chunk_size: int, frozen=None):
-    """Per-token log pi and entropy of pi (float32, [b, N]) of the completion slots, pi the
-    model of ``params`` merged with the ``frozen`` ones.
-
-    The [b, N, V] logits are never materialised: log-probs come from the final hidden
-    states ``chunk_size`` positions at a time (rematerialised in the backward pass).
-    """
-    model = nnx.merge(graphdef, merge_params(params, frozen or {}))
-    N = mb.loss_mask.shape[-1]
-    chunk_size = min(chunk_size, N)
-    hidden_BxNxD = _hidden_of_completions(model, mb)
-    unembedding_DxV = model.unembedding()
-    logprobs_BxN = asymre_jax.token_logprobs_from_hidden(
-        hidden_BxNxD, unembedding_DxV, mb.completions, chunk_size=chunk_size
-    )
-    entropy_BxN = _entropy_from_hidden(
-        jax.lax.stop_gradient(hidden_BxNxD), jax.lax.stop_gradient(unembedding_DxV), chunk_size
-    )
-    return logprobs_BxN, entropy_BxN
-
-
 def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
     args = (logprobs_BxN, mb.behaviour_logprobs, mb.advantages, mb.loss_mask)
     if getattr(loss_fn, "needs_reference", False):
@@ -197,17 +97,17 @@ def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
 
 
 def train_step(
-    params, opt_state, batch: Batch, hyper: dict, frozen=None, *, graphdef, loss_fn, tx, chunk
+    params, opt_state, batch: Batch, hyper: dict, frozen, *, graphdef, loss_fn, tx, chunk
 ):
     """One exact, micro-batched update of the trainable ``params`` (the model is their merge
-    with ``frozen``); returns (params, opt_state, metrics)."""
+    with ``frozen``, {} when nothing is frozen); returns (params, opt_state, metrics)."""
     f32 = jnp.float32
 
     def micro(carry, mb: Batch):
         grads, num, den, stats = carry
 
         def numerator(p):
-            logprobs_BxN, entropy_BxN = _forward_logprobs(graphdef, p, mb, chunk, frozen)
+            logprobs_BxN, entropy_BxN = completion_logprobs(graphdef, p, mb, chunk, frozen)
             n, d = _loss_terms(loss_fn, logprobs_BxN, mb)
             return n, (d, logprobs_BxN, entropy_BxN)
 
@@ -256,11 +156,11 @@ def train_step(
     return params, opt_state, metrics
 
 
-def score(params, batch: Batch, frozen=None, *, graphdef, chunk_size: int = 128):
+def score(params, batch: Batch, frozen, *, graphdef, chunk_size: int = 128):
     """log pi(y_t) of the completion tokens at temperature 1, [M, b, N] (0 off the mask)."""
 
     def one(_, mb):
-        logprobs_BxN, _ = _forward_logprobs(graphdef, params, mb, chunk_size, frozen)
+        logprobs_BxN, _ = completion_logprobs(graphdef, params, mb, chunk_size, frozen)
         return None, logprobs_BxN * mb.loss_mask
 
     return jax.lax.scan(one, None, batch)[1]
@@ -278,14 +178,17 @@ def optimizer_moments(opt_state):
 
 # ----------------------------------------------------------------------------- compiled bundle
 
+COMPILED_STEPS = 16  # step bundles kept compiled per process (least recently used dropped)
+
 
 class StepFunctions(NamedTuple):
-    """The jitted functions of one (graphdef, mesh, static options) combination."""
+    """The jitted functions of one (graphdef, mesh, static options) combination. ``frozen``
+    is the frozen part of the params, {} when nothing is frozen."""
 
     tx: optax.GradientTransformation
     init_opt: Any  # params -> opt_state
-    step: Any  # (params, opt_state, batch, hyper, frozen=None) -> (params, opt_state, metrics)
-    score: Any  # (params, batch, frozen=None) -> log-probs [M, b, N]
+    step: Any  # (params, opt_state, batch, hyper, frozen) -> (params, opt_state, metrics)
+    score: Any  # (params, batch, frozen) -> log-probs [M, b, N]
     copy: Any  # params -> a fresh copy (the behaviour params)
     all_finite: Any  # tree -> bool
     param_shardings: Any  # pure dict of NamedSharding, or None
@@ -293,7 +196,14 @@ class StepFunctions(NamedTuple):
     batch_sharding: Any  # a Batch of NamedShardings (prompt rows, completion rows), or None
 
 
-_CACHE: dict[Any, StepFunctions] = {}
+class _Placement(NamedTuple):
+    """Where a sharded step's arrays live, as hashable (treedef, leaves) pairs."""
+
+    mesh: Any
+    param_shapes: tuple  # (treedef, ShapeDtypeStructs) of the trainable params
+    param_shardings: tuple  # (treedef, NamedShardings) of the trainable params
+    frozen_shardings: tuple  # (treedef, NamedShardings) of the frozen params
+    specs: tuple  # PartitionSpecs of (prompt rows, completion rows)
 
 
 def batch_spec(mesh, rows_per_micro_batch: int) -> PartitionSpec:
@@ -304,23 +214,13 @@ def batch_spec(mesh, rows_per_micro_batch: int) -> PartitionSpec:
     return PartitionSpec(None, DATA_AXIS) if rows_per_micro_batch % size == 0 else PartitionSpec()
 
 
-class _FrozenOptional:
-    """A jitted function whose ``frozen`` argument (at ``position``) may be left out (None ->
-    {}: nothing frozen); everything else (``lower``, ``_cache_size``, ...) is the jitted
-    function's."""
+def _flat(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(leaves)
 
-    def __init__(self, jitted, position: int):
-        self.jitted, self.position = jitted, position
 
-    def __call__(self, *args, frozen=None):
-        if len(args) > self.position:
-            args, frozen = args[: self.position], args[self.position]
-        return self.jitted(*args, {} if frozen is None else frozen)
-
-    def __getattr__(self, name):
-        if name == "jitted":
-            raise AttributeError(name)
-        return getattr(self.jitted, name)
+def _tree(flat: tuple):
+    return jax.tree.unflatten(*flat)
 
 
 def step_functions(
@@ -335,64 +235,71 @@ def step_functions(
     frozen_shardings=None,
     prompt_spec: PartitionSpec | None = None,
 ) -> StepFunctions:
-    """Build (or fetch from the module cache) the jitted step functions.
+    """The jitted step functions; an equal combination of arguments returns the same bundle
+    (so nothing recompiles) while it is among the ``COMPILED_STEPS`` most recently used.
 
     ``abstract_params`` / ``param_shardings`` describe the trainable params (a pure dict with
     a NamedSharding per leaf, from ``llm.models.sharding.param_shardings``) and
-    ``frozen_shardings`` the frozen ones (None or {}: nothing is frozen). They are determined
-    by (graphdef, mesh, which leaves train), which with the static options form the cache key.
-    ``data_spec`` / ``prompt_spec`` place the completion rows and the prompt rows of a
-    `Batch` (`batch_spec`; ``prompt_spec`` None: ``data_spec``).
+    ``frozen_shardings`` the frozen ones (None or {}: nothing is frozen); without a ``mesh``
+    they are not used. ``data_spec`` / ``prompt_spec`` place the completion rows and the
+    prompt rows of a `Batch` (`batch_spec`; ``prompt_spec`` None: ``data_spec``).
+    ``loss_fn`` (default ``AsymRE()``) must be hashable: equal losses share a compiled step.
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
+    try:
+        hash(loss_fn)
+    except TypeError:
+        raise TypeError(
+            f"loss_fn must be hashable (a frozen dataclass or a function): it selects the "
+            f"compiled step; got {type(loss_fn).__name__}"
+        ) from None
     opt_spec = opt_spec or OptSpec()
+    if mesh is None:
+        return _compiled(graphdef, loss_fn, opt_spec, chunk_size, None)
     data_spec = PartitionSpec() if data_spec is None else data_spec
-    prompt_spec = data_spec if prompt_spec is None else prompt_spec
-    frozen_shardings = frozen_shardings or {}
-    structure = (jax.tree.structure(param_shardings), jax.tree.structure(frozen_shardings))
-    key = (graphdef, mesh, loss_fn, opt_spec, data_spec, prompt_spec, chunk_size, structure)
-    if key in _CACHE:
-        return _CACHE[key]
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract_params)
+    placement = _Placement(
+        mesh,
+        _flat(shapes),
+        _flat(param_shardings),
+        _flat(frozen_shardings or {}),
+        (data_spec if prompt_spec is None else prompt_spec, data_spec),
+    )
+    return _compiled(graphdef, loss_fn, opt_spec, chunk_size, placement)
+
+
+def _copy(params):
+    return jax.tree.map(jnp.copy, params)
+
+
+@functools.lru_cache(maxsize=COMPILED_STEPS)
+def _compiled(graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, placement) -> StepFunctions:
     tx = make_optimizer(opt_spec)
     step = functools.partial(
         train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size
     )
     score_fn = functools.partial(score, graphdef=graphdef, chunk_size=chunk_size)
-    copy = lambda p: jax.tree.map(jnp.copy, p)
-    if mesh is None:
-        fns = StepFunctions(
-            tx=tx,
-            init_opt=jax.jit(tx.init),
-            step=_FrozenOptional(jax.jit(step, donate_argnums=(0, 1)), 4),
-            score=_FrozenOptional(jax.jit(score_fn), 2),
-            copy=jax.jit(copy),
-            all_finite=jax.jit(all_finite),
-            param_shardings=None,
-            opt_shardings=None,
-            batch_sharding=None,
-        )
-    else:
-        fns = _sharded_functions(
-            tx,
-            step,
-            score_fn,
-            copy,
-            abstract_params,
-            mesh,
-            param_shardings,
-            frozen_shardings,
-            (prompt_spec, data_spec),
-        )
-    _CACHE[key] = fns
-    return fns
+    if placement is not None:
+        return _sharded_functions(tx, step, score_fn, placement)
+    return StepFunctions(
+        tx=tx,
+        init_opt=jax.jit(tx.init),
+        step=jax.jit(step, donate_argnums=(0, 1)),
+        score=jax.jit(score_fn),
+        copy=jax.jit(_copy),
+        all_finite=jax.jit(all_finite),
+        param_shardings=None,
+        opt_shardings=None,
+        batch_sharding=None,
+    )
 
 
-def _sharded_functions(
-    tx, step, score_fn, copy, abstract_params, mesh, param_shardings, frozen_shardings, specs
-) -> StepFunctions:
-    """The step functions jitted with in/out shardings on ``mesh``."""
+def _sharded_functions(tx, step, score_fn, placement: _Placement) -> StepFunctions:
+    """The step functions jitted with in/out shardings on ``placement.mesh``."""
+    mesh, param_shardings = placement.mesh, _tree(placement.param_shardings)
+    frozen_shardings = _tree(placement.frozen_shardings)
     replicated = NamedSharding(mesh, PartitionSpec())
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, _tree(placement.param_shapes))
     opt_shardings = optax.tree_map_params(
         tx,
         lambda _, sharding: sharding,
@@ -400,23 +307,23 @@ def _sharded_functions(
         param_shardings,
         transform_non_params=lambda _: replicated,
     )
-    prompt_rows, data = (NamedSharding(mesh, spec) for spec in specs)
+    prompt_rows, data = (NamedSharding(mesh, spec) for spec in placement.specs)
     batch_sh = Batch(prompt_rows, prompt_rows, *([data] * (len(Batch._fields) - 2)))
-    jitted_step = jax.jit(
-        step,
-        in_shardings=(param_shardings, opt_shardings, batch_sh, replicated, frozen_shardings),
-        out_shardings=(param_shardings, opt_shardings, replicated),
-        donate_argnums=(0, 1),
-    )
-    jitted_score = jax.jit(
-        score_fn, in_shardings=(param_shardings, batch_sh, frozen_shardings), out_shardings=data
-    )
     return StepFunctions(
         tx=tx,
         init_opt=jax.jit(tx.init, in_shardings=(param_shardings,), out_shardings=opt_shardings),
-        step=_FrozenOptional(jitted_step, 4),
-        score=_FrozenOptional(jitted_score, 2),
-        copy=jax.jit(copy, in_shardings=(param_shardings,), out_shardings=param_shardings),
+        step=jax.jit(
+            step,
+            in_shardings=(param_shardings, opt_shardings, batch_sh, replicated, frozen_shardings),
+            out_shardings=(param_shardings, opt_shardings, replicated),
+            donate_argnums=(0, 1),
+        ),
+        score=jax.jit(
+            score_fn,
+            in_shardings=(param_shardings, batch_sh, frozen_shardings),
+            out_shardings=data,
+        ),
+        copy=jax.jit(_copy, in_shardings=(param_shardings,), out_shardings=param_shardings),
         all_finite=jax.jit(all_finite, out_shardings=replicated),
         param_shardings=param_shardings,
         opt_shardings=opt_shardings,

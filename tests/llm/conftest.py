@@ -51,3 +51,22 @@ def env(tmp_path_factory):
         "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     }
     return env
+
+
+@pytest.fixture
+def count_compiles():
+    """A Counter of the XLA compilations (by function name) since the test began, from
+    ``jax.monitoring``'s public compile event; ``.clear()`` it to start counting again."""
+    import collections
+
+    import jax
+
+    counts = collections.Counter()
+
+    def listener(event: str, duration_secs: float, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            counts[kwargs.get("fun_name", "?")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield counts
+    jax.monitoring.unregister_event_duration_listener(listener)

@@ -3,6 +3,8 @@
 Tiny random qwen2 model (llm.models.tiny), 8 simulated CPU devices (tests/conftest.py).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,10 +15,17 @@ from llm.models.sharding import make_mesh, param_shardings
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
 from llm.rl import train_step as update
+from llm.rl.batch import build_batch
 from llm.rl.checkpoint import abstract_like
+from llm.rl.logprobs import entropy_from_hidden
 from llm.rl.losses import GRPO, AsymRE, ISReinforce
-from llm.rl.rollout import build_batch
-from llm.rl.train_step import OptSpec, batch_spec, hyperparams, step_functions
+from llm.rl.train_step import (
+    COMPILED_STEPS,
+    OptSpec,
+    batch_spec,
+    hyperparams,
+    step_functions,
+)
 from llm.sampler import generate_from_state
 
 P, G, N = 2, 4, 6
@@ -89,10 +98,10 @@ def _run(setup, *, micro_batches=1, spec=None, mesh=None, advantages=None, behav
         params = jax.device_put(_fresh(setup["params"]), shardings)
         batch = jax.device_put(host, fns.batch_sharding)
     mu = params if behaviour is None else _fresh(behaviour)
-    blp = fns.score(mu, batch)
+    blp = fns.score(mu, batch, {})
     batch = batch._replace(behaviour_logprobs=blp)
     opt_state = fns.init_opt(params)
-    params, _, metrics = fns.step(params, opt_state, batch, hyperparams(**HYPER))
+    params, _, metrics = fns.step(params, opt_state, batch, hyperparams(**HYPER), {})
     host_params = jax.tree.map(np.asarray, params)
     return host_params, {k: float(v) for k, v in metrics.items()}, np.asarray(blp)
 
@@ -171,7 +180,7 @@ def test_teacher_forcing_reproduces_sampler_logprobs(setup):
         prompts, np.asarray(out.tokens), lengths, np.zeros(3, np.float32), pad_token_id=0
     )
     fns = step_functions(setup["graphdef"], None, None, None)
-    blp = np.asarray(fns.score(setup["params"], jax.tree.map(jnp.asarray, host)))[0]
+    blp = np.asarray(fns.score(setup["params"], jax.tree.map(jnp.asarray, host), {}))[0]
     np.testing.assert_allclose(blp, np.asarray(out.logprobs), atol=2e-5)
     np.testing.assert_array_equal(host.loss_mask[0].sum(1), lengths)
 
@@ -197,8 +206,6 @@ def test_build_batch_rejects_bad_shapes(setup):
 
 
 def test_chunked_entropy_matches_full_softmax():
-    from llm.rl.train_step import _entropy_from_hidden
-
     rng = np.random.default_rng(1)
     h = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
@@ -207,7 +214,7 @@ def test_chunked_entropy_matches_full_softmax():
     p /= p.sum(-1, keepdims=True)
     expected = -(p * np.log(p)).sum(-1)
     for chunk in (1, 3, 7):
-        np.testing.assert_allclose(_entropy_from_hidden(h, w, chunk), expected, rtol=1e-5)
+        np.testing.assert_allclose(entropy_from_hidden(h, w, chunk), expected, rtol=1e-5)
 
 
 def test_constant_normalization_divides_by_the_generation_budget(setup):
@@ -231,19 +238,19 @@ def test_reference_logprobs_reach_a_loss_that_needs_them(setup):
     )
     batch = jax.tree.map(jnp.asarray, host)
     fns = step_functions(setup["graphdef"], None, None, None, GRPO(beta=0.5), OPT)
-    lp = fns.score(setup["params"], batch)
+    lp = fns.score(setup["params"], batch, {})
     batch = batch._replace(behaviour_logprobs=lp, ref_logprobs=lp)
     with_kl = fns.step(
-        _fresh(setup["params"]), fns.init_opt(setup["params"]), batch, hyperparams(**HYPER)
+        _fresh(setup["params"]), fns.init_opt(setup["params"]), batch, hyperparams(**HYPER), {}
     )[2]
     plain = step_functions(setup["graphdef"], None, None, None, GRPO(), OPT)
     without = plain.step(
-        _fresh(setup["params"]), plain.init_opt(setup["params"]), batch, hyperparams(**HYPER)
+        _fresh(setup["params"]), plain.init_opt(setup["params"]), batch, hyperparams(**HYPER), {}
     )[2]
     np.testing.assert_allclose(float(with_kl["loss"]), float(without["loss"]), rtol=1e-6)
     far = batch._replace(ref_logprobs=lp - 1.0)
     shifted = fns.step(
-        _fresh(setup["params"]), fns.init_opt(setup["params"]), far, hyperparams(**HYPER)
+        _fresh(setup["params"]), fns.init_opt(setup["params"]), far, hyperparams(**HYPER), {}
     )[2]
     assert float(shifted["loss"]) > float(without["loss"]) + 0.1
 
@@ -277,3 +284,52 @@ def test_shared_prompt_layout_and_checks(setup):
             rows, setup["completions"], setup["lengths"], setup["advantages"],
             pad_token_id=0, group_size=G,
         )  # fmt: skip
+
+
+def test_equal_configurations_share_one_compiled_step(setup, count_compiles):
+    """An equal configuration gets the same jitted functions, so a second run (a sweep over
+    delta_v, which acts on the host only, or over the learning rate) compiles nothing."""
+
+    def make(loss):  # a chunk size no other test uses: the first run compiles
+        return step_functions(setup["graphdef"], None, None, None, loss, OPT, chunk_size=5)
+
+    fns = make(AsymRE(delta_v=-0.1))
+    host = build_batch(
+        setup["rows"], setup["completions"], setup["lengths"], setup["advantages"], pad_token_id=0
+    )
+    batch = jax.tree.map(jnp.asarray, host)
+
+    def run(f, learning_rate):
+        params = _fresh(setup["params"])
+        hyper = hyperparams(**(HYPER | {"learning_rate": learning_rate}))
+        return jax.block_until_ready(f.step(params, f.init_opt(params), batch, hyper, {}))
+
+    run(fns, 1e-2)
+    assert sum(count_compiles.values()) > 0
+    count_compiles.clear()
+    again = make(AsymRE(delta_v=-0.3))
+    run(again, 3e-3)
+    assert again is fns and not count_compiles, count_compiles
+    assert make(AsymRE(normalization="token")) is not fns
+
+
+def test_step_functions_rejects_an_unhashable_loss(setup):
+    @dataclasses.dataclass
+    class MutableLoss:  # eq without frozen: unhashable
+        scale: float = 1.0
+
+        def __call__(self, logprobs, behaviour_logprobs, advantages, mask):
+            return AsymRE()(logprobs, behaviour_logprobs, advantages, mask)
+
+    with pytest.raises(TypeError, match="loss_fn must be hashable"):
+        step_functions(setup["graphdef"], None, loss_fn=MutableLoss())
+
+
+def test_compiled_steps_are_bounded(setup):
+    """Only the COMPILED_STEPS most recently used combinations stay compiled (last in this
+    module: it evicts the bundles the other tests built)."""
+    first = step_functions(setup["graphdef"], None, chunk_size=1)
+    assert step_functions(setup["graphdef"], None, chunk_size=1) is first
+    for chunk in range(2, COMPILED_STEPS + 2):
+        step_functions(setup["graphdef"], None, chunk_size=chunk)
+    assert step_functions(setup["graphdef"], None, chunk_size=1) is not first

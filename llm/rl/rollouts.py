@@ -1,0 +1,117 @@
+"""Rollouts: sample G completions per prompt from the behaviour params and score them.
+
+`rollout` returns a `Rollout` of host arrays: the B = P * G completions, their lengths,
+whether they ended with EOS, their log-probs under the distribution they were drawn from
+(the behaviour policy at the sampling temperature / top-p: what an importance ratio needs)
+and the rewards [P, G]. Row i is prompt i // G, sample i % G (prompt-major); each prompt is
+prefilled once for its G samples. A reward function is model-facing code: it must return B
+finite floats for any completion text (see `score_completions`).
+
+The learner's layout of these rows is :mod:`llm.rl.batch`; host <-> device transfers are
+:mod:`llm.rl.transfer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from llm.data.prompts import PromptRenderer
+from llm.rl.transfer import to_host
+from llm.sampler import generate_from_state
+
+
+class Sampling(NamedTuple):
+    """How completions are drawn (see `llm.sampler.generate`)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    eos_token_id: Sequence[int] | int | None = None
+    pad_token_id: int = 0
+
+
+class Rollout(NamedTuple):
+    """One step's samples on the host; B = P * G rows, prompt-major (row i: prompt i // G)."""
+
+    prompts: list[list[int]]  # B prompt token-id lists
+    tokens_BxN: np.ndarray  # int32 completion ids, pad after the end
+    lengths_B: np.ndarray  # int32, EOS included
+    finished_B: np.ndarray  # bool, True where the row emitted EOS
+    logprobs_BxN: np.ndarray  # float32 log mu(y_t) of the sampling distribution, 0 after end
+    rewards_PxG: np.ndarray  # float64
+
+
+def sample(
+    graphdef, params, prompts, sampling: Sampling, key, num_samples: int = 1
+) -> tuple[np.ndarray, ...]:
+    """(tokens [B, N], lengths [B], finished [B], logprobs [B, N]) on the host; B =
+    len(prompts) * num_samples, prompt-major (each prompt's prefill runs once)."""
+    out = generate_from_state(
+        graphdef,
+        params,
+        prompts,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        eos_token_id=sampling.eos_token_id,
+        key=key,
+        pad_token_id=sampling.pad_token_id,
+        num_samples=num_samples,
+    )
+    return to_host(out.tokens), to_host(out.lengths), to_host(out.finished), to_host(out.logprobs)
+
+
+def score_completions(
+    reward_fn: Callable, examples: Sequence, completions: Sequence[str], repeats: int
+) -> np.ndarray:
+    """Rewards [len(examples) * repeats] of prompt-major completions; must be finite.
+
+    ``reward_fn(prompts, completions, answer=[...], **columns)`` receives the examples' extra
+    columns (those every example has) as keyword lists.
+    """
+    rows = [ex for ex in examples for _ in range(repeats)]
+    common = set.intersection(*(set(ex.columns) for ex in examples)) if examples else set()
+    columns = {k: [ex.columns[k] for ex in rows] for k in sorted(common - {"answer"})}
+    prompts = [ex.prompt for ex in rows]
+    answers = [ex.answer for ex in rows]
+    rewards = np.asarray(reward_fn(prompts, list(completions), answer=answers, **columns), float)
+    if rewards.shape != (len(rows),) or not np.all(np.isfinite(rewards)):
+        raise ValueError(
+            f"the reward function must return {len(rows)} finite floats, got shape "
+            f"{rewards.shape} with {int(np.sum(~np.isfinite(rewards)))} non-finite values"
+        )
+    return rewards
+
+
+def rollout(
+    graphdef,
+    behaviour_params,
+    examples: Sequence,
+    renderer: PromptRenderer,
+    reward_fn: Callable,
+    *,
+    num_samples: int,
+    sampling: Sampling,
+    key: jax.Array,
+) -> Rollout:
+    """Sample ``num_samples`` (G) completions of each of the P ``examples`` from the behaviour
+    params and score them with ``reward_fn``; each prompt is prefilled once for its G."""
+    distinct = renderer.repeat(examples, 1)
+    prompts = [list(p) for p in distinct for _ in range(num_samples)]
+    tokens_BxN, lengths_B, finished_B, logprobs_BxN = sample(
+        graphdef, behaviour_params, distinct, sampling, key, num_samples=num_samples
+    )
+    texts = renderer.decode(tokens_BxN, lengths_B)
+    rewards_B = score_completions(reward_fn, examples, texts, num_samples)
+    return Rollout(
+        prompts,
+        tokens_BxN,
+        lengths_B,
+        finished_B,
+        logprobs_BxN,
+        rewards_B.reshape(len(examples), num_samples),
+    )

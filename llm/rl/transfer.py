@@ -1,0 +1,50 @@
+"""Host <-> device transfers of the trainer, single- and multi-process alike.
+
+Every process holds the same host arrays (the same rollout, the same `Batch`). `to_global`
+gives each process's devices their rows through ``jax.make_array_from_process_local_data``
+(each process feeds its slice of the global array), `batch_to_global` does it for a whole
+`Batch` (one ``device_put`` on one process), and `to_host` gathers a global array back into
+a numpy array on every process.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from llm.rl.batch import Batch
+
+
+def to_global(x: np.ndarray, sharding) -> jax.Array:
+    """A global array from the host array every process holds, each feeding its own rows."""
+    x = np.asarray(x)
+    if sharding is None:
+        return jax.device_put(x)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    index_map = sharding.addressable_devices_indices_map(x.shape)
+    if x.ndim < 2:
+        return jax.make_array_from_process_local_data(sharding, x, x.shape)
+    starts = [idx[1].start or 0 for idx in index_map.values()]
+    stops = [x.shape[1] if idx[1].stop is None else idx[1].stop for idx in index_map.values()]
+    local = x[:, min(starts) : max(stops)]
+    return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+
+def batch_to_global(batch: Batch, shardings) -> Batch:
+    """The host batch on the devices (``shardings``: a Batch of shardings, or None): one
+    transfer for the whole batch on one process."""
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+    shardings = shardings if shardings is not None else Batch(*([None] * len(Batch._fields)))
+    return Batch(*(to_global(x, s) for x, s in zip(batch, shardings, strict=True)))
+
+
+def to_host(x) -> np.ndarray:
+    """A numpy copy of a (possibly multi-process) jax array."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
