@@ -11,24 +11,14 @@ from __future__ import annotations
 import pathlib
 
 import jax
-import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from llm.models.hf_io import save_hf
 from llm.models.lora import has_lora, merge_lora
 from llm.models.peft_io import save_peft_adapter
+from llm.models.sharding import to_host
 
 __all__ = ["export"]
-
-
-def _host_copy(x) -> np.ndarray:
-    """A numpy copy of a (possibly multi-process) array; gathers across processes."""
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
-        return np.asarray(x)
-    if x.is_fully_replicated:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def export(
@@ -43,7 +33,7 @@ def export(
 ) -> pathlib.Path:
     """Write the policy ``params`` as a Hugging Face folder at ``path`` (process 0 writes);
     returns ``path``. ``adapter_path`` and ``base_model_name_or_path``: LoRA's PEFT copy."""
-    host = jax.tree.map(_host_copy, params)
+    host = jax.tree.map(to_host, params)
     if jax.process_index() == 0:
         model = nnx.merge(graphdef, host)
         if has_lora(model):

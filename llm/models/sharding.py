@@ -23,7 +23,9 @@ import re
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from llm.errors import ConfigError
@@ -147,3 +149,13 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=None) -> nnx.Module:
     )
     nnx.update(model, moved)
     return model
+
+
+def to_host(x) -> np.ndarray:
+    """A numpy copy of a (possibly sharded, possibly multi-process) jax array; every process
+    must call it for an array that spans processes (it gathers)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from llm.models.sharding import to_host as to_host  # re-exported: the transfer helpers in one place
 from llm.rl.batch import Batch
 
 
@@ -39,12 +39,3 @@ def batch_to_global(batch: Batch, shardings) -> Batch:
         return jax.device_put(batch, shardings)
     shardings = shardings if shardings is not None else Batch(*([None] * len(Batch._fields)))
     return Batch(*(to_global(x, s) for x, s in zip(batch, shardings, strict=True)))
-
-
-def to_host(x) -> np.ndarray:
-    """A numpy copy of a (possibly multi-process) jax array."""
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
-        return np.asarray(x)
-    if x.is_fully_replicated:
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
