@@ -38,6 +38,7 @@ from llm.data.tokenizer import load_tokenizer
 from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import make_mesh, param_shardings
+from llm.models.transformer import set_runtime_options
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
@@ -128,6 +129,7 @@ def make_setup(
         model_config = model.config
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
     model = _with_lora(cfg, model)
+    set_runtime_options(model, remat=cfg.remat)  # issue 19: per-layer rematerialisation
     split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
     shardings = nnx.to_pure_dict(param_shardings(model, mesh))

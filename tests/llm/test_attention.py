@@ -195,3 +195,38 @@ def test_remat_gradients_equal_plain(family, remat):
     assert max(float(jnp.abs(g).max()) for g in plain) > 1e-3
     for a, b in zip(plain, again, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_trainer_remat_option_same_run(tmp_path):
+    """TrainConfig.remat reaches the trainer's model: same rewards, losses and grad norms."""
+    from llm.models.tiny import make_tiny_checkpoint
+    from llm.rl import train_step
+    from llm.trainer import TrainConfig, train
+
+    path = str(make_tiny_checkpoint(tmp_path / "qwen2", "qwen2"))
+    runs = {}
+    for remat in ("none", "layer"):
+        before = set(train_step._CACHE)
+        cfg = TrainConfig(
+            model_path=path,
+            task="arithmetic",
+            task_kwargs={"num_examples": 16},
+            num_steps=2,
+            prompts_per_step=2,
+            samples_per_prompt=2,
+            max_new_tokens=5,
+            learning_rate=1e-2,
+            eval_prompts=0,
+            mesh="fsdp=1",
+            mesh_subset=True,
+            out_dir=str(tmp_path / remat),
+            progress=False,
+            tensorboard=False,
+            remat=remat,
+        )
+        runs[remat] = train(cfg)
+        assert set(train_step._CACHE) - before  # its own step functions: the model differs
+    for plain, rematted in zip(runs["none"], runs["layer"], strict=True):
+        assert plain["reward_mean"] == rematted["reward_mean"]
+        for key in ("loss", "grad_norm"):
+            np.testing.assert_allclose(rematted[key], plain[key], rtol=1e-4, atol=1e-6)
