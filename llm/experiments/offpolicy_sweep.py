@@ -38,6 +38,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from llm.compile_cache import enable_compilation_cache
+
 # ----------------------------------------------------------------------------- presets
 
 
@@ -390,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--delta-vs", type=float, nargs="+", help="the stale AsymRE delta_v values")
     p.add_argument("--no-grpo", action="store_true", help="leave out the GRPO runs")
     a = p.parse_args(argv)
+    enable_compilation_cache()  # issue 19: compile once
     logging.basicConfig(level=logging.WARNING)
     preset = PRESETS[a.preset].quick() if a.quick else PRESETS[a.preset]
     if a.learning_rate is not None and not (a.learning_rate > 0 and a.learning_rate < 1):
