@@ -119,7 +119,8 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         cells = " | ".join(f"{r[f'T={T}']:.3f}" for T in lengths)
         print(
-            f"| {r['attention']} | {r['remat']} | {cells} | {r['exponent']:.2f} | {r['last_exponent']:.2f} |"
+            f"| {r['attention']} | {r['remat']} | {cells} | {r['exponent']:.2f} | "
+            f"{r['last_exponent']:.2f} |"
         )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
