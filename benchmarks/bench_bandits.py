@@ -168,6 +168,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--markdown", action="store_true", help="print a RESULTS.md table")
     args = ap.parse_args(argv)
+    from llm.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     torch.set_num_threads(2)
     problem, Vs, rounds, steps = _setup(args.quick)
     rewards, mu_logits = np.asarray(problem.rewards), np.asarray(problem.mu_logits)

@@ -399,6 +399,9 @@ def main(argv=None) -> dict:
     if args.threads == 1:  # before jax is imported
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    from llm.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     import torch
 
     torch.set_num_threads(args.threads)

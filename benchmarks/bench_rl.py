@@ -384,6 +384,9 @@ def main(argv=None) -> dict:
         learning_rate=args.learning_rate,
         steps=args.steps,
     )
+    from llm.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench_rl_"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(args.threads), "settings": dataclasses.asdict(s), "sizes": {}}

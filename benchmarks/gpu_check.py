@@ -265,6 +265,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--test-timeout", type=int, default=300)
     args = parser.parse_args(argv)
+    from llm.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     out = args.out or (
         os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
     )

@@ -129,6 +129,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--new", type=int, default=64)
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
+    from llm.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     config = tiny_config("qwen2", size=args.size).replace(
         param_dtype=args.dtype, compute_dtype=args.dtype
     )

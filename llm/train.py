@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 
+from llm.compile_cache import enable_compilation_cache
 from llm.rl.config import GROUPS, ConfigError, TrainConfig
 from llm.rl.config_fields import option_of
 
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    enable_compilation_cache()  # ASYMRE_JAX_COMPILE_CACHE=off disables it
     if args.coordinator_address or args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from llm.trainer import initialize_distributed
 

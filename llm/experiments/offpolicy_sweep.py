@@ -39,6 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from llm.compile_cache import enable_compilation_cache
 from llm.data.verifiable import correctness
 from llm.experiments import report
 from llm.experiments.presets import PRESETS, SMOKE, TINY_ARITH, Preset, RunSpec, run_specs
@@ -267,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--delta-vs", type=float, nargs="+", help="the stale AsymRE delta_v values")
     p.add_argument("--no-grpo", action="store_true", help="leave out the GRPO runs")
     a = p.parse_args(argv)
+    enable_compilation_cache()
     logging.basicConfig(level=logging.WARNING)
     preset = PRESETS[a.preset].quick() if a.quick else PRESETS[a.preset]
     if a.learning_rate is not None and not (a.learning_rate > 0 and a.learning_rate < 1):

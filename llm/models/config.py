@@ -51,6 +51,8 @@ CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 _QK_NORM_FAMILIES = ("qwen3", "gemma3_text")
 _WINDOW_FAMILIES = ("mistral", "gemma3_text")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "einsum")  # see llm.models.attention
+REMAT_MODES = ("none", "layer", "dots")  # see llm.models.transformer
 
 
 def dtype_name(dtype: Any, name: str = "dtype") -> str:
@@ -66,7 +68,7 @@ def dtype_name(dtype: Any, name: str = "dtype") -> str:
     return canonical
 
 
-def _freeze(value: Any) -> Any:
+def _freeze(value: Any) -> Any:  # dicts and lists as (sorted) tuples: hashable
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     if isinstance(value, list):
@@ -95,8 +97,7 @@ def _eos_ids(value: Any, source: str) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _ids_json(ids: tuple[int, ...]) -> int | list[int] | None:
-    """How config.json / generation_config.json spell a tuple of ids."""
+def _ids_json(ids: tuple[int, ...]) -> int | list[int] | None:  # as config.json spells them
     return (ids[0] if len(ids) == 1 else list(ids)) if ids else None
 
 
@@ -138,6 +139,9 @@ class ModelConfig:
     initializer_range: float = 0.02
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
+    # How to run, not what (not in config.json): llm.models.attention, .transformer.
+    attention_impl: str = "auto"
+    remat: str = "none"
     # config.json's own eos ids when generation_config.json added more (None: eos_token_id).
     # Bookkeeping for writing the files back; not compared, not part of the hash.
     config_json_eos_token_id: tuple[int, ...] | None = dataclasses.field(
@@ -175,6 +179,9 @@ class ModelConfig:
             object.__setattr__(self, "config_json_eos_token_id", ids)
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype, "param_dtype"))
         object.__setattr__(self, "compute_dtype", dtype_name(self.compute_dtype, "compute_dtype"))
+        for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("remat", REMAT_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.use_qk_norm != (self.model_type in _QK_NORM_FAMILIES):
             raise ValueError(
                 f"use_qk_norm must be True for {' and '.join(_QK_NORM_FAMILIES)} and False "

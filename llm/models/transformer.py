@@ -8,11 +8,13 @@ Per layer (pre-norm, residual):
     y &= h + W_{down}\big(\mathrm{silu}(W_{gate} m) \odot W_{up} m\big),
     \quad m = \mathrm{RMSNorm}(h)
 
-Attention is grouped-query (GQA): the H query heads are viewed as [K, G] (K key/value
-heads, G = H / K queries each), so K and V are never repeated. Scores are plain einsums,
-a single boolean mask (causal AND padding) selects the visible keys, and the softmax runs
-in float32. Sliding-window layers (Mistral, Gemma 3's "sliding_attention" layers) also
-hide keys ``sliding_window`` or more slots behind the query, as transformers does.
+Attention is grouped-query (GQA: K key/value heads, G = H / K queries each, K and V never
+repeated) and runs through ``jax.nn.dot_product_attention`` (``llm.models.attention``:
+cuDNN flash attention on GPUs, XLA elsewhere; softmax in float32): causal, padding from
+``attention_mask``, and on sliding-window layers (Mistral, Gemma 3's "sliding_attention"
+layers) keys ``sliding_window`` or more slots behind the query hidden, as transformers does.
+``config.remat`` recomputes each layer in the backward pass (memory linear in the layers'
+inputs, not in their activations).
 Gemma 3 adds (1 + w) norms, embeddings times sqrt(D), gelu-tanh in place of silu, norms
 on the attention and MLP outputs before the residual adds, and per-kind RoPE (see
 ``llm.models.config``). Weights are stored in ``config.param_dtype`` and cast to
@@ -32,47 +34,28 @@ in consecutive slots, so slot distance is position distance there.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm.models.attention import attend, visibility_masks
+from llm.models.cache import KVCache, init_cache, positions_from_mask, query_slots
 from llm.models.config import ModelConfig
 from llm.models.families import FULL, SLIDING
 from llm.models.lora import lora_delta
 from llm.models.rope import apply_rope, rope_angles
 
+__all__ = [
+    "RUNTIME_OPTIONS",
+    "KVCache",
+    "Transformer",
+    "init_cache",
+    "positions_from_mask",
+    "set_runtime_options",
+]
+
 _F32 = jnp.float32
-
-
-class KVCache(NamedTuple):
-    """Keys and values of every layer: k, v each [L, B, S, num_kv_heads, head_dim]."""
-
-    k: jax.Array
-    v: jax.Array
-
-
-def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    """A zero KV cache with ``max_len`` slots per row."""
-    shape = (
-        config.num_hidden_layers,
-        batch_size,
-        max_len,
-        config.num_key_value_heads,
-        config.head_dim,
-    )
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-
-
-def positions_from_mask(attention_mask_BxT) -> jax.Array:
-    """RoPE positions for padded rows: the count of real tokens before each slot (0 on pads).
-
-    >>> positions_from_mask(jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])).tolist()
-    [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
-    """
-    mask_BxT = jnp.asarray(attention_mask_BxT) != 0
-    return jnp.maximum(jnp.cumsum(mask_BxT, axis=-1, dtype=jnp.int32) - 1, 0)
+RUNTIME_OPTIONS = ("attention_impl", "remat")
 
 
 def _param(rngs: nnx.Rngs | None, init: str, shape, axes, config: ModelConfig) -> nnx.Param:
@@ -114,7 +97,9 @@ class RMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    """Grouped-query attention; ``kind``: FULL or SLIDING (keys < sliding_window behind)."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, kind: str = FULL):
         D, H, K, Dh = (
             config.hidden_size,
             config.num_attention_heads,
@@ -122,6 +107,7 @@ class Attention(nnx.Module):
             config.head_dim,
         )
         self.config = config
+        self.window = config.sliding_window if kind == SLIDING else None
         self.q = _param(rngs, "normal", (D, H, Dh), ("embed", "heads", "head_dim"), config)
         self.k = _param(rngs, "normal", (D, K, Dh), ("embed", "kv_heads", "head_dim"), config)
         self.v = _param(rngs, "normal", (D, K, Dh), ("embed", "kv_heads", "head_dim"), config)
@@ -136,7 +122,7 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(Dh, config)
             self.k_norm = RMSNorm(Dh, config)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, layer=0, cache_index=None):
+    def __call__(self, x_BxTxD, cos, sin, mask, kv=None, layer=0, cache_index=None, causal=True):
         cfg = self.config
         dt = cfg.jnp_compute_dtype
         B, T, _ = x_BxTxD.shape
@@ -168,18 +154,16 @@ class Attention(nnx.Module):
         else:
             k_BxSxKxE, v_BxSxKxE = k_BxTxKxE, v_BxTxKxE
 
-        K, G, E = cfg.num_key_value_heads, cfg.num_groups, cfg.head_dim
-        q_BxTxKxGxE = q_BxTxHxE.reshape(B, T, K, G, E)
-        scores_BxKxGxTxS = (
-            jnp.einsum("btkge,bske->bkgts", q_BxTxKxGxE, k_BxSxKxE, preferred_element_type=_F32)
-            * cfg.attention_scale
+        out_BxTxHxE = attend(
+            q_BxTxHxE,
+            k_BxSxKxE,
+            v_BxSxKxE,
+            mask,
+            scale=cfg.attention_scale,
+            causal=causal,
+            window=self.window if causal else None,
+            requested=cfg.attention_impl,
         )
-        scores_BxKxGxTxS = jnp.where(
-            mask_BxTxS[:, None, None], scores_BxKxGxTxS, jnp.finfo(_F32).min
-        )
-        probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-        out_BxTxKxGxE = jnp.einsum("bkgts,bske->btkge", probs_BxKxGxTxS, v_BxSxKxE)
-        out_BxTxHxE = out_BxTxKxGxE.reshape(B, T, K * G, E)
         out_BxTxD = jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(dt))
         out_BxTxD = _plus_lora(self, "o", out_BxTxHxE, out_BxTxD, dt)
         if cfg.attention_out_bias:
@@ -227,9 +211,9 @@ class Block(nnx.Module):
     """Pre-norm residual layer; Gemma (``config.sandwich_norms``) also norms each branch's
     output (attn_post_norm, mlp_post_norm) before adding it."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, kind: str = FULL):
         self.attn_norm = RMSNorm(config.hidden_size, config)
-        self.attn = Attention(config, rngs)
+        self.attn = Attention(config, rngs, kind)
         self.mlp_norm = RMSNorm(config.hidden_size, config)
         self.mlp = MLP(config, rngs)
         self.sandwich = config.sandwich_norms
@@ -237,9 +221,9 @@ class Block(nnx.Module):
             self.attn_post_norm = RMSNorm(config.hidden_size, config)
             self.mlp_post_norm = RMSNorm(config.hidden_size, config)
 
-    def __call__(self, x_BxTxD, cos, sin, mask_BxTxS, kv=None, layer=0, cache_index=None):
+    def __call__(self, x_BxTxD, cos, sin, mask, kv=None, layer=0, cache_index=None, causal=True):
         attn_BxTxD, kv = self.attn(
-            self.attn_norm(x_BxTxD), cos, sin, mask_BxTxS, kv, layer, cache_index
+            self.attn_norm(x_BxTxD), cos, sin, mask, kv, layer, cache_index, causal
         )
         if self.sandwich:
             attn_BxTxD = self.attn_post_norm(attn_BxTxD)
@@ -250,49 +234,26 @@ class Block(nnx.Module):
         return h_BxTxD + mlp_BxTxD, kv
 
 
-def _query_slots(cfg: ModelConfig, cache, cache_index, B: int, T: int):
-    """(cache_index, [T] cache slot of each query, S key slots), checking the cache."""
-    if cache is None:
-        if cache_index is not None:
-            raise ValueError("cache_index is only meaningful together with cache")
-        return None, jnp.arange(T), T
-    if not isinstance(cache, KVCache):
-        raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
-    expected = (cfg.num_hidden_layers, B, cache.k.shape[2], cfg.num_key_value_heads, cfg.head_dim)
-    if cache.k.shape != expected or cache.v.shape != expected:
-        raise ValueError(
-            f"cache.k and cache.v must have shape [L, B, S, K, Dh] = {expected}, got "
-            f"{tuple(cache.k.shape)} and {tuple(cache.v.shape)}"
-        )
-    if cache_index is None:
-        raise ValueError("cache_index (int32 scalar) is required with cache")
-    cache_index = jnp.asarray(cache_index, jnp.int32)
-    if cache_index.ndim != 0:
-        raise ValueError(f"cache_index must be a scalar, got shape {cache_index.shape}")
-    S = cache.k.shape[2]
-    if T > S:
-        raise ValueError(f"tokens has T = {T} positions but the cache only {S} slots")
-    return cache_index, cache_index + jnp.arange(T), S
+_REMAT_POLICIES = {"layer": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
-def _masks(cfg: ModelConfig, query_slot_T, S: int, attention_mask, B: int, cached: bool):
-    """{layer kind: [B, T, S] bool visibility}: causal AND attention_mask, and for
-    "sliding_attention" also slot distance < sliding_window (transformers' definition)."""
-    distance_TxS = query_slot_T[:, None] - jnp.arange(S)[None, :]
-    mask_BxTxS = jnp.broadcast_to(distance_TxS >= 0, (B, len(query_slot_T), S))
-    if attention_mask is not None:
-        attention_mask = jnp.asarray(attention_mask)
-        if attention_mask.shape != (B, S):
-            what = "[B, S] (all cache slots)" if cached else "[B, T]"
-            raise ValueError(
-                f"attention_mask must have shape {what} = {(B, S)}, got "
-                f"{tuple(attention_mask.shape)}"
-            )
-        mask_BxTxS = mask_BxTxS & (attention_mask[:, None, :] != 0)
-    masks = {FULL: mask_BxTxS}
-    if SLIDING in cfg.all_layer_types:
-        masks[SLIDING] = mask_BxTxS & (distance_TxS < cfg.sliding_window)
-    return masks
+def _layer_runner(cfg: ModelConfig, index: int, causal: bool, multi_token: bool):
+    """``run(block, x, cos, sin, mask, kv, cache_index) -> (x, kv)`` for layer ``index``.
+
+    With ``cfg.remat`` ("layer": keep only the layer's inputs; "dots": also its matmuls
+    without batch dimensions, i.e. the weight projections, not the attention scores) the
+    backward pass recomputes the layer (``nnx.remat``); kv is then that layer's own cache
+    [1, B, S, K, Dh], so that the residuals are not the whole cache once per layer.
+    Single-token calls (decode) have nothing worth recomputing and run plain.
+    """
+
+    def run(block, x_BxTxD, cos, sin, mask, kv, cache_index):
+        layer = 0 if cfg.remat != "none" and multi_token else index
+        return block(x_BxTxD, cos, sin, mask, kv, layer, cache_index, causal)
+
+    if cfg.remat == "none" or not multi_token:
+        return run
+    return nnx.remat(run, policy=_REMAT_POLICIES[cfg.remat])
 
 
 class Transformer(nnx.Module):
@@ -308,7 +269,7 @@ class Transformer(nnx.Module):
         self.config = config
         V, D = config.vocab_size, config.hidden_size
         self.embed = _param(rngs, "normal", (V, D), ("vocab", "embed"), config)
-        self.layers = nnx.List([Block(config, rngs) for _ in range(config.num_hidden_layers)])
+        self.layers = nnx.List([Block(config, rngs, kind) for kind in config.all_layer_types])
         self.final_norm = RMSNorm(D, config)
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, "normal", (D, V), ("embed", "vocab"), config)
@@ -356,8 +317,9 @@ class Transformer(nnx.Module):
                 raise ValueError(
                     f"positions must have shape [B, T] = {(B, T)}, got {tuple(positions_BxT.shape)}"
                 )
-        cache_index, query_slot_T, S = _query_slots(cfg, cache, cache_index, B, T)
-        masks = _masks(cfg, query_slot_T, S, attention_mask, B, cache is not None)
+        causal = cache is None or (isinstance(cache_index, int) and cache_index == 0)
+        cache_index, query_slot_T, S = query_slots(cfg, cache, cache_index, B, T)
+        masks = visibility_masks(cfg, query_slot_T, S, attention_mask, B, causal, cache is not None)
 
         dt = cfg.jnp_compute_dtype
         embed_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0)
@@ -366,14 +328,33 @@ class Transformer(nnx.Module):
         x_BxTxD = embed_BxTxD.astype(dt)
         ropes = {FULL: rope_angles(cfg, positions_BxT)}
         ropes[SLIDING] = ropes[FULL]
-        if SLIDING in masks and cfg.rope_local_theta is not None:  # Gemma's local RoPE
+        if SLIDING in cfg.all_layer_types and cfg.rope_local_theta is not None:  # Gemma's
             ropes[SLIDING] = rope_angles(cfg, positions_BxT, local=True)
         kv = None if cache is None else (cache.k, cache.v)
-        for i, (layer, kind) in enumerate(zip(self.layers, cfg.all_layer_types, strict=True)):
-            cos, sin = ropes[kind]
-            x_BxTxD, kv = layer(x_BxTxD, cos, sin, masks[kind], kv, i, cache_index)
+        x_BxTxD, kv = self._layers(x_BxTxD, ropes, masks, kv, cache_index, causal)
         h_BxTxD = self.final_norm(x_BxTxD)
         return h_BxTxD, (None if kv is None else KVCache(*kv))
+
+    def _layers(self, x_BxTxD, ropes, masks, kv, cache_index, causal):
+        """Every layer in turn; with remat each reads and returns its own cache slice."""
+        cfg = self.config
+        own_slices = cfg.remat != "none" and x_BxTxD.shape[1] > 1
+        new_kv = []
+        for i, (layer, kind) in enumerate(zip(self.layers, cfg.all_layer_types, strict=True)):
+            run = _layer_runner(cfg, i, causal, x_BxTxD.shape[1] > 1)
+            layer_kv = kv
+            if own_slices and kv is not None:
+                layer_kv = (kv[0][i : i + 1], kv[1][i : i + 1])
+            x_BxTxD, layer_kv = run(
+                layer, x_BxTxD, *ropes[kind], masks[kind], layer_kv, cache_index
+            )
+            if own_slices:
+                new_kv.append(layer_kv)
+            else:
+                kv = layer_kv
+        if own_slices and kv is not None:
+            kv = tuple(jnp.concatenate(parts) for parts in zip(*new_kv, strict=True))
+        return x_BxTxD, kv
 
     def __call__(
         self, tokens_BxT, positions=None, attention_mask=None, cache=None, cache_index=None
@@ -387,3 +368,22 @@ class Transformer(nnx.Module):
         if cache is None:
             return logits_BxTxV
         return logits_BxTxV, new_cache
+
+
+def set_runtime_options(model: nnx.Module, **options) -> nnx.Module:
+    """``model``, changed in place, with ``attention_impl`` and/or ``remat`` set in the config
+    of each of its modules: how it runs, not what it computes. Split the model afterwards
+    (``nnx.split``): the options are static, part of its graph.
+
+    >>> from llm.models.tiny import random_model, tiny_config
+    >>> model = set_runtime_options(random_model(tiny_config("llama")), remat="layer")
+    >>> model.layers[0].attn.config.remat
+    'layer'
+    """
+    unknown = sorted(set(options) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown runtime options {unknown}; expected {RUNTIME_OPTIONS}")
+    for _, module in nnx.iter_modules(model):
+        if isinstance(getattr(module, "config", None), ModelConfig):
+            module.config = module.config.replace(**options)
+    return model

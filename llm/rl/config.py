@@ -26,7 +26,7 @@ from asymre_jax.advantages import SCALES
 from asymre_jax.comparators import IS_LEVELS
 from llm.data.rewards import REWARD_FNS, REWARD_SCALES
 from llm.errors import ConfigError
-from llm.models.config import DTYPES
+from llm.models.config import DTYPES, REMAT_MODES
 from llm.models.lora import LORA_TARGETS
 from llm.rl.config_checks import coerce, read_mapping, unknown_message, validate_config
 from llm.rl.config_fields import (
@@ -71,6 +71,7 @@ RESUME_MUTABLE = (
     "export_hf",
     "tensorboard",
     "log_every",
+    "remat",
 )
 
 # group -> its title in `--help` and the docs, in the order of the fields.
@@ -263,6 +264,13 @@ class TrainConfig:
         "sequence positions per slice when computing log-probs from the hidden states (the "
         "[b, T, V] logits are never held at once).",
         range=AT_LEAST_ONE,
+    )
+    remat: str = _devices(
+        "none",
+        "recompute each decoder layer in the backward pass: none, layer (keep only each "
+        "layer's input; activation memory ~ layers x B x T x D) or dots (also keep its weight "
+        "matmuls). Same gradients; costs about one more forward pass.",
+        choices=REMAT_MODES,
     )
     mesh: str | None = _devices(
         None, "device mesh, e.g. 'fsdp=4,tp=2' (None: all devices on fsdp)."

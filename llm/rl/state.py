@@ -36,6 +36,7 @@ from llm.data.tokenizer import load_tokenizer
 from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import make_mesh, param_shardings
+from llm.models.transformer import set_runtime_options
 from llm.rl import keys
 from llm.rl.batch import prompts_per_micro_batch
 from llm.rl.checkpoint import abstract_like
@@ -144,6 +145,7 @@ def make_setup(
         model_config = model.config
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
     model = _with_lora(cfg, model)
+    set_runtime_options(model, remat=cfg.remat)
     split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
     shardings = nnx.to_pure_dict(param_shardings(model, mesh))
