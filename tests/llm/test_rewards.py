@@ -216,8 +216,16 @@ HOSTILE = [
 ]
 
 
+# The bounds below catch super-linear scans (minutes on these inputs), not slow machines: each
+# is a few times what an idle 2-core machine needs, and LOAD_SLACK more leaves room for a
+# loaded one (parallel workers, other jobs) without letting a quadratic scan through.
+LOAD_SLACK = 10.0
+
+
 def _within(seconds):
-    """Run the test in a daemon thread and fail it (rather than hang) past `seconds`."""
+    """Run the test in a daemon thread and fail it (rather than hang) past `seconds` times
+    LOAD_SLACK."""
+    seconds = seconds * LOAD_SLACK
 
     def decorate(test):
         @functools.wraps(test)
