@@ -47,8 +47,7 @@ from llm.data.tokenizer import byte_level_tokenizer, load_tokenizer
 from llm.models.hf_io import load_hf, save_hf
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
-from llm.rl import Sampling, evaluate
-from llm.rl.train_step import hyperparams, make_optimizer
+from llm.rl import Sampling, evaluate, hyperparams, make_optimizer
 
 # The tiny-arith model: 869,504 parameters (llama family, byte-level tokenizer of llm.models.tiny).
 TINY_ARITH_MODEL = dict(

@@ -8,7 +8,10 @@
     scores = evaluate(setup.graphdef, state.params, held_out, setup.renderer,
                       setup.reward_fn, key=eval_key(state), sampling=setup.sampling)
 
-Modules: ``config`` (TrainConfig), ``state`` (Setup, RunState), ``rollouts`` (sample and
+Modules: ``config`` (TrainConfig; each field declared once in ``config_fields``' `option`,
+checked by ``config_checks``, tabled for the docs by ``config_reference``), ``keys`` (every
+random key and seed of a run), ``schedule`` (the learning rate of step t), ``tasks`` (the
+configured examples), ``state`` (Setup, RunState), ``rollouts`` (sample and
 score), ``batch`` (the learner's Batch), ``transfer`` (host <-> device), ``losses`` (the loss
 plug-in contract; AsymRE, GRPO, ISReinforce), ``logprobs`` (teacher forcing), ``train_step``
 (the jitted step), ``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``,
@@ -34,6 +37,7 @@ from llm.rl.state import (
     step_key,
 )
 from llm.rl.step import rl_step, update
+from llm.rl.train_step import hyperparams, make_optimizer
 from llm.rl.trainable import ParamSplit, merge_params
 
 __all__ = [
@@ -50,9 +54,11 @@ __all__ = [
     "TrainConfig",
     "eval_key",
     "evaluate",
+    "hyperparams",
     "init_run",
     "init_state",
     "loss_from_config",
+    "make_optimizer",
     "make_setup",
     "merge_params",
     "refresh_behaviour",
