@@ -166,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "jax", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    enable_compilation_cache()  # ASYMRE_JAX_COMPILE_CACHE=off disables it
     if args.coordinator_address or args.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from llm.trainer import initialize_distributed
 
@@ -177,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # the device count is known now (after jax.distributed.initialize): check the mesh
         make_mesh(cfg.mesh or "fsdp=-1", allow_subset=cfg.mesh_subset)
+        enable_compilation_cache()  # after the flag checks: a bad flag answers one line
         train(cfg)
     except ConfigError as err:
         parser.error(_describe(err, args))

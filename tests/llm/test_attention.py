@@ -167,7 +167,9 @@ def test_model_options_are_checked():
         )
 
 
-@pytest.mark.parametrize("family,remat", [("llama", "layer"), ("gemma3", "dots")])
+@pytest.mark.parametrize(
+    "family,remat", [("llama", "layer"), pytest.param("gemma3", "dots", marks=pytest.mark.slow)]
+)
 def test_remat_gradients_equal_plain(family, remat):
     """Through the trainer's path (prompt into the cache, completions on top): gradients
     with per-layer rematerialisation equal those without (float32)."""
@@ -197,16 +199,14 @@ def test_remat_gradients_equal_plain(family, remat):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_trainer_remat_option_same_run(tmp_path):
+def test_trainer_remat_option_same_run(tmp_path, count_compiles):
     """TrainConfig.remat reaches the trainer's model: same rewards, losses and grad norms."""
     from llm.models.tiny import make_tiny_checkpoint
-    from llm.rl import train_step
     from llm.trainer import TrainConfig, train
 
     path = str(make_tiny_checkpoint(tmp_path / "qwen2", "qwen2"))
     runs = {}
     for remat in ("none", "layer"):
-        before = set(train_step._CACHE)
         cfg = TrainConfig(
             model_path=path,
             task="arithmetic",
@@ -224,8 +224,10 @@ def test_trainer_remat_option_same_run(tmp_path):
             tensorboard=False,
             remat=remat,
         )
+        count_compiles.clear()
         runs[remat] = train(cfg)
-        assert set(train_step._CACHE) - before  # its own step functions: the model differs
+        # the rematerialised model is another program: its step compiles anew
+        assert any("step" in name for name in count_compiles), count_compiles
     for plain, rematted in zip(runs["none"], runs["layer"], strict=True):
         assert plain["reward_mean"] == rematted["reward_mean"]
         for key in ("loss", "grad_norm"):

@@ -245,7 +245,8 @@ def test_tiny_matches_transformers_gguf_loading(tiny, tmp_path, qtype):
 def _assert_same_tokenizer(folder: pathlib.Path, gguf_file: pathlib.Path, texts):
     from transformers import AutoTokenizer
 
-    from llm.data.tokenizer import load_tokenizer, render_chat
+    from llm.data.prompts import render_chat
+    from llm.data.tokenizer import load_tokenizer
 
     ours = load_tokenizer(folder)
     ref = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
