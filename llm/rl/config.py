@@ -71,6 +71,7 @@ RESUME_MUTABLE = (
     "export_hf",
     "tensorboard",
     "log_every",
+    "pipeline_depth",
 )
 
 # group -> its title in `--help` and the docs, in the order of the fields.
@@ -269,6 +270,12 @@ class TrainConfig:
     )
     mesh_subset: bool = _devices(
         False, "allow a mesh that uses fewer than all devices (otherwise refused)."
+    )
+    pipeline_depth: int = _devices(
+        0,
+        "rollouts sampled ahead by a producer thread while the learner updates, within a "
+        "refresh window (0 = synchronous; the run is the same bit for bit).",
+        range=AT_LEAST_ZERO,
     )
     max_nonfinite_steps: int = _run(
         3, "stop with an error after this many non-finite steps in a row.", range=AT_LEAST_ONE

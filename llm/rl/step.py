@@ -5,6 +5,10 @@
 is what `llm.trainer.train` runs every step; `update` alone takes a `Rollout` made elsewhere
 (a replay buffer, another model's samples): its behaviour log-probs must be those of the
 distribution the tokens were drawn from.
+
+Row keys that are timings (they differ between runs, everything else is bit-for-bit):
+``TIMING_KEYS``. ``rollout_wait`` is the time the learner waited for the step's rollout:
+``rollout_time`` when synchronous, less when `llm.rl.pipeline` made it ahead of time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
 from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
 from llm.rl.transfer import batch_to_global, to_host
+
+TIMING_KEYS = ("step_time", "tokens_per_s", "rollout_time", "rollout_wait", "update_time")
 
 
 def update(
@@ -64,30 +70,44 @@ def update(
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
-def rl_step(
-    setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
-) -> tuple[RunState, dict]:
-    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G with
-    ``step_key(state)``, update; returns the new state and the step's metrics row (sample
-    statistics + update metrics + timing)."""
-    cfg = setup.cfg
-    t0 = time.perf_counter()
-    if state.step % cfg.refresh_every == 0:
-        state = refresh_behaviour(setup, state)
-    ro = rollout(
+def behaviour_version(cfg, step: int) -> int:
+    """The step at which the behaviour params that sample step ``step`` were refreshed."""
+    return int(step) - int(step) % cfg.refresh_every
+
+
+def behaviour_rollout(setup: Setup, behaviour, examples: Sequence, key, renderer=None) -> Rollout:
+    """`rollout` of ``examples`` x G from ``behaviour`` with the config's sampling and ``key``
+    (``renderer``: another copy of ``setup.renderer`` for a producer thread)."""
+    return rollout(
         setup.graphdef,
-        state.behaviour,
+        behaviour,
         examples,
-        setup.renderer,
+        renderer if renderer is not None else setup.renderer,
         setup.reward_fn,
-        num_samples=cfg.samples_per_prompt,
+        num_samples=setup.cfg.samples_per_prompt,
         sampling=setup.sampling,
-        key=step_key(state),
+        key=key,
     )
-    step = state.step
+
+
+def learn(
+    setup: Setup,
+    state: RunState,
+    ro: Rollout,
+    *,
+    learning_rate: float,
+    version: int,
+    timings: dict[str, float],
+) -> tuple[RunState, dict]:
+    """`update` on ``ro`` (sampled by the behaviour params of step ``version``) and the step's
+    row: sample statistics, update metrics, ``behaviour_version``, ``behaviour_age`` (the
+    staleness, step - version) and the timings (``timings`` holds ``start``, the
+    ``perf_counter`` at which the step began, ``rollout_time`` and ``rollout_wait``)."""
+    step, t_update = state.step, time.perf_counter()
     state, metrics = update(setup, state, ro, learning_rate=learning_rate)
     advantages_PxG = metrics.pop("advantages")
-    dt = time.perf_counter() - t0
+    end = time.perf_counter()
+    dt = end - timings["start"]
     row = {"step": step}
     row |= sample_stats(
         ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, correctness(setup.reward_fn)
@@ -96,8 +116,30 @@ def rl_step(
     row |= {
         "lr": learning_rate,
         "skipped": int(not metrics["finite"]),
+        "behaviour_age": step - version,
+        "behaviour_version": version,
         "step_time": dt,
         "tokens_per_s": float(np.sum(ro.lengths_B)) / dt,
-        "behaviour_age": step % cfg.refresh_every,
+        "rollout_time": timings["rollout_time"],
+        "rollout_wait": timings["rollout_wait"],
+        "update_time": end - t_update,
     }
     return state, row
+
+
+def rl_step(
+    setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
+) -> tuple[RunState, dict]:
+    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G with
+    ``step_key(state)``, update; returns the new state and the step's metrics row (sample
+    statistics + update metrics + timing). `llm.rl.pipeline.pipelined_step` is the same
+    step with the rollout made ahead of time."""
+    t0 = time.perf_counter()
+    if state.step % setup.cfg.refresh_every == 0:
+        state = refresh_behaviour(setup, state)
+    t1 = time.perf_counter()
+    ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state))
+    rollout_time = time.perf_counter() - t1
+    timings = {"start": t0, "rollout_time": rollout_time, "rollout_wait": rollout_time}
+    version = behaviour_version(setup.cfg, state.step)
+    return learn(setup, state, ro, learning_rate=learning_rate, version=version, timings=timings)
