@@ -276,17 +276,18 @@ def _window_run(path, s: Settings, depth: int, refresh_every: int) -> dict:
     times, rows = [], []
     with RolloutPipeline(setup, iterator) as rollouts:
         state, _ = pipelined_step(setup, state, rollouts, learning_rate=s.learning_rate)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(s.steps):
             t0 = time.perf_counter()
             state, row = pipelined_step(setup, state, rollouts, learning_rate=s.learning_rate)
             times.append(time.perf_counter() - t0)
             rows.append(row)
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     keys = ("rollout_time", "rollout_wait", "update_time")
     return {
         "step_s_median": _median(times),
         "step_s_mean": total / s.steps,
+        "cores_used_mean": cpu / total,  # process CPU seconds per wall second
         "steps_s": times,
         **{f"{k}_median": _median([r[k] for r in rows]) for k in keys},
     }
@@ -384,6 +385,7 @@ def table(name: str, r: dict, s: Settings) -> list[str]:
             ("  rollout s sync / pipelined", _pair(sync, piped, "rollout_time_median"), "-"),
             ("  update s sync / pipelined", _pair(sync, piped, "update_time_median"), "-"),
             ("  learner waits for rollout s", _pair(sync, piped, "rollout_wait_median"), "-"),
+            ("  cores busy (CPU s / wall s)", _pair(sync, piped, "cores_used_mean"), "-"),
         ]
     digits = {"completion tokens / s": 0, "mean completion length": 1}
     for label, a, b in rows:
