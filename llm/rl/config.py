@@ -225,6 +225,9 @@ class TrainConfig:
         "paper uses 250).",
         range=AT_LEAST_ONE,
     )
+    max_staleness: int = _loss(
+        0, "1: refresh steps sample from the previous mu (one step staler).", range=Range(0, 1)
+    )
     num_steps: int = _rollout(100, "number of gradient steps.", range=AT_LEAST_ZERO)
     prompts_per_step: int = _rollout(8, "P, prompts per step.", range=AT_LEAST_ONE)
     samples_per_prompt: int = _rollout(
@@ -272,10 +275,7 @@ class TrainConfig:
         False, "allow a mesh that uses fewer than all devices (otherwise refused)."
     )
     pipeline_depth: int = _devices(
-        0,
-        "rollouts sampled ahead by a producer thread while the learner updates, within a "
-        "refresh window (0 = synchronous; the run is the same bit for bit).",
-        range=AT_LEAST_ZERO,
+        0, "rollouts sampled ahead during updates (exact; llm.rl.pipeline).", range=AT_LEAST_ZERO
     )
     max_nonfinite_steps: int = _run(
         3, "stop with an error after this many non-finite steps in a row.", range=AT_LEAST_ONE

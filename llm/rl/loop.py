@@ -4,7 +4,9 @@ Step t (0-based) of ``train(cfg)`` (``llm.rl.step.rl_step``; with ``pipeline_dep
 the rollouts of steps t+1 .. t+d of the refresh window are sampled while step t updates,
 ``llm.rl.pipeline``, and the run is the same bit for bit):
 
-1. if t mod refresh_every = 0, the behaviour params mu become a copy of the trained params;
+1. if t mod refresh_every = 0, the behaviour params mu become a copy of the trained params
+   (with ``max_staleness`` = 1, past the first window, after the step's update: the step is
+   sampled from the previous mu, `llm.rl.step.refresh`);
 2. P prompts from the data iterator, G completions each sampled from mu with their log-probs
    under the sampling distribution (``llm.rl.rollout``: temperature / top-p of the config),
    with the step's key ``llm.rl.keys.sampling_key(base, t)``;

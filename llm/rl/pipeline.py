@@ -10,6 +10,14 @@ the synchronous one bit for bit: same rows (but the timings), same checkpoints, 
 At a refresh (t mod R = 0) the producer waits for the update (mu changes): the gain is
 largest when R is large (the paper's R = 250) and nothing overlaps with R = 1.
 
+``max_staleness`` = 1 changes the schedule (and so the run) to remove that wait: a refresh
+step t = R, 2R, ... is sampled from the previous mu (version t - R, staleness R), and the
+new mu, a copy of the params of step t made before its update, samples from step t + 1:
+the rollout of t overlaps the update of t - 1, and that of t + 1 the update of t. With
+R = 1 this is one-step off-policy training (step t sampled from the params of step t - 1).
+The mu a checkpoint holds is the one that samples its step, so resuming stays exact;
+staleness beyond one step would need several mu in the checkpoint.
+
     with RolloutPipeline(setup, iterator, depth=2) as rollouts:
         while state.step < num_steps:
             state, row = pipelined_step(setup, state, rollouts, learning_rate=lr(state.step))
@@ -42,8 +50,8 @@ from llm.data.iterator import IteratorState
 from llm.errors import ConfigError
 from llm.rl import keys
 from llm.rl.rollouts import Rollout
-from llm.rl.state import RunState, Setup, refresh_behaviour
-from llm.rl.step import behaviour_rollout, behaviour_version, learn
+from llm.rl.state import RunState, Setup
+from llm.rl.step import behaviour_rollout, behaviour_version, learn, refresh
 
 __all__ = ["Produced", "RolloutPipeline", "pipelined_step"]
 
@@ -94,15 +102,17 @@ class RolloutPipeline:
         self._executor = ThreadPoolExecutor(1, "rollout") if depth else None
         self._renderer = copy.deepcopy(setup.renderer) if depth else setup.renderer
 
-    def next(self, state: RunState) -> Produced:
+    def next(self, state: RunState, *, upcoming=None) -> Produced:
         """The rollout of step ``state.step`` from ``state.behaviour`` (call after the refresh
-        of that step); schedules the next steps of the window before waiting for it."""
+        of that step); schedules the next steps that the same mu samples (and, ``upcoming``:
+        the mu of version ``state.step`` when it is already made, those it samples) before
+        waiting for it."""
         if self._pending and self._pending[0].step != state.step:
             raise ValueError(
                 f"the pipeline serves step {self._pending[0].step} next, got a state at step "
                 f"{state.step}; steps must be consecutive"
             )
-        self._schedule(state)
+        self._schedule(state, upcoming)
         job = self._pending.popleft()
         start = time.perf_counter()
         if job.future is None:
@@ -113,28 +123,30 @@ class RolloutPipeline:
         version = behaviour_version(self.setup.cfg, job.step)
         return Produced(job.step, ro, job.data, version, rollout_time, wait)
 
-    def _schedule(self, state: RunState) -> None:
-        """Jobs for steps state.step .. the last the depth and the window allow; jobs made
-        from other behaviour params (mu changed under them) are made again."""
+    def _schedule(self, state: RunState, upcoming) -> None:
+        """Jobs for steps state.step .. state.step + depth (< num_steps) while their mu is
+        known; jobs made from other params than their version's are made again."""
         cfg = self.setup.cfg
-        window_end = behaviour_version(cfg, state.step) + cfg.refresh_every
-        last = max(state.step, min(state.step + self.depth, window_end - 1, cfg.num_steps - 1))
-        if any(job.behaviour is not state.behaviour for job in self._pending):
-            self._cancel()
-            self._pending = collections.deque(
-                dataclasses.replace(j, behaviour=state.behaviour) for j in self._pending
-            )
+        mus = {behaviour_version(cfg, state.step): state.behaviour}
+        if upcoming is not None:
+            mus[state.step] = upcoming
+        mu_of = lambda step: mus.get(behaviour_version(cfg, step))  # noqa: E731
+        stale = [job for job in self._pending if job.behaviour is not mu_of(job.step)]
+        self._cancel(stale)
         for job in self._pending:
-            if job.future is None and self._executor is not None:
+            job.behaviour = mu_of(job.step)
+            if job.future is None and job.behaviour is not None and self._executor is not None:
                 job.future = self._submit(job)
-        first = self._pending[-1].step + 1 if self._pending else state.step
-        for step in range(first, last + 1):
+        step = self._pending[-1].step + 1 if self._pending else state.step
+        last = min(state.step + self.depth, cfg.num_steps - 1)
+        while step == state.step or (step <= last and mu_of(step) is not None):
             examples = next(self.iterator)
             key = keys.sampling_key(state.key, step)
-            job = _Job(step, examples, self.iterator.state, state.behaviour, key)
+            job = _Job(step, examples, self.iterator.state, mu_of(step), key)
             if self._executor is not None:
                 job.future = self._submit(job)
             self._pending.append(job)
+            step += 1
 
     def _submit(self, job: _Job) -> Future:
         return self._executor.submit(self._produce, job)
@@ -146,9 +158,9 @@ class RolloutPipeline:
         )
         return ro, time.perf_counter() - start
 
-    def _cancel(self) -> None:
-        """Cancel the jobs not started and wait for the running one."""
-        for job in self._pending:
+    def _cancel(self, jobs) -> None:
+        """Cancel the ``jobs`` not started and wait for a running one."""
+        for job in jobs:
             if job.future is not None and not job.future.cancel():
                 try:
                     job.future.result()
@@ -158,7 +170,7 @@ class RolloutPipeline:
 
     def close(self) -> None:
         """Drop the scheduled rollouts (a resumed run recomputes them) and stop the thread."""
-        self._cancel()
+        self._cancel(self._pending)
         self._pending.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -177,12 +189,13 @@ def pipelined_step(
     ``refresh_every`` steps), take the step's rollout, update; the new state's ``data`` is
     the iterator's position after the step's examples. Returns (state, row)."""
     start = time.perf_counter()
-    if state.step % setup.cfg.refresh_every == 0:
-        state = refresh_behaviour(setup, state)
-    made = rollouts.next(state)
+    state, fresh = refresh(setup, state)
+    made = rollouts.next(state, upcoming=fresh)
     timings = {"start": start, "rollout_time": made.rollout_time, "rollout_wait": made.wait_time}
     state, row = learn(
         setup, state, made.rollout, learning_rate=learning_rate, version=made.version,
         timings=timings,
     )  # fmt: skip
+    if fresh is not None:  # max_staleness = 1: the refreshed mu samples from the next step
+        state = state._replace(behaviour=fresh)
     return state._replace(data=made.data), row

@@ -71,8 +71,27 @@ def update(
 
 
 def behaviour_version(cfg, step: int) -> int:
-    """The step at which the behaviour params that sample step ``step`` were refreshed."""
-    return int(step) - int(step) % cfg.refresh_every
+    """The step at which the behaviour params that sample step ``step`` were refreshed:
+    t - t mod R, or with ``max_staleness`` = 1 the previous refresh on the refresh steps
+    t = R, 2R, ... (their mu is one step staler)."""
+    step, R = int(step), cfg.refresh_every
+    version = step - step % R
+    if step % R < cfg.max_staleness and version >= R:
+        version -= R
+    return version
+
+
+def refresh(setup: Setup, state: RunState):
+    """(state to sample step ``state.step`` from, behaviour params to install after its
+    update or None): on a refresh step mu becomes a copy of the params, at once, or with
+    ``max_staleness`` = 1 (past the first window) after the update, the step being sampled
+    from the previous mu."""
+    cfg = setup.cfg
+    if state.step % cfg.refresh_every:
+        return state, None
+    if behaviour_version(cfg, state.step) == state.step:
+        return refresh_behaviour(setup, state), None
+    return state, refresh_behaviour(setup, state).behaviour  # copied before the update
 
 
 def behaviour_rollout(setup: Setup, behaviour, examples: Sequence, key, renderer=None) -> Rollout:
@@ -130,16 +149,18 @@ def learn(
 def rl_step(
     setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
 ) -> tuple[RunState, dict]:
-    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G with
+    """Refresh (every ``refresh_every`` steps, `refresh`), roll out ``examples`` x G with
     ``step_key(state)``, update; returns the new state and the step's metrics row (sample
     statistics + update metrics + timing). `llm.rl.pipeline.pipelined_step` is the same
     step with the rollout made ahead of time."""
     t0 = time.perf_counter()
-    if state.step % setup.cfg.refresh_every == 0:
-        state = refresh_behaviour(setup, state)
+    state, fresh = refresh(setup, state)
     t1 = time.perf_counter()
     ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state))
     rollout_time = time.perf_counter() - t1
     timings = {"start": t0, "rollout_time": rollout_time, "rollout_wait": rollout_time}
     version = behaviour_version(setup.cfg, state.step)
-    return learn(setup, state, ro, learning_rate=learning_rate, version=version, timings=timings)
+    state, row = learn(
+        setup, state, ro, learning_rate=learning_rate, version=version, timings=timings
+    )
+    return (state if fresh is None else state._replace(behaviour=fresh)), row

@@ -8,6 +8,7 @@ import threading
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from llm.models.tiny import make_tiny_checkpoint
 from llm.rl import pipeline as pipeline_lib
@@ -111,15 +112,21 @@ def _assert_same_run(run_a, run_b):
 @pytest.mark.parametrize(
     "extra",
     [
-        pytest.param({}, id="full-1device"),
+        pytest.param({"eval_prompts": 3, "eval_every": 2}, id="full-1device-eval"),
         pytest.param({"lora_rank": 4, "mesh": "fsdp=4,tp=2", "mesh_subset": False}, id="lora-8"),
     ],
 )
 def test_pipelined_run_is_the_synchronous_run(model_path, tmp_path, monkeypatch, extra):
     recorder = Recorder(monkeypatch)
+    extra = extra | {"export_hf": True}
     sync = recorder.run(_cfg(model_path, tmp_path / "sync", **extra))
     piped = recorder.run(_cfg(model_path, tmp_path / "piped", pipeline_depth=2, **extra))
     _assert_same_run(sync, piped)
+    exported = sorted((tmp_path / "sync").glob("*/*.safetensors"))
+    assert exported and len(exported) == (2 if "lora_rank" in extra else 1)
+    for path in exported:
+        same = tmp_path / "piped" / path.relative_to(tmp_path / "sync")
+        _assert_trees_equal(load_file(str(path)), load_file(str(same)))
     rows = piped[0]
     assert [r["behaviour_version"] for r in rows] == [0, 0, 2, 2, 4]
     assert [r["behaviour_age"] for r in rows] == [0, 1, 0, 1, 0]
@@ -164,3 +171,48 @@ def test_depth_is_checked(model_path, tmp_path):
         _cfg(model_path, tmp_path, pipeline_depth=-1).validate()
     with pytest.raises(ValueError, match="depth must be an integer >= 0"):
         pipeline_lib.RolloutPipeline(None, iter([]), depth=-1)
+
+
+def test_one_step_staleness_overlaps_every_step_and_stays_exact(model_path, tmp_path, monkeypatch):
+    """max_staleness = 1 with refresh_every = 1: step t samples from the params of step t - 1
+    (one-step off-policy), so its rollout is made while update t - 1 runs; pipelined equals
+    synchronous equals a loop of `rl_step`, and a stopped run resumes exactly."""
+    recorder = Recorder(monkeypatch)
+    cfg = _cfg(model_path, tmp_path / "sync", refresh_every=1, max_staleness=1)
+    sync = recorder.run(cfg)
+    piped_cfg = cfg.replace(out_dir=str(tmp_path / "piped"), pipeline_depth=2)
+    piped = recorder.run(piped_cfg)
+    _assert_same_run(sync, piped)
+    assert [r["behaviour_version"] for r in sync[0]] == [0, 0, 1, 2, 3]
+    assert [r["behaviour_age"] for r in sync[0]] == [0, 1, 1, 1, 1]
+    assert all(r["logratio_abs"] > 0 for r in sync[0][1:])  # mu lags: off-policy
+    assert [e for e in piped[3] if e[0] != "sample"] == [
+        ("submit", 0),
+        ("submit", 1),
+        ("learn", 0),
+        *[e for t in range(1, 4) for e in (("submit", t + 1), ("learn", t))],
+        ("learn", 4),
+    ]
+    rows, state = _rl_step_loop(cfg)
+    assert _untimed(rows) == _untimed(sync[0])
+    _assert_trees_equal(state.params, sync[1].params)
+
+    first = recorder.run(
+        piped_cfg.replace(out_dir=str(tmp_path / "stopped")), callback=lambda s, *_: s == 1
+    )
+    second = recorder.run(piped_cfg.replace(out_dir=str(tmp_path / "stopped"), resume=True))
+    _assert_same_run(sync, (first[0] + second[0], second[1], first[2] | second[2], None))
+
+
+def _rl_step_loop(cfg):
+    from llm.data.iterator import BatchIterator
+    from llm.rl import init_run, rl_step
+    from llm.rl.tasks import run_examples
+
+    setup, state = init_run(cfg)
+    batches = BatchIterator(run_examples(cfg, None, None)[0], cfg.prompts_per_step, seed=cfg.seed)
+    rows = []
+    for _ in range(cfg.num_steps):
+        state, row = rl_step(setup, state, next(batches), learning_rate=cfg.learning_rate)
+        rows.append(row)
+    return rows, state
