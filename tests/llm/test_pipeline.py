@@ -3,6 +3,9 @@ for bit: same rows (but the timings), same checkpoints, same final params and ex
 a refresh, with micro-batches, with LoRA on the 8-device mesh; a run stopped with rollouts in
 flight resumes to the uninterrupted result."""
 
+import pathlib
+import subprocess
+import sys
 import threading
 
 import jax
@@ -13,8 +16,11 @@ from safetensors.numpy import load_file
 from llm.models.tiny import make_tiny_checkpoint
 from llm.rl import pipeline as pipeline_lib
 from llm.rl.checkpoint import Checkpointer
+from llm.rl.metrics import read_metrics
 from llm.rl.step import TIMING_KEYS
 from llm.trainer import TrainConfig, train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +222,40 @@ def _rl_step_loop(cfg):
         state, row = rl_step(setup, state, next(batches), learning_rate=cfg.learning_rate)
         rows.append(row)
     return rows, state
+
+
+@pytest.mark.slow
+def test_command_line_on_eight_devices(model_path, env, tmp_path):
+    """`python -m llm.train --pipeline-depth 2` in a process of its own with 8 CPU devices
+    (fsdp=4, tp=2, LoRA, micro-batches, one-step staleness): the metrics and the export of
+    the synchronous run."""
+    env = env | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    flags = dict(
+        model_path=model_path,
+        task_kwargs='{"num_examples": 64}',
+        num_steps=4,
+        refresh_every=2,
+        max_staleness=1,
+        prompts_per_step=4,
+        samples_per_prompt=4,
+        micro_batches=2,
+        max_new_tokens=6,
+        learning_rate=1e-2,
+        eval_prompts=0,
+        lora_rank=4,
+        mesh="fsdp=4,tp=2",
+        export_hf="true",
+        tensorboard="false",
+        progress="false",
+    )
+    argv = [x for k, v in flags.items() for x in ("--" + k.replace("_", "-"), str(v))]
+    outs = {depth: tmp_path / f"depth{depth}" for depth in (0, 2)}
+    for depth, out in outs.items():
+        command = [sys.executable, "-m", "llm.train", *argv, "--out-dir", str(out)]
+        command += ["--pipeline-depth", str(depth)]
+        proc = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [_untimed(read_metrics(out)) for out in outs.values()]
+    assert rows[0] == rows[1] and [r["behaviour_version"] for r in rows[0]] == [0, 0, 0, 2]
+    for name in ("hf/model.safetensors", "adapter/adapter_model.safetensors"):
+        _assert_trees_equal(*(load_file(str(out / name)) for out in outs.values()))
