@@ -37,7 +37,8 @@ template on both sides. Example::
     python benchmarks/bench_rl.py --sizes arith,small --steps 10 --json rl.json
 
 **Pipelined** (``--pipeline-depth`` d, default 2; 0 skips it): the loop ``train()`` runs
-(``llm.rl.pipeline.pipelined_step``) at ``--refresh-every`` R (default 250, the paper's),
+(``llm.rl.pipeline.pipelined_step``) at ``--refresh-every`` R (default 250, the paper's)
+and ``--max-staleness`` k (0; 1 with R = 1 is one-step off-policy, where every step overlaps),
 synchronous (depth 0) and pipelined (the rollouts of the next d steps of the refresh
 window sampled on a producer thread while the learner updates), each twice, alternating,
 in this process; the rows' own timings say what bounds the gain: the rollout and update
@@ -262,7 +263,7 @@ def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
     }
 
 
-def _window_run(path, s: Settings, depth: int, refresh_every: int) -> dict:
+def _window_run(path, s: Settings, depth: int, refresh_every: int, staleness: int) -> dict:
     """``s.steps`` timed steps of ``train()``'s loop (``pipelined_step``) at ``depth``,
     after one untimed step that compiles and starts the refresh window."""
     from llm.data.iterator import BatchIterator
@@ -270,7 +271,10 @@ def _window_run(path, s: Settings, depth: int, refresh_every: int) -> dict:
     from llm.rl.pipeline import RolloutPipeline, pipelined_step
 
     num_steps = s.steps + 1
-    cfg = _config(path, s, refresh_every=refresh_every, pipeline_depth=depth, num_steps=num_steps)
+    cfg = _config(
+        path, s, refresh_every=refresh_every, max_staleness=staleness, pipeline_depth=depth,
+        num_steps=num_steps,
+    )  # fmt: skip
     setup, state = init_run(cfg)
     iterator = BatchIterator(examples(s.prompts * (num_steps + 1)), s.prompts, seed=0)
     times, rows = [], []
@@ -293,9 +297,12 @@ def _window_run(path, s: Settings, depth: int, refresh_every: int) -> dict:
     }
 
 
-def bench_pipelined(path, s: Settings, *, depth: int, refresh_every: int, rounds: int = 2):
+def bench_pipelined(
+    path, s: Settings, *, depth: int, refresh_every: int, staleness: int = 0, rounds: int = 2
+):
     """The synchronous (depth 0) and the pipelined (depth ``depth``) trainer at refresh_every
-    R, each run ``rounds`` times, alternating (the machine's load drifts), in one process.
+    R and max_staleness ``staleness``, each run ``rounds`` times, alternating (the machine's
+    load drifts), in one process.
 
     What bounds the gain (from the rows' timings, medians): the synchronous step is
     rollout + update + host; pipelined, the learner waits ``rollout_wait`` and updates, so
@@ -303,8 +310,8 @@ def bench_pipelined(path, s: Settings, *, depth: int, refresh_every: int, rounds
     slower the rollout and the update get when they share the cores."""
     runs = {"sync": [], "pipelined": []}
     for _ in range(rounds):
-        runs["sync"].append(_window_run(path, s, 0, refresh_every))
-        runs["pipelined"].append(_window_run(path, s, depth, refresh_every))
+        runs["sync"].append(_window_run(path, s, 0, refresh_every, staleness))
+        runs["pipelined"].append(_window_run(path, s, depth, refresh_every, staleness))
     merged = {}
     for mode, rs in runs.items():
         times = [t for r in rs for t in r["steps_s"]]
@@ -316,6 +323,7 @@ def bench_pipelined(path, s: Settings, *, depth: int, refresh_every: int, rounds
     best = max(sync["rollout_time_median"], sync["step_s_median"] - sync["rollout_time_median"])
     return {
         "refresh_every": refresh_every,
+        "max_staleness": staleness,
         "depth": depth,
         **merged,
         "speedup": sync["step_s_mean"] / piped["step_s_mean"],
@@ -376,7 +384,8 @@ def table(name: str, r: dict, s: Settings) -> list[str]:
     ]
     pipe = r.get("pipelined")
     if pipe:
-        sync, piped, R = pipe["sync"], pipe["pipelined"], pipe["refresh_every"]
+        sync, piped = pipe["sync"], pipe["pipelined"]
+        R = f"{pipe['refresh_every']}, k={pipe['max_staleness']}"
         rows += [
             (f"s / step, synchronous, R={R} (median)", sync["step_s_median"], "-"),
             (f"s / step, pipelined depth {pipe['depth']}, R={R}", piped["step_s_median"], "-"),
@@ -403,7 +412,10 @@ def fastest(entry: dict) -> dict:
     best = {"mode": "synchronous", "step_s_median": entry["ours"]["step_s_median"]}
     pipe = entry.get("pipelined")
     if pipe and pipe["pipelined"]["step_s_median"] < best["step_s_median"]:
-        mode = f"pipelined, depth {pipe['depth']}, refresh_every {pipe['refresh_every']}"
+        mode = (
+            f"pipelined, depth {pipe['depth']}, refresh_every {pipe['refresh_every']}, "
+            f"max_staleness {pipe['max_staleness']}"
+        )
         best = {"mode": mode, "step_s_median": pipe["pipelined"]["step_s_median"]}
     return best
 
@@ -467,6 +479,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--refresh-every", type=int, default=250, help="R of the pipelined comparison (paper)"
     )
+    parser.add_argument(
+        "--max-staleness", type=int, default=0, choices=(0, 1), help="of the pipelined comparison"
+    )
     parser.add_argument("--quick", action="store_true", help="toy run: toy, P=2, G=2, 4 tokens")
     parser.add_argument("--skip-trl", action="store_true", help="measure our side only")
     parser.add_argument("--workdir", default=None, help="where checkpoints are built (cached)")
@@ -512,7 +527,11 @@ def main(argv=None) -> dict:
         print(f"[{name}] ours: {entry['ours']['step_s_median']:.3f} s/step", flush=True)
         if args.pipeline_depth:
             pipe = bench_pipelined(
-                path, s, depth=args.pipeline_depth, refresh_every=args.refresh_every
+                path,
+                s,
+                depth=args.pipeline_depth,
+                refresh_every=args.refresh_every,
+                staleness=args.max_staleness,
             )
             entry["pipelined"] = pipe
             print(
