@@ -259,3 +259,23 @@ def test_command_line_on_eight_devices(model_path, env, tmp_path):
     assert rows[0] == rows[1] and [r["behaviour_version"] for r in rows[0]] == [0, 0, 0, 2]
     for name in ("hf/model.safetensors", "adapter/adapter_model.safetensors"):
         _assert_trees_equal(*(load_file(str(out / name)) for out in outs.values()))
+
+
+def test_a_failing_reward_on_the_producer_thread_stops_the_run(model_path, tmp_path):
+    """The producer's error reaches the learner at the step it belongs to, and the producer
+    thread ends (no hang, nothing left running)."""
+    calls = []
+
+    def failing_reward(prompts, completions, answer, **columns):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 3:
+            raise RuntimeError("reward server down")
+        return [1.0 if c[:1].isalpha() else -1.0 for c in completions]
+
+    cfg = _cfg(model_path, tmp_path, pipeline_depth=2, refresh_every=4, checkpoint_every=0)
+    rows = []
+    with pytest.raises(RuntimeError, match="reward server down"):
+        train(cfg, reward_fn=failing_reward, callback=lambda s, p, b, row: rows.append(s))
+    assert rows == [0, 1]  # the third rollout failed: steps 0 and 1 were updated
+    assert set(calls) == {"rollout_0"}
+    assert not [t for t in threading.enumerate() if t.name.startswith("rollout")]
