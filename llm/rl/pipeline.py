@@ -78,8 +78,9 @@ class _Job:
 
 
 class RolloutPipeline:
-    """Serves the rollout of each step, scheduled up to ``depth`` steps ahead (never past the
-    current refresh window nor ``cfg.num_steps``) on one producer thread.
+    """Serves the rollout of each step, scheduled up to ``depth`` steps ahead on one producer
+    thread: never a step whose behaviour params are not made yet (past the refresh window)
+    nor past ``cfg.num_steps``.
 
     Args:
       setup: the run's `Setup` (its config gives R, the number of steps, the sampling).
