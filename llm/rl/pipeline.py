@@ -57,12 +57,12 @@ __all__ = ["Produced", "RolloutPipeline", "pipelined_step"]
 
 
 class Produced(NamedTuple):
-    """The rollout of one step, as the learner receives it."""
+    """The rollout of one step, as the learner receives it (its ``behaviour_version`` says
+    which behaviour params sampled it)."""
 
     step: int
     rollout: Rollout
     data: IteratorState  # the data iterator's state after this step's examples
-    version: int  # the step at which the behaviour params that sampled it were refreshed
     rollout_time: float  # seconds spent sampling and scoring it
     wait_time: float  # seconds the learner waited for it
 
@@ -121,8 +121,7 @@ class RolloutPipeline:
         else:
             ro, rollout_time = job.future.result()
         wait = time.perf_counter() - start
-        version = behaviour_version(self.setup.cfg, job.step)
-        return Produced(job.step, ro, job.data, version, rollout_time, wait)
+        return Produced(job.step, ro, job.data, rollout_time, wait)
 
     def _schedule(self, state: RunState, upcoming) -> None:
         """Jobs for steps state.step .. state.step + depth (< num_steps) while their mu is
@@ -154,9 +153,11 @@ class RolloutPipeline:
 
     def _produce(self, job: _Job) -> tuple[Rollout, float]:
         start = time.perf_counter()
+        version = behaviour_version(self.setup.cfg, job.step)
         ro = behaviour_rollout(
-            self.setup, job.behaviour, job.examples, job.key, renderer=self._renderer
-        )
+            self.setup, job.behaviour, job.examples, job.key, version=version,
+            renderer=self._renderer,
+        )  # fmt: skip
         return ro, time.perf_counter() - start
 
     def _cancel(self, jobs) -> None:
@@ -193,10 +194,7 @@ def pipelined_step(
     state, fresh = refresh(setup, state)
     made = rollouts.next(state, upcoming=fresh)
     timings = {"start": start, "rollout_time": made.rollout_time, "rollout_wait": made.wait_time}
-    state, row = learn(
-        setup, state, made.rollout, learning_rate=learning_rate, version=made.version,
-        timings=timings,
-    )  # fmt: skip
+    state, row = learn(setup, state, made.rollout, learning_rate=learning_rate, timings=timings)
     if fresh is not None:  # max_staleness = 1: the refreshed mu samples from the next step
         state = state._replace(behaviour=fresh)
     return state._replace(data=made.data), row

@@ -94,10 +94,13 @@ def refresh(setup: Setup, state: RunState):
     return state, refresh_behaviour(setup, state).behaviour  # copied before the update
 
 
-def behaviour_rollout(setup: Setup, behaviour, examples: Sequence, key, renderer=None) -> Rollout:
-    """`rollout` of ``examples`` x G from ``behaviour`` with the config's sampling and ``key``
-    (``renderer``: another copy of ``setup.renderer`` for a producer thread)."""
-    return rollout(
+def behaviour_rollout(
+    setup: Setup, behaviour, examples: Sequence, key, *, version: int, renderer=None
+) -> Rollout:
+    """`rollout` of ``examples`` x G from ``behaviour`` (refreshed at step ``version``, which
+    the rollout carries) with the config's sampling and ``key`` (``renderer``: another copy
+    of ``setup.renderer`` for a producer thread)."""
+    ro = rollout(
         setup.graphdef,
         behaviour,
         examples,
@@ -107,6 +110,7 @@ def behaviour_rollout(setup: Setup, behaviour, examples: Sequence, key, renderer
         sampling=setup.sampling,
         key=key,
     )
+    return ro._replace(behaviour_version=int(version))
 
 
 def learn(
@@ -115,14 +119,15 @@ def learn(
     ro: Rollout,
     *,
     learning_rate: float,
-    version: int,
     timings: dict[str, float],
 ) -> tuple[RunState, dict]:
-    """`update` on ``ro`` (sampled by the behaviour params of step ``version``) and the step's
-    row: sample statistics, update metrics, ``behaviour_version``, ``behaviour_age`` (the
-    staleness, step - version) and the timings (``timings`` holds ``start``, the
+    """`update` on ``ro`` and the step's row: sample statistics, update metrics,
+    ``behaviour_version`` (``ro``'s), ``behaviour_age`` (the staleness, step - version) and
+    the timings (``timings`` holds ``start``, the
     ``perf_counter`` at which the step began, ``rollout_time`` and ``rollout_wait``)."""
-    step, t_update = state.step, time.perf_counter()
+    step, t_update, version = state.step, time.perf_counter(), ro.behaviour_version
+    if version is None or not 0 <= version <= step:
+        raise ValueError(f"ro.behaviour_version must be a step in [0, {step}], got {version}")
     state, metrics = update(setup, state, ro, learning_rate=learning_rate)
     advantages_PxG = metrics.pop("advantages")
     end = time.perf_counter()
@@ -156,11 +161,9 @@ def rl_step(
     t0 = time.perf_counter()
     state, fresh = refresh(setup, state)
     t1 = time.perf_counter()
-    ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state))
+    version = behaviour_version(setup.cfg, state.step)
+    ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state), version=version)
     rollout_time = time.perf_counter() - t1
     timings = {"start": t0, "rollout_time": rollout_time, "rollout_wait": rollout_time}
-    version = behaviour_version(setup.cfg, state.step)
-    state, row = learn(
-        setup, state, ro, learning_rate=learning_rate, version=version, timings=timings
-    )
+    state, row = learn(setup, state, ro, learning_rate=learning_rate, timings=timings)
     return (state if fresh is None else state._replace(behaviour=fresh)), row
