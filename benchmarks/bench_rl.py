@@ -36,7 +36,17 @@ template on both sides. Example::
 
     python benchmarks/bench_rl.py --sizes arith,small --steps 10 --json rl.json
 
-The last line printed is the ratio TRL s/step / ours s/step per size.
+**Pipelined** (``--pipeline-depth`` d, default 2; 0 skips it): the loop ``train()`` runs
+(``llm.rl.pipeline.pipelined_step``) at ``--refresh-every`` R (default 250, the paper's)
+and ``--max-staleness`` k (0; 1 with R = 1 is one-step off-policy, where every step overlaps),
+synchronous (depth 0) and pipelined (the rollouts of the next d steps of the refresh
+window sampled on a producer thread while the learner updates), each twice, alternating,
+in this process; the rows' own timings say what bounds the gain: the rollout and update
+times of each mode (their growth under the pipeline is the two streams contending for
+the cores) and the ideal sync / max(rollout, rest of the step).
+
+The last line printed is the ratio TRL s/step / ours s/step per size, ours being the faster
+mode (the on-policy synchronous step or the pipelined one), named in parentheses.
 """
 
 from __future__ import annotations
@@ -172,12 +182,10 @@ def instrumented(setup, clock: _Clock):
         del renderer.decode  # back to the class's method
 
 
-def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
-    """Setup, first step and the median step of ``rl_step``, with the piece split."""
-    import jax
-
-    from llm.rl import TrainConfig, init_run
-    from llm.rl.step import rl_step
+def _config(path, s: Settings, *, mesh: str | None = None, **changes):
+    """The trainer's config of the bench: on-policy (refresh_every = 1, like TRL with
+    num_iterations = 1) unless ``changes`` say otherwise."""
+    from llm.rl import TrainConfig
 
     cfg = TrainConfig(
         model_path=str(path),
@@ -193,11 +201,22 @@ def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
         max_grad_norm=s.max_grad_norm,
         loss="asymre",
         delta_v=s.delta_v,
-        refresh_every=1,  # on-policy, like TRL with num_iterations = 1
+        refresh_every=1,
         mesh=mesh,
         tensorboard=False,
         progress=False,
     )
+    return cfg.replace(**changes)
+
+
+def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
+    """Setup, first step and the median step of ``rl_step``, with the piece split."""
+    import jax
+
+    from llm.rl import init_run
+    from llm.rl.step import rl_step
+
+    cfg = _config(path, s, mesh=mesh)
     start = time.perf_counter()
     setup, state = init_run(cfg)
     setup_s = time.perf_counter() - start
@@ -241,6 +260,78 @@ def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
         "host_overhead_fraction": piece_s["host"] / piece_s["total"],
         "steps_timed": len(plain) + len(split),
         "steps_s": {"plain": plain, "instrumented": [r["total"] for r in split]},
+    }
+
+
+def _window_run(path, s: Settings, depth: int, refresh_every: int, staleness: int) -> dict:
+    """``s.steps`` timed steps of ``train()``'s loop (``pipelined_step``) at ``depth``,
+    after one untimed step that compiles and starts the refresh window."""
+    from llm.data.iterator import BatchIterator
+    from llm.rl import init_run
+    from llm.rl.pipeline import RolloutPipeline, pipelined_step
+
+    num_steps = s.steps + 1
+    cfg = _config(
+        path, s, refresh_every=refresh_every, max_staleness=staleness, pipeline_depth=depth,
+        num_steps=num_steps,
+    )  # fmt: skip
+    setup, state = init_run(cfg)
+    iterator = BatchIterator(examples(s.prompts * (num_steps + 1)), s.prompts, seed=0)
+    times, rows = [], []
+    with RolloutPipeline(setup, iterator) as rollouts:
+        state, _ = pipelined_step(setup, state, rollouts, learning_rate=s.learning_rate)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for _ in range(s.steps):
+            t0 = time.perf_counter()
+            state, row = pipelined_step(setup, state, rollouts, learning_rate=s.learning_rate)
+            times.append(time.perf_counter() - t0)
+            rows.append(row)
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    keys = ("rollout_time", "rollout_wait", "update_time")
+    return {
+        "step_s_median": _median(times),
+        "step_s_mean": total / s.steps,
+        "cores_used_mean": cpu / total,  # process CPU seconds per wall second
+        "steps_s": times,
+        **{f"{k}_median": _median([r[k] for r in rows]) for k in keys},
+    }
+
+
+def bench_pipelined(
+    path, s: Settings, *, depth: int, refresh_every: int, staleness: int = 0, rounds: int = 2
+):
+    """The synchronous (depth 0) and the pipelined (depth ``depth``) trainer at refresh_every
+    R and max_staleness ``staleness``, each run ``rounds`` times, alternating (the machine's
+    load drifts), in one process.
+
+    What bounds the gain (from the rows' timings, medians): the synchronous step is
+    rollout + update + host; pipelined, the learner waits ``rollout_wait`` and updates, so
+    the best it can do is max(rollout, update + host) per step; ``contention`` is how much
+    slower the rollout and the update get when they share the cores."""
+    runs = {"sync": [], "pipelined": []}
+    for _ in range(rounds):
+        runs["sync"].append(_window_run(path, s, 0, refresh_every, staleness))
+        runs["pipelined"].append(_window_run(path, s, depth, refresh_every, staleness))
+    merged = {}
+    for mode, rs in runs.items():
+        times = [t for r in rs for t in r["steps_s"]]
+        merged[mode] = {
+            k: _median([r[k] for r in rs]) for k in rs[0] if k.endswith(("_median", "_mean"))
+        }
+        merged[mode]["step_s_median"] = _median(times)
+    sync, piped = merged["sync"], merged["pipelined"]
+    best = max(sync["rollout_time_median"], sync["step_s_median"] - sync["rollout_time_median"])
+    return {
+        "refresh_every": refresh_every,
+        "max_staleness": staleness,
+        "depth": depth,
+        **merged,
+        "speedup": sync["step_s_mean"] / piped["step_s_mean"],
+        "ideal_speedup": sync["step_s_median"] / best,
+        "contention": {
+            "rollout": piped["rollout_time_median"] / sync["rollout_time_median"],
+            "update": piped["update_time_median"] / sync["update_time_median"],
+        },
     }
 
 
@@ -291,6 +382,20 @@ def table(name: str, r: dict, s: Settings) -> list[str]:
         ("update s", op["update"], f"{_fmt(tp.get('rest'))} (the rest of the step)"),
         ("host overhead s (% of step)", host, "-"),
     ]
+    pipe = r.get("pipelined")
+    if pipe:
+        sync, piped = pipe["sync"], pipe["pipelined"]
+        R = f"{pipe['refresh_every']}, k={pipe['max_staleness']}"
+        rows += [
+            (f"s / step, synchronous, R={R} (median)", sync["step_s_median"], "-"),
+            (f"s / step, pipelined depth {pipe['depth']}, R={R}", piped["step_s_median"], "-"),
+            ("pipelined / synchronous steps/s", f"{pipe['speedup']:.2f}x", "-"),
+            ("  bound: sync / max(rollout, rest)", f"{pipe['ideal_speedup']:.2f}x", "-"),
+            ("  rollout s sync / pipelined", _pair(sync, piped, "rollout_time_median"), "-"),
+            ("  update s sync / pipelined", _pair(sync, piped, "update_time_median"), "-"),
+            ("  learner waits for rollout s", _pair(sync, piped, "rollout_wait_median"), "-"),
+            ("  cores busy (CPU s / wall s)", _pair(sync, piped, "cores_used_mean"), "-"),
+        ]
     digits = {"completion tokens / s": 0, "mean completion length": 1}
     for label, a, b in rows:
         d = digits.get(label, 3)
@@ -298,12 +403,30 @@ def table(name: str, r: dict, s: Settings) -> list[str]:
     return lines
 
 
+def _pair(a: dict, b: dict, key: str) -> str:
+    return f"{a[key]:.3f} / {b[key]:.3f}"
+
+
+def fastest(entry: dict) -> dict:
+    """The faster of our modes: the on-policy synchronous step and the pipelined one."""
+    best = {"mode": "synchronous", "step_s_median": entry["ours"]["step_s_median"]}
+    pipe = entry.get("pipelined")
+    if pipe and pipe["pipelined"]["step_s_median"] < best["step_s_median"]:
+        mode = (
+            f"pipelined, depth {pipe['depth']}, refresh_every {pipe['refresh_every']}, "
+            f"max_staleness {pipe['max_staleness']}"
+        )
+        best = {"mode": mode, "step_s_median": pipe["pipelined"]["step_s_median"]}
+    return best
+
+
 def ratio_line(results: dict) -> str:
     parts = []
     for name, r in results["sizes"].items():
-        trl = r.get("trl", {})
+        trl, best = r.get("trl", {}), r.get("fastest") or fastest(r)
         if "step_s_median" in trl:
-            parts.append(f"{name} {trl['step_s_median'] / r['ours']['step_s_median']:.2f}x")
+            ratio = trl["step_s_median"] / best["step_s_median"]
+            parts.append(f"{name} {ratio:.2f}x ({best['mode']})")
         else:
             parts.append(f"{name} n/a (TRL not run)")
     return "TRL s/step / asymre-jax s/step (goal >= 3x): " + ", ".join(parts)
@@ -350,6 +473,15 @@ def parse_args(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: XLA too)")
+    parser.add_argument(
+        "--pipeline-depth", type=int, default=2, help="rollouts ahead (0: no pipelined run)"
+    )
+    parser.add_argument(
+        "--refresh-every", type=int, default=250, help="R of the pipelined comparison (paper)"
+    )
+    parser.add_argument(
+        "--max-staleness", type=int, default=0, choices=(0, 1), help="of the pipelined comparison"
+    )
     parser.add_argument("--quick", action="store_true", help="toy run: toy, P=2, G=2, 4 tokens")
     parser.add_argument("--skip-trl", action="store_true", help="measure our side only")
     parser.add_argument("--workdir", default=None, help="where checkpoints are built (cached)")
@@ -362,7 +494,9 @@ def parse_args(argv=None):
     for name in sizes:
         if name not in SIZE_NAMES:
             parser.error(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZE_NAMES)}")
-    for flag in ("steps", "prompts", "samples", "max_new_tokens", "threads"):
+    if args.pipeline_depth < 0:
+        parser.error("--pipeline-depth: must be >= 0")
+    for flag in ("steps", "prompts", "samples", "max_new_tokens", "threads", "refresh_every"):
         minimum = 2 if flag in ("steps", "samples") else 1
         if getattr(args, flag) < minimum:
             parser.error(f"--{flag.replace('_', '-')}: must be >= {minimum}")
@@ -394,6 +528,22 @@ def main(argv=None) -> dict:
         path = checkpoint(workdir, name)
         entry = {"ours": bench_ours(path, s)}
         print(f"[{name}] ours: {entry['ours']['step_s_median']:.3f} s/step", flush=True)
+        if args.pipeline_depth:
+            pipe = bench_pipelined(
+                path,
+                s,
+                depth=args.pipeline_depth,
+                refresh_every=args.refresh_every,
+                staleness=args.max_staleness,
+            )
+            entry["pipelined"] = pipe
+            print(
+                f"[{name}] R={args.refresh_every}: synchronous "
+                f"{pipe['sync']['step_s_median']:.3f} s/step, pipelined "
+                f"{pipe['pipelined']['step_s_median']:.3f} s/step ({pipe['speedup']:.2f}x)",
+                flush=True,
+            )
+        entry["fastest"] = fastest(entry)
         if args.skip_trl:
             entry["trl"] = {"skipped": "TRL side not run (--skip-trl)"}
         else:

@@ -71,6 +71,7 @@ RESUME_MUTABLE = (
     "export_hf",
     "tensorboard",
     "log_every",
+    "pipeline_depth",
     "remat",
 )
 
@@ -225,6 +226,9 @@ class TrainConfig:
         "paper uses 250).",
         range=AT_LEAST_ONE,
     )
+    max_staleness: int = _loss(
+        0, "1: refresh steps sample from the previous mu (one step staler).", range=Range(0, 1)
+    )
     num_steps: int = _rollout(100, "number of gradient steps.", range=AT_LEAST_ZERO)
     prompts_per_step: int = _rollout(8, "P, prompts per step.", range=AT_LEAST_ONE)
     samples_per_prompt: int = _rollout(
@@ -278,6 +282,9 @@ class TrainConfig:
     mesh_subset: bool = _devices(
         False, "allow a mesh that uses fewer than all devices (otherwise refused)."
     )
+    pipeline_depth: int = _devices(
+        0, "rollouts sampled ahead during updates (exact; llm.rl.pipeline).", range=AT_LEAST_ZERO
+    )
     max_nonfinite_steps: int = _run(
         3, "stop with an error after this many non-finite steps in a row.", range=AT_LEAST_ONE
     )
@@ -330,11 +337,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """A config from a flat mapping of field -> value (strings are parsed as by `replace`).
-
-        Raises ConfigError for an unknown key (suggesting the close field name) or a value
-        of the wrong type.
-        """
+        """A config from a flat mapping of field -> value (strings parsed as by `replace`);
+        ConfigError for an unknown key (suggesting the close name) or a badly typed value."""
         unknown = [k for k in d if k not in _FIELDS]
         if unknown:
             raise ConfigError(None, unknown_message(unknown, _FIELDS))
@@ -383,14 +387,9 @@ class TrainConfig:
         return {"arithmetic": "arithmetic", "gsm8k": "gsm8k"}.get(self.task, "math")
 
     def validate(self) -> TrainConfig:
-        """Raise ConfigError (a ValueError) naming the first bad field; returns self.
-
-        Checks every field's type, then its declared range or choices (NaN and inf are
-        refused wherever they mean nothing), then the rules that relate fields: the options
-        only one loss reads, the data columns, LoRA's alpha, the micro-batch split, the mesh
-        syntax (the device count is checked by `make_mesh`), and that ``model_path`` is a
-        folder with a config.json (see `llm.rl.config_checks`).
-        """
+        """Raise ConfigError (a ValueError) naming the first bad field; returns self. Checks
+        types, then declared ranges / choices, then the rules that relate fields (one loss's
+        options, data columns, LoRA, micro-batches, mesh syntax: `llm.rl.config_checks`)."""
         validate_config(self)
         return self
 

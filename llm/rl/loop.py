@@ -1,8 +1,12 @@
 r"""The off-policy AsymRE trainer: sample from a lagging behaviour policy, update the policy.
 
-Step t (0-based) of ``train(cfg)`` (``llm.rl.step.rl_step``):
+Step t (0-based) of ``train(cfg)`` (``llm.rl.step.rl_step``; with ``pipeline_depth`` d > 0
+the rollouts of steps t+1 .. t+d of the refresh window are sampled while step t updates,
+``llm.rl.pipeline``, and the run is the same bit for bit):
 
-1. if t mod refresh_every = 0, the behaviour params mu become a copy of the trained params;
+1. if t mod refresh_every = 0, the behaviour params mu become a copy of the trained params
+   (with ``max_staleness`` = 1, past the first window, after the step's update: the step is
+   sampled from the previous mu, `llm.rl.step.refresh`);
 2. P prompts from the data iterator, G completions each sampled from mu with their log-probs
    under the sampling distribution (``llm.rl.rollout``: temperature / top-p of the config),
    with the step's key ``llm.rl.keys.sampling_key(base, t)``;
@@ -48,9 +52,9 @@ from llm.rl.checkpoint import Checkpointer, restore_state, save_state
 from llm.rl.config import RESUME_MUTABLE, TrainConfig
 from llm.rl.losses import LossFn
 from llm.rl.metrics import MetricsWriter
+from llm.rl.pipeline import RolloutPipeline, pipelined_step
 from llm.rl.schedule import learning_rate_fn
 from llm.rl.state import RunState, Setup, eval_key, init_run
-from llm.rl.step import rl_step
 from llm.rl.tasks import run_examples
 from llm.rl.train_step import optimizer_moments
 from llm.rl.transfer import to_host
@@ -251,14 +255,15 @@ def train(
         iterator = BatchIterator(train_ex, cfg.prompts_per_step, state=state.data)
         outputs.start(state.step)
         lr_fn, stop = learning_rate_fn(cfg), False
-        while state.step < cfg.num_steps and not stop:
-            state, row = rl_step(setup, state, next(iterator), learning_rate=lr_fn(state.step))
-            state = state._replace(data=iterator.state)
-            _check_streak(cfg, outputs.writer, row)
-            row = _merge_row(row, evaluate_row(setup, state))
-            stop = _callback_stops(callback, state, row)
-            outputs.finish_step(setup, state, row, stop=stop)
-            history.append(row)
+        with RolloutPipeline(setup, iterator, depth=cfg.pipeline_depth) as rollouts:
+            while state.step < cfg.num_steps and not stop:
+                lr = lr_fn(state.step)
+                state, row = pipelined_step(setup, state, rollouts, learning_rate=lr)
+                _check_streak(cfg, outputs.writer, row)
+                row = _merge_row(row, evaluate_row(setup, state))
+                stop = _callback_stops(callback, state, row)
+                outputs.finish_step(setup, state, row, stop=stop)
+                history.append(row)
         if cfg.export_hf:
             _export_run(setup, state)
     finally:

@@ -43,6 +43,7 @@ class Rollout(NamedTuple):
     finished_B: np.ndarray  # bool, True where the row emitted EOS
     logprobs_BxN: np.ndarray  # float32 log mu(y_t) of the sampling distribution, 0 after end
     rewards_PxG: np.ndarray  # float64
+    behaviour_version: int | None = None  # step at which the sampling params were refreshed
 
 
 def sample(

@@ -5,6 +5,10 @@
 is what `llm.trainer.train` runs every step; `update` alone takes a `Rollout` made elsewhere
 (a replay buffer, another model's samples): its behaviour log-probs must be those of the
 distribution the tokens were drawn from.
+
+Row keys that are timings (they differ between runs, everything else is bit-for-bit):
+``TIMING_KEYS``. ``rollout_wait`` is the time the learner waited for the step's rollout:
+``rollout_time`` when synchronous, less when `llm.rl.pipeline` made it ahead of time.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
 from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
 from llm.rl.transfer import batch_to_global, to_host
+
+TIMING_KEYS = ("step_time", "tokens_per_s", "rollout_time", "rollout_wait", "update_time")
 
 
 def update(
@@ -64,30 +70,68 @@ def update(
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
-def rl_step(
-    setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
-) -> tuple[RunState, dict]:
-    """Refresh (every ``refresh_every`` steps), roll out ``examples`` x G with
-    ``step_key(state)``, update; returns the new state and the step's metrics row (sample
-    statistics + update metrics + timing)."""
+def behaviour_version(cfg, step: int) -> int:
+    """The step at which the behaviour params that sample step ``step`` were refreshed:
+    t - t mod R, or with ``max_staleness`` = 1 the previous refresh on the refresh steps
+    t = R, 2R, ... (their mu is one step staler)."""
+    step, R = int(step), cfg.refresh_every
+    version = step - step % R
+    if step % R < cfg.max_staleness and version >= R:
+        version -= R
+    return version
+
+
+def refresh(setup: Setup, state: RunState):
+    """(state to sample step ``state.step`` from, behaviour params to install after its
+    update or None): on a refresh step mu becomes a copy of the params, at once, or with
+    ``max_staleness`` = 1 (past the first window) after the update, the step being sampled
+    from the previous mu."""
     cfg = setup.cfg
-    t0 = time.perf_counter()
-    if state.step % cfg.refresh_every == 0:
-        state = refresh_behaviour(setup, state)
+    if state.step % cfg.refresh_every:
+        return state, None
+    if behaviour_version(cfg, state.step) == state.step:
+        return refresh_behaviour(setup, state), None
+    return state, refresh_behaviour(setup, state).behaviour  # copied before the update
+
+
+def behaviour_rollout(
+    setup: Setup, behaviour, examples: Sequence, key, *, version: int, renderer=None
+) -> Rollout:
+    """`rollout` of ``examples`` x G from ``behaviour`` (refreshed at step ``version``, which
+    the rollout carries) with the config's sampling and ``key`` (``renderer``: another copy
+    of ``setup.renderer`` for a producer thread)."""
     ro = rollout(
         setup.graphdef,
-        state.behaviour,
+        behaviour,
         examples,
-        setup.renderer,
+        renderer if renderer is not None else setup.renderer,
         setup.reward_fn,
-        num_samples=cfg.samples_per_prompt,
+        num_samples=setup.cfg.samples_per_prompt,
         sampling=setup.sampling,
-        key=step_key(state),
+        key=key,
     )
-    step = state.step
+    return ro._replace(behaviour_version=int(version))
+
+
+def learn(
+    setup: Setup,
+    state: RunState,
+    ro: Rollout,
+    *,
+    learning_rate: float,
+    timings: dict[str, float],
+) -> tuple[RunState, dict]:
+    """`update` on ``ro`` and the step's row: sample statistics, update metrics,
+    ``behaviour_version`` (``ro``'s), ``behaviour_age`` (the staleness, step - version) and
+    the timings (``timings`` holds ``start``, the
+    ``perf_counter`` at which the step began, ``rollout_time`` and ``rollout_wait``)."""
+    step, t_update, version = state.step, time.perf_counter(), ro.behaviour_version
+    if version is None or not 0 <= version <= step:
+        raise ValueError(f"ro.behaviour_version must be a step in [0, {step}], got {version}")
     state, metrics = update(setup, state, ro, learning_rate=learning_rate)
     advantages_PxG = metrics.pop("advantages")
-    dt = time.perf_counter() - t0
+    end = time.perf_counter()
+    dt = end - timings["start"]
     row = {"step": step}
     row |= sample_stats(
         ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, correctness(setup.reward_fn)
@@ -96,8 +140,30 @@ def rl_step(
     row |= {
         "lr": learning_rate,
         "skipped": int(not metrics["finite"]),
+        "behaviour_age": step - version,
+        "behaviour_version": version,
         "step_time": dt,
         "tokens_per_s": float(np.sum(ro.lengths_B)) / dt,
-        "behaviour_age": step % cfg.refresh_every,
+        "rollout_time": timings["rollout_time"],
+        "rollout_wait": timings["rollout_wait"],
+        "update_time": end - t_update,
     }
     return state, row
+
+
+def rl_step(
+    setup: Setup, state: RunState, examples: Sequence, *, learning_rate: float
+) -> tuple[RunState, dict]:
+    """Refresh (every ``refresh_every`` steps, `refresh`), roll out ``examples`` x G with
+    ``step_key(state)``, update; returns the new state and the step's metrics row (sample
+    statistics + update metrics + timing). `llm.rl.pipeline.pipelined_step` is the same
+    step with the rollout made ahead of time."""
+    t0 = time.perf_counter()
+    state, fresh = refresh(setup, state)
+    t1 = time.perf_counter()
+    version = behaviour_version(setup.cfg, state.step)
+    ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state), version=version)
+    rollout_time = time.perf_counter() - t1
+    timings = {"start": t0, "rollout_time": rollout_time, "rollout_wait": rollout_time}
+    state, row = learn(setup, state, ro, learning_rate=learning_rate, timings=timings)
+    return (state if fresh is None else state._replace(behaviour=fresh)), row

@@ -319,7 +319,7 @@ def test_hooks_are_checked(model_path, tmp_path):
         train(_cfg(model_path, tmp_path, num_steps=1), reward_fn=letter_reward, callback=chatty)
 
 
-TIMINGS = {"step_time", "tokens_per_s"}
+TIMINGS = {"step_time", "tokens_per_s", "rollout_time", "rollout_wait", "update_time"}
 
 
 def _hand_written_loop(cfg, train_set, held_out):
@@ -346,6 +346,7 @@ def _hand_written_loop(cfg, train_set, held_out):
         advantages = metrics.pop("advantages")
         is_correct = correctness(setup.reward_fn)
         row = {"step": t, "lr": lr(t), "behaviour_age": t % cfg.refresh_every}
+        row["behaviour_version"] = t - t % cfg.refresh_every
         row |= sample_stats(ro.rewards_PxG, advantages, ro.lengths_B, ro.finished_B, is_correct)
         row |= metrics | {"skipped": int(not metrics["finite"])}
         if state.step % cfg.eval_every == 0 or state.step == cfg.num_steps:
