@@ -119,7 +119,8 @@ SMOLLM2_ARITH = dataclasses.replace(
     train={
         **TINY_ARITH.train,
         "instruction": "Answer with the number only.",
-        "max_new_tokens": 8,
+        "reward": "gsm8k",  # the last number of the completion (boxed or #### first)
+        "max_new_tokens": 16,
         "lora_rank": 16,
         "warmup_steps": 2,
     },
