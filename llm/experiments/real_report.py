@@ -139,6 +139,16 @@ def markdown(summary: dict) -> str:
             for part in ("step0", "final", "change", "auc"):
                 cells.append(fmt(c[f"{metric}_{part}"]).split(" / ")[0])
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| run folder | steps | train acc first | train acc last | collapse | s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, t in summary["train"].items():
+        lines.append(
+            f"| {name} | {t['steps']} | {t['train_accuracy_first']:.3f} | "
+            f"{t['train_accuracy_last']:.3f} | {t['collapse_step']} | {t['seconds']:.0f} |"
+        )
     lines += ["", "Contrasts (A minus B, paired; bootstrap / seed-clustered t):", ""]
     for label, c in summary["contrasts"].items():
         parts = ", ".join(f"{k} {fmt(c[k])}" for k in c if k != "seeds")
