@@ -112,7 +112,7 @@ SMOLLM2_ARITH = dataclasses.replace(
     name="smollm2-arith",
     model="smollm2-135m-instruct",
     question=True,
-    task=dict(num_operands=2, digits=2, operators="+"),  # add_2d: chosen by task_choice
+    task=dict(num_operands=3, digits=1, operators="+"),  # add3_1d: see the README (deviation)
     split_sizes=dict(test=64, sft_val=48, rl_train=None),
     split_pool=20_000,
     sft={},
