@@ -64,6 +64,8 @@ def run_real(preset, spec, seed, lr, run_dir, splits, start, eval_on, progress) 
                 )
             greedy, sampled = evals[name][state.step] = scorers[name](state.params)
             row |= {f"{name}_greedy": float(greedy.mean()), f"{name}_mean@k": float(sampled.mean())}
+            # written at every evaluation, so a run stopped early keeps its curve so far
+            sweep.save_evals(run_dir / f"partial_evals_{name}.npz", evals[name])
         print(f"[{spec.name} lr={lr:g} seed={seed}] step {state.step}: {row}", flush=True)
         return row
 
@@ -72,6 +74,7 @@ def run_real(preset, spec, seed, lr, run_dir, splits, start, eval_on, progress) 
     (run_dir / "seconds.json").write_text(json.dumps(time.perf_counter() - t))
     for name, e in evals.items():
         sweep.save_evals(run_dir / f"evals_{name}.npz", e)
+        (run_dir / f"partial_evals_{name}.npz").unlink(missing_ok=True)
     return evals
 
 
