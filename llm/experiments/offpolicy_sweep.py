@@ -45,6 +45,8 @@ from llm.experiments import report
 from llm.experiments.presets import PRESETS, SMOKE, TINY_ARITH, Preset, RunSpec, run_specs
 from llm.experiments.splits import arithmetic_splits
 from llm.experiments.stats import mean_ci
+from llm.experiments.task_choice import as_questions
+from llm.models.fetch import default_model_dir
 from llm.rl.config import TrainConfig
 from llm.rl.evaluation import problem_rewards
 from llm.rl.loop import train
@@ -57,13 +59,27 @@ __all__ = ["PRESETS", "SMOKE", "TINY_ARITH", "Preset", "RunSpec", "main", "run_s
 
 
 def make_splits(preset: Preset) -> dict[str, list]:
-    return arithmetic_splits(
+    splits = arithmetic_splits(
         preset.split_sizes, seed=preset.split_seed, pool=preset.split_pool, **preset.task
     )
+    return {k: as_questions(v) for k, v in splits.items()} if preset.question else splits
+
+
+def model_folder(preset: Preset) -> pathlib.Path:
+    """The fetched model folder of a real-model preset (FileNotFoundError naming the fetch)."""
+    path = default_model_dir(preset.model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no model: run `python -m llm.models.fetch {preset.model}` first"
+        )
+    return path
 
 
 def warm_start(preset: Preset, splits, out: pathlib.Path, *, progress: bool) -> pathlib.Path:
-    """The SFT warm start in `out/warm_start` (reused when its config matches)."""
+    """The SFT warm start in `out/warm_start` (reused when its config matches), or the
+    pretrained model itself for a real-model preset."""
+    if preset.model is not None:
+        return model_folder(preset)
     path = out / "warm_start"
     cfg = SFTConfig(
         out_dir=str(path),
@@ -247,7 +263,11 @@ def run_sweep(preset: Preset, out: str | pathlib.Path, *, progress: bool = True)
         "this_call": time.perf_counter() - t0,
         "trained_now": trained,
         "runs": timings,
-        "warm_start": json.loads((model_path / "sft_summary.json").read_text())["seconds"],
+        "warm_start": (
+            json.loads((model_path / "sft_summary.json").read_text())["seconds"]
+            if preset.model is None
+            else 0.0
+        ),
     }
     report.write_report(preset, specs, results, summary, out)
     return summary

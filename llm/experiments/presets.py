@@ -2,7 +2,10 @@
 runs one preset implies (`run_specs`): stale AsymRE per delta_v, on-policy controls, GRPO.
 
 `TINY_ARITH` is the CPU-scale experiment of `llm.experiments.offpolicy_sweep`; `SMOKE` is a
-few-second variant with the same protocol for the test suite.
+few-second variant with the same protocol for the test suite. `SMOLLM2_ARITH` is the real
+pretrained model (SmolLM2-135M-Instruct, `python -m llm.models.fetch smollm2-135m-instruct`)
+with LoRA r=16, no warm start, questions in words; its task is the one chosen on validation by
+`llm.experiments.task_choice` (results/smollm2_arith/README.md pre-registers the rule).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["PRESETS", "SMOKE", "TINY_ARITH", "Preset", "RunSpec", "run_specs"]
+__all__ = ["PRESETS", "SMOKE", "SMOLLM2_ARITH", "TINY_ARITH", "Preset", "RunSpec", "run_specs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Preset:
     eval_seed: int = 1234  # the one evaluation key of the sweep
     smooth: int = 10  # moving-average window of the collapse rule
     quick_steps: int = 40
+    model: str | None = None  # a `llm.models.fetch` model name: used as is, no SFT warm start
+    question: bool = False  # ask "What is 12 + 7?" instead of "12+7="
 
     def quick(self) -> Preset:
         """One seed, fewer steps, the same protocol."""
@@ -100,7 +105,39 @@ SMOKE = dataclasses.replace(
     quick_steps=2,
 )
 
-PRESETS = {p.name: p for p in (TINY_ARITH, SMOKE)}
+# The real model. Splits: test (held out), sft_val (= validation: the task and the learning
+# rate are chosen on it; there is no SFT), rl_train (the rest).
+SMOLLM2_ARITH = dataclasses.replace(
+    TINY_ARITH,
+    name="smollm2-arith",
+    model="smollm2-135m-instruct",
+    question=True,
+    task=dict(num_operands=3, digits=1, operators="+"),  # add3_1d: see the README (deviation)
+    split_sizes=dict(test=64, sft_val=48, rl_train=None),
+    split_pool=20_000,
+    sft={},
+    train={
+        **TINY_ARITH.train,
+        "instruction": "Answer with the number only.",
+        "reward": "gsm8k",  # the last number of the completion (boxed or #### first)
+        "max_new_tokens": 16,
+        "lora_rank": 16,
+        "warmup_steps": 2,
+    },
+    learning_rates=(3e-4, 1e-3),
+    delta_vs=(-0.1, 0.1),
+    refresh_every=4,
+    on_policy_delta_vs=(0.1,),
+    grpo=True,
+    seeds=(0,),
+    num_steps=12,
+    eval_every=4,
+    eval_samples=4,
+    pass_k=8,
+    quick_steps=12,
+)
+
+PRESETS = {p.name: p for p in (TINY_ARITH, SMOKE, SMOLLM2_ARITH)}
 
 
 @dataclasses.dataclass(frozen=True)

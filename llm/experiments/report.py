@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from llm.experiments.splits import canonical_key
 from llm.experiments.stats import mean_ci
 
 
 def write_splits(path: pathlib.Path, splits: dict[str, list]) -> None:
-    """Split sizes and the disjointness check, as JSON."""
-    prompts = {k: {ex.prompt for ex in v} for k, v in splits.items()}
+    """Split sizes and the disjointness check (shared problems, by `canonical_key`), as JSON."""
+    prompts = {k: {canonical_key(ex) for ex in v} for k, v in splits.items()}
     names = list(prompts)
     overlaps = {
         f"{a}&{b}": len(prompts[a] & prompts[b])
