@@ -84,3 +84,13 @@ def make_arithmetic_examples(
         )
         examples.append(Example(text + "=", str(value), {"expression": text}))
     return examples
+
+
+def as_questions(examples: Sequence[Example]) -> list[Example]:
+    """ "12+7=" -> "What is 12 + 7?" (the expression kept in the columns)."""
+    out = []
+    for ex in examples:
+        expr = str(ex.columns.get("expression", ex.prompt.removesuffix("=")))
+        spaced = "".join(f" {c} " if c in "+-*" else c for c in expr)
+        out.append(Example(f"What is {spaced}?", ex.answer, {**ex.columns, "expression": expr}))
+    return out

@@ -23,7 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from llm.data.datasets import Example
+from llm.data.arithmetic import as_questions as as_questions  # re-exported
+from llm.experiments import offpolicy_sweep as sweep
+from llm.experiments.presets import PRESETS, RunSpec
+from llm.rl.state import make_setup
 
 __all__ = ["CANDIDATES", "as_questions", "choose", "eligible", "measure"]
 
@@ -35,16 +38,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "add3_1d": dict(num_operands=3, digits=1, operators="+"),
     "sub_2d": dict(num_operands=2, digits=2, operators="-"),
 }
-
-
-def as_questions(examples: Sequence[Example]) -> list[Example]:
-    """ "12+7=" -> "What is 12 + 7?" (the expression kept in the columns)."""
-    out = []
-    for ex in examples:
-        expr = str(ex.columns.get("expression", ex.prompt.removesuffix("=")))
-        spaced = "".join(f" {c} " if c in "+-*" else c for c in expr)
-        out.append(Example(f"What is {spaced}?", ex.answer, {**ex.columns, "expression": expr}))
-    return out
 
 
 def eligible(pass1: float, passk: float) -> bool:
@@ -64,10 +57,6 @@ def choose(scores: dict[str, dict[str, float]], k: int) -> str | None:
 
 def measure(preset, candidates: dict[str, dict], *, num_problems: int, k: int) -> dict:
     """Step-0 validation greedy accuracy, pass@1 and pass@k per candidate task."""
-    from llm.experiments import offpolicy_sweep as sweep
-    from llm.experiments.presets import RunSpec
-    from llm.rl.state import make_setup
-
     spec = RunSpec("step0", "", "asymre", -0.1, 1)
     cfg = sweep.train_config(preset, sweep.model_folder(preset), spec, 0, 1e-4, "/tmp/unused")
     setup, params = make_setup(cfg)
@@ -89,8 +78,6 @@ def measure(preset, candidates: dict[str, dict], *, num_problems: int, k: int) -
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from llm.experiments.presets import PRESETS
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="smollm2-arith")
     p.add_argument("--problems", type=int, default=48)
