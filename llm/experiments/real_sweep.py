@@ -176,11 +176,11 @@ def collect(preset: Preset, out: pathlib.Path) -> tuple[dict, dict | None]:
     }
     ref = _ref(preset)
     done = {ref.name: (ref, {preset.seeds[0]: _load(out / "lr_choice" / f"{best:g}", "test")})}
-    for spec in [*comparison_specs(preset), ref]:
-        for seed in preset.seeds:
-            evals = _load(out / "runs" / spec.name / f"seed{seed}", "test")
+    for spec in [*comparison_specs(preset), ref]:  # every seed found on disk
+        for run_dir in sorted((out / "runs" / spec.name).glob("seed*")):
+            evals = _load(run_dir, "test")
             if evals is not None:
-                done.setdefault(spec.name, (spec, {}))[1][seed] = evals
+                done.setdefault(spec.name, (spec, {}))[1][int(run_dir.name[4:])] = evals
     return done, lr
 
 
