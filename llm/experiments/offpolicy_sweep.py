@@ -42,9 +42,8 @@ import numpy as np
 from llm.data.verifiable import correctness
 from llm.experiments import report
 from llm.experiments.presets import PRESETS, SMOKE, TINY_ARITH, Preset, RunSpec, run_specs
-from llm.experiments.splits import arithmetic_splits
+from llm.experiments.splits import arithmetic_splits, as_questions
 from llm.experiments.stats import mean_ci
-from llm.experiments.task_choice import as_questions
 from llm.models.fetch import default_model_dir
 from llm.rl.config import TrainConfig
 from llm.rl.evaluation import problem_rewards

@@ -81,3 +81,13 @@ def arithmetic_splits(
     """Disjoint arithmetic splits drawn from ``pool`` generated problems (``task``: the
     `make_arithmetic_examples` knobs)."""
     return disjoint_splits(make_arithmetic_examples(pool, seed=seed, **task), sizes, seed=seed)
+
+
+def as_questions(examples: Sequence[Example]) -> list[Example]:
+    """ "12+7=" -> "What is 12 + 7?" (the expression kept in the columns)."""
+    out = []
+    for ex in examples:
+        expr = str(ex.columns.get("expression", ex.prompt.removesuffix("=")))
+        spaced = "".join(f" {c} " if c in "+-*" else c for c in expr)
+        out.append(Example(f"What is {spaced}?", ex.answer, {**ex.columns, "expression": expr}))
+    return out

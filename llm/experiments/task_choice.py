@@ -23,9 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from llm.data.datasets import Example
-
-__all__ = ["CANDIDATES", "as_questions", "choose", "eligible", "measure"]
+__all__ = ["CANDIDATES", "choose", "eligible", "measure"]
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     # 1-digit a+b is left out: 55 distinct problems cannot fill disjoint test/validation/RL
@@ -35,16 +33,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "add3_1d": dict(num_operands=3, digits=1, operators="+"),
     "sub_2d": dict(num_operands=2, digits=2, operators="-"),
 }
-
-
-def as_questions(examples: Sequence[Example]) -> list[Example]:
-    """ "12+7=" -> "What is 12 + 7?" (the expression kept in the columns)."""
-    out = []
-    for ex in examples:
-        expr = str(ex.columns.get("expression", ex.prompt.removesuffix("=")))
-        spaced = "".join(f" {c} " if c in "+-*" else c for c in expr)
-        out.append(Example(f"What is {spaced}?", ex.answer, {**ex.columns, "expression": expr}))
-    return out
 
 
 def eligible(pass1: float, passk: float) -> bool:
