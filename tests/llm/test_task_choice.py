@@ -1,8 +1,9 @@
 """The real-model task choice: the pre-registered headroom rule and the question form."""
 
+from llm.data.arithmetic import as_questions
 from llm.data.datasets import Example
 from llm.experiments.splits import canonical_key
-from llm.experiments.task_choice import as_questions, choose, eligible
+from llm.experiments.task_choice import choose, eligible
 
 
 def test_headroom_rule_boundaries():
