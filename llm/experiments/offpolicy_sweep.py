@@ -13,12 +13,12 @@ Protocol (one process; every run reuses the compiled step and sampler):
 3. step-0 report on the test split: greedy accuracy, mean@k, pass@1 and pass@8;
 4. learning rate: a short sweep of delta_v = -0.1 (stale) runs, scored by greedy accuracy on
    the SFT validation split (never the test split); the best rate serves every run;
-5. runs: AsymRE per delta_v with refresh_every = N, the on-policy control(s), GRPO with the
-   same N, for each seed; every run is evaluated on the test split at step 0 and every E
+5. runs: AsymRE per delta_v at every staleness N of the preset (N = 1 is on-policy), GRPO
+   at the stale N, for each seed; every run is evaluated on the test split at step 0 and every E
    steps with ONE evaluation key shared by all steps and runs (common random numbers):
    greedy accuracy and mean@k at the training temperature, per problem;
-6. report (`report.py`): `summary.json` / `summary.md` with 95% bootstrap intervals over
-   problems and seeds, and figures.
+6. report (`report.py`, `report_figures.py`): `summary.json` / `summary.md` (final, change
+   and AUC of the held-out curves, the contrasts, both interval methods, the targets), figures.
 
     python -m llm.experiments.offpolicy_sweep --out runs/tiny_arith            # full
     python -m llm.experiments.offpolicy_sweep --quick --out runs/tiny_arith_quick
@@ -42,7 +42,7 @@ import numpy as np
 from llm.compile_cache import enable_compilation_cache
 from llm.data.arithmetic import as_questions
 from llm.data.verifiable import correctness
-from llm.experiments import report
+from llm.experiments import report, report_figures
 from llm.experiments.presets import PRESETS, SMOKE, TINY_ARITH, Preset, RunSpec, run_specs
 from llm.experiments.splits import arithmetic_splits
 from llm.experiments.stats import mean_ci
@@ -269,7 +269,8 @@ def run_sweep(preset: Preset, out: str | pathlib.Path, *, progress: bool = True)
             else 0.0
         ),
     }
-    report.write_report(preset, specs, results, summary, out)
+    report.write_report(summary, out)
+    report_figures.write_figures(preset, specs, results, summary, out)
     return summary
 
 

@@ -1,8 +1,11 @@
 """The off-policy sweep's presets (`Preset`: splits, warm start, runs, evaluation) and the
-runs one preset implies (`run_specs`): stale AsymRE per delta_v, on-policy controls, GRPO.
+runs one preset implies (`run_specs`): AsymRE per delta_v, at the stale N and the on-policy
+controls, or at every N of a staleness dose-response (`staleness`), and GRPO at the stale N.
 
-`TINY_ARITH` is the CPU-scale experiment of `llm.experiments.offpolicy_sweep`; `SMOKE` is a
-few-second variant with the same protocol for the test suite. `SMOLLM2_ARITH` is the real
+`TINY_ARITH` is the CPU-scale experiment of `llm.experiments.offpolicy_sweep`: delta_v in
+{-0.1, +0.1} x N in {1, 25, 50, 100} x 3 seeds at one learning rate chosen on validation
+(results/llm_tiny/README.md pre-registers it). `SMOKE` is a few-second variant with the same
+protocol for the test suite. `SMOLLM2_ARITH` is the real
 pretrained model (SmolLM2-135M-Instruct, `python -m llm.models.fetch smollm2-135m-instruct`)
 with LoRA r=16, no warm start, questions in words; its task is the one chosen on validation by
 `llm.experiments.task_choice` (results/smollm2_arith/README.md pre-registers the rule).
@@ -30,6 +33,9 @@ class Preset:
     delta_vs: tuple[float, ...] = (-0.5, -0.2, -0.1, 0.0, 0.1, 0.3)
     refresh_every: int = 25  # N, the staleness of the behaviour policy
     on_policy_delta_vs: tuple[float, ...] = (0.3,)  # N = 1 controls
+    # dose-response: every delta_v at each of these N (replaces the two lines above for
+    # AsymRE; refresh_every stays the N of the learning-rate choice and of GRPO)
+    staleness: tuple[int, ...] = ()
     grpo: bool = True
     seeds: tuple[int, ...] = (0, 1, 2)
     num_steps: int = 300
@@ -56,6 +62,9 @@ TINY_ARITH = Preset(
     task=dict(num_operands=2, digits=(1, 2), operators="+"),
     split_sizes=dict(test=500, rl_train=2000, sft_val=256, sft_train=None),
     sft=dict(target_accuracy=0.3, max_steps=1500, eval_every=50, batch_size=64),
+    delta_vs=(-0.1, 0.1),
+    staleness=(1, 25, 50, 100),
+    on_policy_delta_vs=(),
     train=dict(
         task="arithmetic",
         chat=True,
@@ -96,6 +105,7 @@ SMOKE = dataclasses.replace(
     learning_rates=(1e-3, 3e-3),
     delta_vs=(-0.1, 0.1),
     refresh_every=2,
+    staleness=(1, 2),
     seeds=(0, 1),
     num_steps=4,
     eval_every=2,
@@ -128,6 +138,7 @@ SMOLLM2_ARITH = dataclasses.replace(
     delta_vs=(-0.1, 0.1),
     refresh_every=4,
     on_policy_delta_vs=(0.1,),
+    staleness=(),
     grpo=True,
     seeds=(0,),
     num_steps=12,
@@ -152,8 +163,16 @@ class RunSpec:
 
 
 def run_specs(preset: Preset) -> list[RunSpec]:
-    """Stale AsymRE per delta_v, the on-policy controls, GRPO in the stale regime."""
+    """AsymRE per delta_v (at every N of `staleness`, or at the stale N plus the on-policy
+    controls), then GRPO in the stale regime."""
     n = preset.refresh_every
+    if preset.staleness:
+        specs = [
+            RunSpec(f"asymre_dv{dv:+.2f}_N{m}", f"AsymRE δV={dv:+.1f}, N={m}", "asymre", dv, m)
+            for m in preset.staleness
+            for dv in preset.delta_vs
+        ]
+        return specs + ([RunSpec(f"grpo_N{n}", f"GRPO, N={n}", "grpo", 0.0, n)] * preset.grpo)
     specs = [
         RunSpec(f"asymre_dv{dv:+.2f}_N{n}", f"AsymRE δV={dv:+.1f}", "asymre", dv, n)
         for dv in preset.delta_vs

@@ -1,21 +1,24 @@
-"""Summary, targets and figures of the off-policy sweep (`offpolicy_sweep.py`).
+"""Summary and targets of the off-policy sweep (`offpolicy_sweep.py`); figures in
+`report_figures.py`.
 
-Per run: greedy accuracy and mean@k on the test split at step 0 and at the end, the paired
-difference with its 95% bootstrap interval over problems, train accuracy, entropy and the
-collapse step: the first step whose `smooth`-step moving average of train accuracy (on the
-behaviour samples) falls below half of the first window's mean. Per configuration: the same
-over seeds, intervals by the bootstrap over seeds and problems of `stats.py`.
+Per run: greedy accuracy and mean@k on the test split at step 0 and at the end, train
+accuracy, entropy and the collapse step: the first step whose `smooth`-step moving average of
+train accuracy (on the behaviour samples) falls below half of the first window's mean. Per
+configuration and per contrast (A minus B, paired on seeds and problems): final value, change
+and area under the held-out curve (AUC, `real_report.auc`) of greedy accuracy and mean@k, each
+with two 95% intervals: the bootstrap over seeds then problems (`stats.py`) and the
+seed-clustered t interval over per-seed means (`real_report.t_over_seeds`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 from typing import Any
 
 import numpy as np
 
+from llm.experiments import real_report
 from llm.experiments.splits import canonical_key
 from llm.experiments.stats import mean_ci
 
@@ -80,12 +83,8 @@ def run_entry(preset, spec, seed: int, result: dict) -> dict[str, Any]:
     }
 
 
-def config_entry(spec, runs: list[dict], evals: list[dict]) -> dict[str, Any]:
-    """Over seeds: intervals by the seeds x problems bootstrap."""
-    final = max(evals[0])
-    g0 = np.stack([e[0][0] for e in evals]).astype(float)
-    g1 = np.stack([e[final][0] for e in evals]).astype(float)
-    m1 = np.stack([e[final][1].mean(axis=1) for e in evals])
+def config_entry(spec, runs: list[dict], evals_by_seed: dict[int, dict]) -> dict[str, Any]:
+    """Over seeds: step 0, final, change and AUC of both metrics, both interval methods."""
     collapsed = [r["collapsed_step"] for r in runs if r["collapsed_step"] is not None]
     return {
         "name": spec.name,
@@ -94,103 +93,121 @@ def config_entry(spec, runs: list[dict], evals: list[dict]) -> dict[str, Any]:
         "delta_v": spec.delta_v,
         "refresh_every": spec.refresh_every,
         "seeds": len(runs),
-        "heldout_step0": mean_ci(g0),
-        "heldout_final": mean_ci(g1),
-        "heldout_final_mean_at_k": mean_ci(m1),
-        "heldout_change": mean_ci(g1 - g0),
         "collapsed_seeds": len(collapsed),
         "collapsed_steps": collapsed,
-    }
+    } | real_report.config_summary(evals_by_seed)
 
 
-def targets(configs: dict[str, dict], specs) -> list[dict[str, Any]]:
-    """The issue's targets, each with whether it was met (written whichever way it goes)."""
-    by = {(s.loss, s.delta_v, s.refresh_every > 1): configs[s.name] for s in specs}
+def contrast_pairs(specs) -> dict[str, tuple]:
+    """The contrasts the claim needs, among the configurations present: the higher minus the
+    lower delta_v at each N, stale minus on-policy (N = 1) at each delta_v, and AsymRE with
+    delta_v < 0 minus GRPO at GRPO's N."""
+    asym = {(s.delta_v, s.refresh_every): s for s in specs if s.loss == "asymre"}
+    dvs = sorted({dv for dv, _ in asym})
+    ns = sorted({n for _, n in asym})
+    pairs = {}
+    for n in ns:
+        for i, lo in enumerate(dvs):
+            for hi in dvs[i + 1 :]:
+                if (hi, n) in asym and (lo, n) in asym:
+                    pairs[f"δV={hi:+.1f} minus δV={lo:+.1f}, N={n}"] = (asym[hi, n], asym[lo, n])
+    for dv in dvs:
+        for n in ns:
+            if n > 1 and (dv, n) in asym and (dv, 1) in asym:
+                pairs[f"N={n} minus N=1, δV={dv:+.1f}"] = (asym[dv, n], asym[dv, 1])
+    for g in (s for s in specs if s.loss == "grpo"):
+        for dv in (dv for dv in dvs if dv < 0 and (dv, g.refresh_every) in asym):
+            pairs[f"AsymRE δV={dv:+.1f} minus GRPO, N={g.refresh_every}"] = (
+                asym[dv, g.refresh_every],
+                g,
+            )
+    return pairs
+
+
+def _excludes_zero(iv: dict, sign: int) -> bool:
+    """Both intervals strictly on the side ``sign`` of 0 (the t one must exist)."""
+    b, t = iv["bootstrap"], iv["t_over_seeds"]
+    if t is None:
+        return False
+    return all((x["hi"] < 0) if sign < 0 else (x["lo"] > 0) for x in (b, t))
+
+
+def targets(preset, configs: dict[str, dict], contrasts: dict[str, dict]) -> list[dict]:
+    """The pre-registered targets (results/llm_tiny/README.md), met or not, with evidence."""
     out = []
-    ref = by.get(("asymre", -0.1, True))
-    if ref is not None:
-        ch, s0, f = ref["heldout_change"], ref["heldout_step0"], ref["heldout_final"]
+    stale = [n for n in preset.staleness if n > 1] or [preset.refresh_every]
+    label = f"δV=+0.1 minus δV=-0.1, N={max(stale)}"
+    c = contrasts.get(label)
+    if c is not None:
         out.append(
             {
-                "target": "AsymRE δV=-0.1 (stale) ends >= 0.10 above its step-0 greedy accuracy, "
-                "intervals not overlapping",
-                "met": bool(ch["mean"] >= 0.10 and f["lo"] > s0["hi"]),
-                "evidence": f"change {ch['mean']:+.3f} [{ch['lo']:+.3f}, {ch['hi']:+.3f}]",
+                "target": f"δV=+0.1 ends below δV=-0.1 at the largest N ({max(stale)}) in test "
+                "greedy AUC, both intervals below 0",
+                "met": _excludes_zero(c["greedy_auc"], -1),
+                "evidence": real_report.fmt(c["greedy_auc"]),
             }
         )
-    stale = [s for s in specs if s.loss == "asymre" and s.refresh_every > 1]
-    neg = [configs[s.name] for s in stale if s.delta_v < 0]
-    pos = [configs[s.name] for s in stale if s.delta_v >= 0.1 - 1e-9]
-    out.append(
-        {
-            "target": "every δV < 0 run is stable (no collapse)",
-            "met": all(c["collapsed_seeds"] == 0 for c in neg),
-            "evidence": ", ".join(
-                f"{c['label']}: {c['collapsed_seeds']}/{c['seeds']}" for c in neg
-            ),
-        }
-    )
-    out.append(
-        {
-            "target": "δV >= +0.1 collapses in every seed",
-            "met": all(c["collapsed_seeds"] == c["seeds"] for c in pos),
-            "evidence": ", ".join(
-                f"{c['label']}: {c['collapsed_seeds']}/{c['seeds']}" for c in pos
-            ),
-        }
-    )
-    on = [configs[s.name] for s in specs if s.refresh_every == 1 and s.delta_v > 0]
-    out.append(
-        {
-            "target": "the on-policy δV=+0.3 control does not collapse",
-            "met": all(c["collapsed_seeds"] == 0 for c in on),
-            "evidence": ", ".join(f"{c['label']}: {c['collapsed_seeds']}/{c['seeds']}" for c in on),
-        }
-    )
+    by = {(c["loss"], c["delta_v"], c["refresh_every"]): c for c in configs.values()}
+    on = by.get(("asymre", 0.1, 1))
+    if on is not None:
+        out.append(
+            {
+                "target": "on-policy (N=1) δV=+0.1 does not collapse",
+                "met": on["collapsed_seeds"] == 0,
+                "evidence": f"collapsed in {on['collapsed_seeds']}/{on['seeds']} seeds",
+            }
+        )
+    neg = [c for c in configs.values() if c["loss"] == "asymre" and c["delta_v"] < 0]
+    if neg:
+        out.append(
+            {
+                "target": "AsymRE δV=-0.1 never collapses (any N)",
+                "met": all(c["collapsed_seeds"] == 0 for c in neg),
+                "evidence": ", ".join(
+                    f"N={c['refresh_every']}: {c['collapsed_seeds']}/{c['seeds']}" for c in neg
+                ),
+            }
+        )
+    ref = by.get(("asymre", -0.1, preset.refresh_every))
+    if ref is not None:
+        out.append(
+            {
+                "target": f"AsymRE δV=-0.1 at N={preset.refresh_every} raises test greedy "
+                "accuracy by >= 0.10, both intervals above 0",
+                "met": ref["greedy_change"]["bootstrap"]["mean"] >= 0.10
+                and _excludes_zero(ref["greedy_change"], +1),
+                "evidence": real_report.fmt(ref["greedy_change"]),
+            }
+        )
     return out
-
-
-def comparisons(specs, results) -> dict[str, Any]:
-    """Paired differences of final test greedy accuracy (same seeds, same problems): AsymRE
-    δV=-0.1 minus GRPO, and between the stale negative δV."""
-    stale = {s.delta_v: s for s in specs if s.loss == "asymre" and s.refresh_every > 1}
-    grpo = next((s for s in specs if s.loss == "grpo"), None)
-    seeds = sorted({seed for _, seed in results})
-
-    def final(spec):
-        evals = [results[(spec.name, seed)]["evals"] for seed in seeds]
-        return np.stack([e[max(e)][0] for e in evals]).astype(float)
-
-    pairs = []
-    if -0.1 in stale and grpo is not None:
-        pairs.append((stale[-0.1], grpo))
-    negatives = sorted(dv for dv in stale if dv < 0)
-    pairs += [(stale[a], stale[b]) for i, a in enumerate(negatives) for b in negatives[:i]]
-    return {f"{a.label} minus {b.label}": mean_ci(final(a) - final(b)) for a, b in pairs}
 
 
 def summarize(preset, specs, results, *, step0, lr_choice) -> dict[str, Any]:
     runs = [
         run_entry(preset, s, seed, results[(s.name, seed)]) for s in specs for seed in preset.seeds
     ]
-    configs = {}
-    for s in specs:
-        mine = [r for r in runs if r["name"] == s.name]
-        configs[s.name] = config_entry(
-            s, mine, [results[(s.name, seed)]["evals"] for seed in preset.seeds]
-        )
+    evals = {s.name: {i: results[(s.name, i)]["evals"] for i in preset.seeds} for s in specs}
+    configs = {
+        s.name: config_entry(s, [r for r in runs if r["name"] == s.name], evals[s.name])
+        for s in specs
+    }
+    contrasts = {
+        label: real_report.contrast(evals[a.name], evals[b.name])
+        for label, (a, b) in contrast_pairs(specs).items()
+    }
     return {
         "preset": preset.name,
         "num_steps": preset.num_steps,
         "refresh_every": preset.refresh_every,
+        "staleness": list(preset.staleness),
         "eval_samples": preset.eval_samples,
         "seeds": list(preset.seeds),
         "step0": step0,
         "learning_rate": lr_choice,
         "runs": runs,
         "configs": list(configs.values()),
-        "targets": targets(configs, specs),
-        "comparisons": comparisons(specs, results),
+        "contrasts": contrasts,
+        "targets": targets(preset, configs, contrasts),
     }
 
 
@@ -209,25 +226,30 @@ def summary_markdown(summary: dict) -> str:
     k = summary["eval_samples"]
     lines = [
         f"# Off-policy sweep `{summary['preset']}`: {summary['num_steps']} steps, "
-        f"seeds {summary['seeds']}, N = {summary['refresh_every']}",
+        f"seeds {summary['seeds']}",
         "",
-        "Test split, 95% bootstrap intervals (problems x seeds).",
+        "Test split. Intervals (95%): bootstrap over seeds then problems / seed-clustered t "
+        "interval over per-seed means (none with one seed). AUC: time average of the held-out "
+        "curve.",
         "",
         "Warm start at step 0 ("
         + ", ".join(f"{k} {_ci(v)}" for k, v in summary["step0"].items() if isinstance(v, dict))
         + f"); {_lr_sentence(summary['learning_rate'])}.",
         "",
-        f"| run | N | greedy step 0 | greedy final | change | mean@{k} final | collapsed |",
-        "|---|---|---|---|---|---|---|",
+        f"| run | N | greedy step 0 | greedy final | greedy AUC | mean@{k} final | mean@{k} AUC "
+        "| collapsed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["configs"]:
-        lines.append(
-            f"| {c['label']} | {c['refresh_every']} | {_ci(c['heldout_step0'])} | "
-            f"{_ci(c['heldout_final'])} | {_ci(c['heldout_change'])} | "
-            f"{_ci(c['heldout_final_mean_at_k'])} | {c['collapsed_seeds']}/{c['seeds']} |"
-        )
-    lines += ["", "Paired differences of final test greedy accuracy (95% intervals):", ""]
-    lines += [f"- {name}: {_ci(d)}" for name, d in summary["comparisons"].items()]
+        cells = [c["label"], str(c["refresh_every"]), _ci(c["greedy_step0"]["bootstrap"])]
+        cells += [real_report.fmt(c[m]) for m in ("greedy_final", "greedy_auc")]
+        cells += [real_report.fmt(c[m]) for m in ("mean_at_k_final", "mean_at_k_auc")]
+        cells.append(f"{c['collapsed_seeds']}/{c['seeds']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Contrasts (A minus B, paired on seeds and problems):", ""]
+    for label, c in summary["contrasts"].items():
+        parts = ", ".join(f"{m} {real_report.fmt(c[m])}" for m in c if m != "seeds")
+        lines.append(f"- {label}: {parts}")
     lines += ["", "Targets:", ""]
     lines += [
         f"- [{'x' if t['met'] else ' '}] {t['target']}: {t['evidence']}" for t in summary["targets"]
@@ -235,92 +257,7 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(preset, specs, results, summary, out: pathlib.Path) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+def write_report(summary, out: pathlib.Path) -> None:
+    """summary.json and summary.md (the figures: `report_figures.write_figures`)."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
-    plot_curves(preset, specs, results, out / "heldout_and_train.png")
-    plot_changes(summary, out / "changes.png")
-
-
-def _colors(specs) -> dict[str, Any]:
-    """Blues for delta_v < 0 (darker = further below 0), reds for delta_v >= 0, GRPO black."""
-    from matplotlib import colormaps
-
-    colors = {}
-    for family, sign in (("Blues", -1), ("Reds", 1)):
-        values = sorted(
-            {s.delta_v for s in specs if s.loss == "asymre" and (s.delta_v < 0) == (sign < 0)}
-        )
-        for i, dv in enumerate(sorted(values, key=abs)):
-            shade = colormaps[family](0.45 + 0.5 * i / max(len(values) - 1, 1))
-            colors.update({s.name: shade for s in specs if s.loss == "asymre" and s.delta_v == dv})
-    colors.update({s.name: "black" for s in specs if s.loss == "grpo"})
-    return colors
-
-
-def plot_curves(preset, specs, results, path: pathlib.Path) -> None:
-    """Held-out greedy accuracy (mean over seeds, band: 95% CI) and train accuracy vs step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    ax_eval, ax_train = fig.subplots(1, 2)
-    colors = _colors(specs)
-    for s in specs:
-        style = "--" if s.refresh_every == 1 else "-"
-        evals = [results[(s.name, seed)]["evals"] for seed in preset.seeds]
-        steps = sorted(evals[0])
-        hits = [np.stack([e[t][0] for e in evals]).astype(float) for t in steps]
-        cis = [mean_ci(h, num_samples=300) for h in hits]
-        ax_eval.plot(steps, [c["mean"] for c in cis], style, color=colors[s.name], label=s.label)
-        ax_eval.fill_between(
-            steps, [c["lo"] for c in cis], [c["hi"] for c in cis], color=colors[s.name], alpha=0.12
-        )
-        acc = np.mean(
-            [
-                moving_average(
-                    [r["accuracy"] for r in results[(s.name, seed)]["rows"]], preset.smooth
-                )
-                for seed in preset.seeds
-            ],
-            axis=0,
-        )
-        ax_train.plot(np.arange(1, len(acc) + 1), acc, style, color=colors[s.name], label=s.label)
-    ax_eval.set(
-        xlabel="RL step", ylabel="test greedy accuracy", title="Held-out (test split), greedy"
-    )
-    ax_train.set(
-        xlabel="RL step",
-        ylabel=f"train accuracy ({preset.smooth}-step mean)",
-        title="Behaviour samples",
-    )
-    ax_eval.legend(fontsize=7, ncol=2)
-    fig.suptitle(
-        f"AsymRE vs δV, behaviour refreshed every N={preset.refresh_every} steps (dashed: N=1)"
-    )
-    fig.savefig(path, dpi=120)
-
-
-def plot_changes(summary: dict, path: pathlib.Path) -> None:
-    """Final minus step-0 test greedy accuracy per configuration, with 95% intervals."""
-    from matplotlib.figure import Figure
-
-    configs = summary["configs"]
-    fig = Figure(figsize=(7, 0.45 * len(configs) + 1.2), layout="constrained")
-    ax = fig.subplots()
-    y = np.arange(len(configs))[::-1]
-    for yi, c in zip(y, configs, strict=True):
-        ch = c["heldout_change"]
-        ax.errorbar(
-            ch["mean"],
-            yi,
-            xerr=[[ch["mean"] - ch["lo"]], [ch["hi"] - ch["mean"]]],
-            fmt="o",
-            color="black" if c["loss"] == "grpo" else "tab:blue",
-            capsize=3,
-        )
-    ax.axvline(0.0, color="gray", lw=0.8)
-    ax.set_yticks(y, [f"{c['label']} (N={c['refresh_every']})" for c in configs], fontsize=8)
-    ax.set(xlabel="test greedy accuracy: final - step 0 (95% CI)", title="Change over the run")
-    if not all(math.isfinite(c["heldout_change"]["mean"]) for c in configs):
-        raise ValueError("non-finite change in the summary")
-    fig.savefig(path, dpi=120)

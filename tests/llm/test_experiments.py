@@ -66,10 +66,10 @@ def test_collapse_step():
 
 
 def test_run_specs_cover_the_claim():
+    """The pre-registered dose-response: delta_v in {-0.1, +0.1} x N in {1, 25, 50, 100}."""
     specs = sweep.run_specs(sweep.TINY_ARITH)
-    stale = {s.delta_v for s in specs if s.loss == "asymre" and s.refresh_every > 1}
-    assert stale == {-0.5, -0.2, -0.1, 0.0, 0.1, 0.3}
-    assert any(s.loss == "asymre" and s.refresh_every == 1 and s.delta_v == 0.3 for s in specs)
+    asym = {(s.delta_v, s.refresh_every) for s in specs if s.loss == "asymre"}
+    assert asym == {(dv, n) for dv in (-0.1, 0.1) for n in (1, 25, 50, 100)}
     assert any(
         s.loss == "grpo" and s.refresh_every == sweep.TINY_ARITH.refresh_every for s in specs
     )
@@ -79,6 +79,31 @@ def test_run_specs_cover_the_claim():
     quick = sweep.TINY_ARITH.quick()
     assert len(quick.seeds) == 1 and quick.num_steps < sweep.TINY_ARITH.num_steps
     assert quick.split_sizes == sweep.TINY_ARITH.split_sizes  # the same protocol
+
+
+def test_contrast_pairs_are_the_ones_the_claim_needs():
+    pairs = report.contrast_pairs(sweep.run_specs(sweep.TINY_ARITH))
+    names = {label: (a.name, b.name) for label, (a, b) in pairs.items()}
+    assert names["δV=+0.1 minus δV=-0.1, N=100"] == ("asymre_dv+0.10_N100", "asymre_dv-0.10_N100")
+    assert names["N=25 minus N=1, δV=-0.1"] == ("asymre_dv-0.10_N25", "asymre_dv-0.10_N1")
+    assert names["AsymRE δV=-0.1 minus GRPO, N=25"] == ("asymre_dv-0.10_N25", "grpo_N25")
+    assert len(pairs) == 4 + 6 + 1  # per N, stale vs on-policy per (delta_v, N > 1), GRPO
+
+
+def test_targets_need_both_intervals_below_zero():
+    def iv(lo, hi, t=True):
+        return {
+            "bootstrap": {"mean": (lo + hi) / 2, "lo": lo, "hi": hi},
+            "t_over_seeds": {"mean": (lo + hi) / 2, "lo": lo - 0.1, "hi": hi + 0.1} if t else None,
+        }
+
+    label = "δV=+0.1 minus δV=-0.1, N=100"
+    met = report.targets(sweep.TINY_ARITH, {}, {label: {"greedy_auc": iv(-0.4, -0.2)}})
+    assert met[0]["met"] is True
+    wide = report.targets(sweep.TINY_ARITH, {}, {label: {"greedy_auc": iv(-0.4, -0.05)}})
+    assert wide[0]["met"] is False  # the t interval reaches above 0
+    one_seed = report.targets(sweep.TINY_ARITH, {}, {label: {"greedy_auc": iv(-0.4, -0.2, False)}})
+    assert one_seed[0]["met"] is False
 
 
 @pytest.mark.slow
@@ -116,10 +141,26 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert "sft_val" in summary["learning_rate"]["scored_on"]
     # step 0 is the same warm start for every run, scored with the same key
     assert len({r["heldout_step0"] for r in summary["runs"]}) == 1
-    for name in ("heldout_and_train.png", "changes.png"):
+    for name in ("heldout_and_train.png", "dose_response.png"):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert "| AsymRE δV=-0.1 |" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    assert "| AsymRE δV=-0.1, N=2 | 2 |" in md and "| AsymRE δV=+0.1, N=1 | 1 |" in md
+    assert set(summary["contrasts"]) == {
+        "δV=+0.1 minus δV=-0.1, N=1",
+        "δV=+0.1 minus δV=-0.1, N=2",
+        "N=2 minus N=1, δV=-0.1",
+        "N=2 minus N=1, δV=+0.1",
+        "AsymRE δV=-0.1 minus GRPO, N=2",
+    }
+    for c in summary["contrasts"].values():  # two seeds: both interval methods exist
+        assert c["seeds"] == [0, 1] and c["greedy_auc"]["t_over_seeds"] is not None
+    assert [t["target"][:22] for t in summary["targets"]] == [
+        "δV=+0.1 ends below δV=",
+        "on-policy (N=1) δV=+0.",
+        "AsymRE δV=-0.1 never c",
+        "AsymRE δV=-0.1 at N=2 ",
+    ]
     # a second call reuses the warm start and the finished runs
     mtime = (tmp_path / "warm_start" / "model.safetensors").stat().st_mtime_ns
     again = sweep.run_sweep(preset, tmp_path, progress=False)
