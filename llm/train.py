@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         from llm.trainer import initialize_distributed
 
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    from llm.models.sharding import make_mesh
+    from llm.rl.rollout_devices import make_meshes
     from llm.trainer import train
 
     try:
-        # the device count is known now (after jax.distributed.initialize): check the mesh
-        make_mesh(cfg.mesh or "fsdp=-1", allow_subset=cfg.mesh_subset)
+        # the device count is known now (after jax.distributed.initialize): check the meshes
+        make_meshes(cfg)
         enable_compilation_cache()  # after the flag checks: a bad flag answers one line
         train(cfg)
     except ConfigError as err:

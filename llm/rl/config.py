@@ -1,16 +1,14 @@
 """The trainer's run configuration: one flat, JSON-serialisable dataclass.
 
-`TrainConfig` holds every option of `llm.rl.loop.train` and of the `python -m llm.train`
-command line (one flag per field). It is read from a JSON or YAML file
-(`TrainConfig.from_file`), updated with `key=value` overrides (`with_overrides`), checked
-once (`validate`, called by `train`), and stored in every checkpoint (`to_dict`) so a
-resumed run can refuse a configuration that would not continue the same run.
+`TrainConfig` holds every option of `llm.rl.loop.train` and of `python -m llm.train` (one
+flag per field). It is read from a JSON or YAML file (`TrainConfig.from_file`), updated
+with `key=value` overrides (`with_overrides`), checked once (`validate`, called by `train`)
+and stored in every checkpoint (`to_dict`): a resumed run refuses a different run's config.
 
 Each field is declared once, with `llm.rl.config_fields.option`: default, help, group, and
 the range or choices it accepts. The command line, `validate` and the reference table of
 the docs (`python -m llm.rl.config_reference`, docs/reference/config.md) all read that
-declaration. Choices owned by other modules (losses, rewards, dtypes, ...) are imported
-from them.
+declaration. Choices owned by other modules (losses, rewards, dtypes, ...) come from them.
 """
 
 from __future__ import annotations
@@ -277,13 +275,16 @@ class TrainConfig:
         choices=REMAT_MODES,
     )
     mesh: str | None = _devices(
-        None, "device mesh, e.g. 'fsdp=4,tp=2' (None: all devices on fsdp)."
+        None, "the learner's device mesh, e.g. 'fsdp=4,tp=2' (None: all its devices on fsdp)."
     )
     mesh_subset: bool = _devices(
         False, "allow a mesh that uses fewer than all devices (otherwise refused)."
     )
     pipeline_depth: int = _devices(
         0, "rollouts sampled ahead during updates (exact; llm.rl.pipeline).", range=AT_LEAST_ZERO
+    )
+    rollout_devices: int = _devices(
+        0, "give the sampler the last N devices, fsdp over them (0: share).", range=AT_LEAST_ZERO
     )
     max_nonfinite_steps: int = _run(
         3, "stop with an error after this many non-finite steps in a row.", range=AT_LEAST_ONE

@@ -92,7 +92,9 @@ def save_checkpoint(ckpt: Checkpointer, setup: Setup, state: RunState) -> None:
     """Checkpoint ``state``, refusing one that holds a NaN or Inf."""
     trainable = setup.split.trainable
     weights = (trainable(state.params), optimizer_moments(state.opt_state))
-    finite = to_host(setup.fns.all_finite((*weights, trainable(state.behaviour))))
+    finite = to_host(setup.fns.all_finite(weights))
+    check_behaviour = setup.fns.all_finite if setup.rollout is None else setup.rollout.all_finite
+    finite = finite & to_host(check_behaviour(trainable(state.behaviour)))  # on its own devices
     save_state(ckpt, state, config=setup.cfg.to_dict(), finite=finite, split=setup.split)
 
 

@@ -191,9 +191,10 @@ def pipelined_step(
     ``refresh_every`` steps), take the step's rollout, update; the new state's ``data`` is
     the iterator's position after the step's examples. Returns (state, row)."""
     start = time.perf_counter()
-    state, fresh = refresh(setup, state)
+    state, fresh, copy_time = refresh(setup, state)
     made = rollouts.next(state, upcoming=fresh)
     timings = {"start": start, "rollout_time": made.rollout_time, "rollout_wait": made.wait_time}
+    timings["behaviour_copy_time"] = copy_time
     state, row = learn(setup, state, made.rollout, learning_rate=learning_rate, timings=timings)
     if fresh is not None:  # max_staleness = 1: the refreshed mu samples from the next step
         state = state._replace(behaviour=fresh)

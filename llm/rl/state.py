@@ -35,13 +35,14 @@ from llm.data.prompts import PromptRenderer
 from llm.data.tokenizer import load_tokenizer
 from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
-from llm.models.sharding import make_mesh, param_shardings
+from llm.models.sharding import param_shardings
 from llm.models.transformer import set_runtime_options
 from llm.rl import keys
 from llm.rl.batch import prompts_per_micro_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
+from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
 from llm.rl.rollouts import Sampling
 from llm.rl.train_step import OptSpec, StepFunctions, batch_spec, step_functions
 from llm.rl.trainable import ParamSplit, merge_params
@@ -76,6 +77,7 @@ class Setup:
     reward_fn: Callable
     sampling: Sampling
     split: ParamSplit = ParamSplit()  # which leaves train (LoRA: the adapters only)
+    rollout: RolloutMesh | None = None  # the sampler's own devices (cfg.rollout_devices > 0)
 
 
 def builtin_reward(cfg: TrainConfig) -> rewards_lib.VerifiableReward:
@@ -136,7 +138,7 @@ def make_setup(
     With ``cfg.lora_rank > 0`` adapters are attached and only they train; a ``model`` that
     already has adapters (and ``lora_rank=0``) trains its adapters alone too.
     """
-    mesh = make_mesh(cfg.mesh or "fsdp=-1", allow_subset=cfg.mesh_subset)
+    mesh, sampler_mesh = make_meshes(cfg)
     if model is None:
         model, model_config = load_hf(
             cfg.model_path, dtype=cfg.dtype, mesh=mesh, compute_dtype=cfg.compute_dtype
@@ -148,8 +150,10 @@ def make_setup(
     set_runtime_options(model, remat=cfg.remat)
     split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
-    shardings = nnx.to_pure_dict(param_shardings(model, mesh))
+    shardings_of = lambda m: nnx.to_pure_dict(param_shardings(model, m))  # noqa: E731
+    shardings = shardings_of(mesh)
     params = jax.device_put(nnx.to_pure_dict(state), shardings)
+    rollout = rollout_mesh(sampler_mesh, shardings_of, split, params)
     loss_fn = loss_fn if loss_fn is not None else loss_from_config(cfg)
     fns = _step_functions(cfg, graphdef, params, mesh, shardings, split, loss_fn)
     chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
@@ -172,6 +176,7 @@ def make_setup(
         reward_fn=reward_fn if reward_fn is not None else builtin_reward(cfg),
         sampling=Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos, pad),
         split=split,
+        rollout=rollout,
     )
     return setup, params
 
@@ -186,7 +191,7 @@ def init_state(setup: Setup, params, *, data: IteratorState | None = None) -> Ru
     return RunState(
         params=params,
         opt_state=fns.init_opt(trainable),
-        behaviour=merge_params(fns.copy(trainable), frozen),
+        behaviour=behaviour_copy(setup, params),
         reference=reference,
         step=0,
         data=data if data is not None else IteratorState(seed=setup.cfg.seed),
@@ -201,11 +206,19 @@ def init_run(cfg: TrainConfig, model=None, tokenizer=None, **plugins) -> tuple[S
     return setup, init_state(setup, params)
 
 
+def behaviour_copy(setup: Setup, params):
+    """Behaviour params from ``params``: a copy on the learner's mesh, or put onto the
+    rollout mesh (``setup.rollout``); with LoRA only the adapters are copied, the frozen base
+    is shared (on the learner's mesh) or placed there once (`llm.rl.rollout_devices`)."""
+    trainable, frozen = setup.split.split(params)
+    if setup.rollout is not None:
+        return setup.rollout.place(trainable)
+    return merge_params(setup.fns.copy(trainable), frozen)
+
+
 def refresh_behaviour(setup: Setup, state: RunState) -> RunState:
-    """The behaviour params become a copy of the trained params (with LoRA: the frozen base
-    plus a copy of the current adapters; the base is shared, not copied)."""
-    trainable, frozen = setup.split.split(state.params)
-    return state._replace(behaviour=merge_params(setup.fns.copy(trainable), frozen))
+    """The behaviour params become a copy of the trained params (`behaviour_copy`)."""
+    return state._replace(behaviour=behaviour_copy(setup, state.params))
 
 
 def step_key(state: RunState) -> jax.Array:

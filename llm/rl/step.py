@@ -9,10 +9,14 @@ distribution the tokens were drawn from.
 Row keys that are timings (they differ between runs, everything else is bit-for-bit):
 ``TIMING_KEYS``. ``rollout_wait`` is the time the learner waited for the step's rollout:
 ``rollout_time`` when synchronous, less when `llm.rl.pipeline` made it ahead of time.
+``behaviour_copy_time`` is the time the step's refresh spent copying the params into mu
+(onto the rollout devices with ``rollout_devices``, `llm.rl.rollout_devices`; 0 when the
+step does not refresh).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 
@@ -21,13 +25,21 @@ import numpy as np
 from llm.data.verifiable import correctness
 from llm.rl.batch import build_batch
 from llm.rl.metrics import sample_stats
+from llm.rl.rollout_devices import timed_copy
 from llm.rl.rollouts import Rollout, rollout
-from llm.rl.state import RunState, Setup, refresh_behaviour, step_key
+from llm.rl.state import RunState, Setup, behaviour_copy, step_key
 from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
 from llm.rl.transfer import batch_to_global, to_host
 
-TIMING_KEYS = ("step_time", "tokens_per_s", "rollout_time", "rollout_wait", "update_time")
+TIMING_KEYS = (
+    "step_time",
+    "tokens_per_s",
+    "rollout_time",
+    "rollout_wait",
+    "update_time",
+    "behaviour_copy_time",
+)
 
 
 def update(
@@ -83,15 +95,17 @@ def behaviour_version(cfg, step: int) -> int:
 
 def refresh(setup: Setup, state: RunState):
     """(state to sample step ``state.step`` from, behaviour params to install after its
-    update or None): on a refresh step mu becomes a copy of the params, at once, or with
-    ``max_staleness`` = 1 (past the first window) after the update, the step being sampled
-    from the previous mu."""
+    update or None, seconds the copy took): on a refresh step mu becomes a copy of the
+    params (`llm.rl.state.behaviour_copy`: onto the rollout mesh with ``rollout_devices``),
+    at once, or with ``max_staleness`` = 1 (past the first window) after the update, the
+    step being sampled from the previous mu."""
     cfg = setup.cfg
     if state.step % cfg.refresh_every:
-        return state, None
+        return state, None, 0.0
+    mu, seconds = timed_copy(functools.partial(behaviour_copy, setup), state.params)
     if behaviour_version(cfg, state.step) == state.step:
-        return refresh_behaviour(setup, state), None
-    return state, refresh_behaviour(setup, state).behaviour  # copied before the update
+        return state._replace(behaviour=mu), None, seconds
+    return state, mu, seconds  # copied before the update
 
 
 def behaviour_rollout(
@@ -123,8 +137,8 @@ def learn(
 ) -> tuple[RunState, dict]:
     """`update` on ``ro`` and the step's row: sample statistics, update metrics,
     ``behaviour_version`` (``ro``'s), ``behaviour_age`` (the staleness, step - version) and
-    the timings (``timings`` holds ``start``, the
-    ``perf_counter`` at which the step began, ``rollout_time`` and ``rollout_wait``)."""
+    the timings (``timings`` holds ``start``, the ``perf_counter`` at which the step began,
+    ``rollout_time``, ``rollout_wait`` and optionally ``behaviour_copy_time``, else 0)."""
     step, t_update, version = state.step, time.perf_counter(), ro.behaviour_version
     if version is None or not 0 <= version <= step:
         raise ValueError(f"ro.behaviour_version must be a step in [0, {step}], got {version}")
@@ -147,6 +161,7 @@ def learn(
         "rollout_time": timings["rollout_time"],
         "rollout_wait": timings["rollout_wait"],
         "update_time": end - t_update,
+        "behaviour_copy_time": timings.get("behaviour_copy_time", 0.0),
     }
     return state, row
 
@@ -159,11 +174,12 @@ def rl_step(
     statistics + update metrics + timing). `llm.rl.pipeline.pipelined_step` is the same
     step with the rollout made ahead of time."""
     t0 = time.perf_counter()
-    state, fresh = refresh(setup, state)
+    state, fresh, copy_time = refresh(setup, state)
     t1 = time.perf_counter()
     version = behaviour_version(setup.cfg, state.step)
     ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state), version=version)
     rollout_time = time.perf_counter() - t1
     timings = {"start": t0, "rollout_time": rollout_time, "rollout_wait": rollout_time}
+    timings["behaviour_copy_time"] = copy_time
     state, row = learn(setup, state, ro, learning_rate=learning_rate, timings=timings)
     return (state if fresh is None else state._replace(behaviour=fresh)), row

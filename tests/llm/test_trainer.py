@@ -319,7 +319,14 @@ def test_hooks_are_checked(model_path, tmp_path):
         train(_cfg(model_path, tmp_path, num_steps=1), reward_fn=letter_reward, callback=chatty)
 
 
-TIMINGS = {"step_time", "tokens_per_s", "rollout_time", "rollout_wait", "update_time"}
+TIMINGS = {
+    "step_time",
+    "tokens_per_s",
+    "rollout_time",
+    "rollout_wait",
+    "update_time",
+    "behaviour_copy_time",
+}
 
 
 def _hand_written_loop(cfg, train_set, held_out):
