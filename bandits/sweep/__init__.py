@@ -134,6 +134,22 @@ _sweep_jit = jax.jit(
 )
 
 
+def _check_flags(**flags) -> None:
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+
+
+def _init_logits(problem, init_logits) -> jax.Array:
+    """``init_logits`` (default ``mu_logits``) as ``[K]`` in the rewards' dtype."""
+    if init_logits is None:
+        init_logits = problem.mu_logits
+    init_logits = jnp.asarray(init_logits, problem.rewards.dtype)
+    if init_logits.shape != problem.rewards.shape:
+        raise ValueError(f"init_logits must have shape [K] = {problem.rewards.shape}")
+    return init_logits
+
+
 def _config(problem, steps, rounds, batch_size, baseline, crn, seed) -> dict:
     """The run's settings, as saved with a :class:`SweepResult`."""
     return {
@@ -185,36 +201,19 @@ def sweep(
         problem, V, delta_v, steps_per_round, num_rounds, batch_size, baseline
     )
     num_seeds = check_positive_int(num_seeds, "num_seeds")
-    for name, flag in (("crn", crn), ("shard", shard)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    _check_flags(crn=crn, shard=shard)
     dtype = problem.rewards.dtype
     relative = delta_v is not None
     base_dim = "delta_v" if relative else "V"
     bases = _grid_axis(delta_v if relative else V, base_dim, dtype)
     lrs = _grid_axis(lr, "lr", dtype)
     seed_keys = jax.random.split(as_key(jax.random.key(seed) if key is None else key), num_seeds)
-    if init_logits is None:
-        init_logits = problem.mu_logits
-    init_logits = jnp.asarray(init_logits, dtype)
-    if init_logits.shape != problem.rewards.shape:
-        raise ValueError(f"init_logits must have shape [K] = {problem.rewards.shape}")
+    init_logits = _init_logits(problem, init_logits)
     if shard:
         bases = _shard_grid_axis(bases)
-    out = _sweep_jit(
-        problem,
-        bases,
-        lrs,
-        seed_keys,
-        init_logits,
-        crn=crn,
-        relative=relative,
-        steps=steps,
-        rounds=rounds,
-        batch_size=batch_size,
-        baseline=baseline,
-        tol=float(support_tol),
-    )
+    static = dict(relative=relative, steps=steps, rounds=rounds, batch_size=batch_size)
+    static |= dict(crn=crn, baseline=baseline, tol=float(support_tol))
+    out = _sweep_jit(problem, bases, lrs, seed_keys, init_logits, **static)
     data = {name: np.asarray(getattr(out, name)) for name in FIELDS}
     config = _config(problem, steps, rounds, batch_size, baseline, crn, seed)
     coords = {base_dim: np.asarray(bases), "lr": np.asarray(lrs), "seed": np.arange(num_seeds)}
