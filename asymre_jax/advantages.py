@@ -18,6 +18,30 @@ from asymre_jax._checks import as_float, check_choice, check_finite, check_rank
 SCALES = ("none", "group_std")
 
 
+def _baseline(rewards_PxG: jax.Array, baseline, leave_one_out: bool) -> jax.Array:
+    """The [P, G] baseline before ``delta_v``: explicit, leave-one-out or the group mean."""
+    num_prompts, group_size = rewards_PxG.shape
+    if baseline is not None:
+        baseline_P = as_float(baseline, "baseline")
+        if baseline_P.shape != (num_prompts,):
+            raise ValueError(
+                f"baseline must have shape [P] = ({num_prompts},), got {tuple(baseline_P.shape)}"
+            )
+        check_finite(baseline_P, "baseline")
+        baseline_PxG = jnp.broadcast_to(baseline_P[:, None], rewards_PxG.shape)
+    elif group_size < 2:
+        raise ValueError(
+            f"rewards has group size G = {group_size}: a per-prompt baseline needs G >= 2 "
+            "samples per prompt; pass an explicit `baseline` of shape [P] instead"
+        )
+    elif leave_one_out:
+        total_Px1 = rewards_PxG.sum(axis=1, keepdims=True)
+        baseline_PxG = (total_Px1 - rewards_PxG) / (group_size - 1)
+    else:
+        baseline_PxG = jnp.broadcast_to(rewards_PxG.mean(axis=1, keepdims=True), rewards_PxG.shape)
+    return baseline_PxG
+
+
 def asymre_advantages(
     rewards,
     delta_v: float | jax.Array = -0.1,
@@ -54,29 +78,11 @@ def asymre_advantages(
     check_rank(rewards_PxG, 2, "rewards", "[P, G] (prompts x samples per prompt)")
     check_choice(scale, SCALES, "scale")
     check_finite(rewards_PxG, "rewards")
-    num_prompts, group_size = rewards_PxG.shape
+    group_size = rewards_PxG.shape[1]
     if jnp.ndim(delta_v) != 0:
         raise ValueError(f"delta_v must be a scalar, got shape {jnp.shape(delta_v)}")
 
-    if baseline is not None:
-        baseline_P = as_float(baseline, "baseline")
-        if baseline_P.shape != (num_prompts,):
-            raise ValueError(
-                f"baseline must have shape [P] = ({num_prompts},), got {tuple(baseline_P.shape)}"
-            )
-        check_finite(baseline_P, "baseline")
-        baseline_PxG = jnp.broadcast_to(baseline_P[:, None], rewards_PxG.shape)
-    elif group_size < 2:
-        raise ValueError(
-            f"rewards has group size G = {group_size}: a per-prompt baseline needs G >= 2 "
-            "samples per prompt; pass an explicit `baseline` of shape [P] instead"
-        )
-    elif leave_one_out:
-        total_Px1 = rewards_PxG.sum(axis=1, keepdims=True)
-        baseline_PxG = (total_Px1 - rewards_PxG) / (group_size - 1)
-    else:
-        baseline_PxG = jnp.broadcast_to(rewards_PxG.mean(axis=1, keepdims=True), rewards_PxG.shape)
-
+    baseline_PxG = _baseline(rewards_PxG, baseline, leave_one_out)
     advantages_PxG = rewards_PxG - (baseline_PxG + delta_v)
     if scale == "group_std":
         if group_size - std_ddof < 1:

@@ -271,6 +271,21 @@ def _plateau_draw0(mu0_K, rewards0_DxK) -> list[dict]:
     ]
 
 
+def _plateau_example_rows(labels, V_N, ex, sim_rounds: int) -> list[dict]:
+    """One row per baseline of panel (b): round-1 support, best arm kept, limit, last value."""
+    return [
+        {
+            "V": lab,
+            "V value": float(V_N[i]),
+            "round-1 support": int(ex["first_support"][i]),
+            "best arm kept": bool(ex["best_kept"][i]),
+            "limit value": float(ex["limit_value"][i]),
+            f"value @round{sim_rounds}": float(ex["values"][i, -1]),
+        }
+        for i, lab in enumerate(labels)
+    ]
+
+
 def paper_plateau(out_dir, small: bool = False) -> dict:
     draws, rounds = (24, 10) if small else (1000, 40)
     sim_steps, sim_rounds = ((50, 200), 10) if small else ((500, 5000, 50_000), 40)
@@ -300,17 +315,7 @@ def paper_plateau(out_dir, small: bool = False) -> dict:
         "draw": d,
         "V^mu0": value_mu,
         "best arm": best,
-        "rows": [
-            {
-                "V": lab,
-                "V value": float(V_N[i]),
-                "round-1 support": int(ex["first_support"][i]),
-                "best arm kept": bool(ex["best_kept"][i]),
-                "limit value": float(ex["limit_value"][i]),
-                f"value @round{sim_rounds}": float(ex["values"][i, -1]),
-            }
-            for i, lab in enumerate(labels)
-        ],
+        "rows": _plateau_example_rows(labels, V_N, ex, sim_rounds),
         "simulator (V = V^mu0 - 0.005)": {
             lab: {"value @round1": float(y[1]), f"value @round{sim_rounds}": float(y[-1])}
             for lab, y in sims.items()

@@ -102,6 +102,65 @@ def _pull_sums(u_B, z_B, cdf_K, success_K):
     return jax.lax.fori_loop(0, num_pulls, body, (zeros_K, zeros_K), unroll=unroll)
 
 
+def _exact_step(rewards_K, mu_K, V, value_mu, lr, tol):
+    """The scan body of one exact step: ``l += lr * [mu (r - V) - pi (V^mu - V)]``."""
+    drive_K = mu_K * (rewards_K - V)
+    gap = value_mu - V
+
+    def step_fn(carry, _):
+        logp_K, pi_K = carry
+        logp_K, pi_K = _normalise(logp_K + lr * (drive_K - pi_K * gap))
+        return (logp_K, pi_K), (*_metrics(logp_K, pi_K, rewards_K, tol), V)
+
+    return step_fn
+
+
+def _pulled_rewards(problem, step_key, cdf_K, success_K, B):
+    """Per-arm pull counts and reward sums of B pulls from the behaviour policy (its CDF)."""
+    rewards_K = problem.rewards
+    dtype = rewards_K.dtype
+    u_key, z_B = step_key, None
+    if problem.noise == "gaussian":
+        u_key, z_key = jax.random.split(step_key)
+        z_B = jax.random.normal(z_key, (B,), dtype)
+    u_B = jax.random.uniform(u_key, (B,), dtype)
+    below_K, extra_K = _pull_sums(u_B, z_B, cdf_K, success_K)
+    previous_K = jnp.concatenate([jnp.zeros((1,), dtype), below_K[:-1]])
+    counts_K = below_K - previous_K
+    if problem.noise == "bernoulli":
+        reward_sum_K = extra_K - previous_K
+    else:
+        reward_sum_K = counts_K * rewards_K
+        if problem.noise == "gaussian":
+            extra_prev_K = jnp.concatenate([jnp.zeros((1,), dtype), extra_K[:-1]])
+            reward_sum_K = reward_sum_K + problem.noise_std * (extra_K - extra_prev_K)
+    return counts_K, reward_sum_K
+
+
+def _sampled_step(problem, mu_K, V, base, lr, *, batch_size, baseline, tol):
+    """The scan body of one sampled step (B pulls from ``mu``), keyed by the step's key."""
+    rewards_K = problem.rewards
+    dtype = rewards_K.dtype
+    cdf_K = jnp.cumsum(mu_K)
+    cdf_K = cdf_K.at[-1].set(jnp.inf)  # every pull lands on some arm
+    success_K = None
+    if problem.noise == "bernoulli":
+        lower_K = jnp.concatenate([jnp.zeros((1,), dtype), cdf_K[:-1]])
+        success_K = jnp.minimum(lower_K + rewards_K * mu_K, cdf_K)
+    B = batch_size
+
+    def step_fn(carry, step_key):
+        logp_K, pi_K = carry
+        counts_K, reward_sum_K = _pulled_rewards(problem, step_key, cdf_K, success_K, B)
+        total = jnp.sum(reward_sum_K)
+        V_step = total / B + base if baseline == "batch" else V
+        grad_K = (reward_sum_K - V_step * counts_K - pi_K * (total - V_step * B)) / B
+        logp_K, pi_K = _normalise(logp_K + lr * grad_K)
+        return (logp_K, pi_K), (*_metrics(logp_K, pi_K, rewards_K, tol), V_step)
+
+    return step_fn
+
+
 def simulate_unchecked(
     problem, base, lr, key, init_logits, *, relative, steps, rounds, batch_size, baseline, tol
 ) -> SimResult:
@@ -114,7 +173,6 @@ def simulate_unchecked(
     :func:`bandits.sweep.sweep` vmaps it over a grid.
     """
     rewards_K = problem.rewards
-    dtype = rewards_K.dtype
     logp0_K, pi0_K = _normalise(init_logits)
     mu0_K = jax.nn.softmax(problem.mu_logits)
 
@@ -124,51 +182,14 @@ def simulate_unchecked(
         mu_K = jnp.where(round_index == 0, mu0_K, pi_K)
         value_mu = mu_K @ rewards_K
         V = value_mu + base if relative else base
-
         if batch_size is None:
-            drive_K = mu_K * (rewards_K - V)
-            gap = value_mu - V
-
-            def step_fn(carry, _):
-                logp_K, pi_K = carry
-                logp_K, pi_K = _normalise(logp_K + lr * (drive_K - pi_K * gap))
-                return (logp_K, pi_K), (*_metrics(logp_K, pi_K, rewards_K, tol), V)
-
+            step_fn = _exact_step(rewards_K, mu_K, V, value_mu, lr, tol)
             xs_steps = None
         else:
-            cdf_K = jnp.cumsum(mu_K)
-            cdf_K = cdf_K.at[-1].set(jnp.inf)  # every pull lands on some arm
-            success_K = None
-            if problem.noise == "bernoulli":
-                lower_K = jnp.concatenate([jnp.zeros((1,), dtype), cdf_K[:-1]])
-                success_K = jnp.minimum(lower_K + rewards_K * mu_K, cdf_K)
-            B = batch_size
-
-            def step_fn(carry, step_key):
-                logp_K, pi_K = carry
-                u_key, z_B = step_key, None
-                if problem.noise == "gaussian":
-                    u_key, z_key = jax.random.split(step_key)
-                    z_B = jax.random.normal(z_key, (B,), dtype)
-                u_B = jax.random.uniform(u_key, (B,), dtype)
-                below_K, extra_K = _pull_sums(u_B, z_B, cdf_K, success_K)
-                previous_K = jnp.concatenate([jnp.zeros((1,), dtype), below_K[:-1]])
-                counts_K = below_K - previous_K
-                if problem.noise == "bernoulli":
-                    reward_sum_K = extra_K - previous_K
-                else:
-                    reward_sum_K = counts_K * rewards_K
-                    if problem.noise == "gaussian":
-                        extra_prev_K = jnp.concatenate([jnp.zeros((1,), dtype), extra_K[:-1]])
-                        reward_sum_K = reward_sum_K + problem.noise_std * (extra_K - extra_prev_K)
-                total = jnp.sum(reward_sum_K)
-                V_step = total / B + base if baseline == "batch" else V
-                grad_K = (reward_sum_K - V_step * counts_K - pi_K * (total - V_step * B)) / B
-                logp_K, pi_K = _normalise(logp_K + lr * grad_K)
-                return (logp_K, pi_K), (*_metrics(logp_K, pi_K, rewards_K, tol), V_step)
-
+            step_fn = _sampled_step(
+                problem, mu_K, V, base, lr, batch_size=batch_size, baseline=baseline, tol=tol
+            )
             xs_steps = jax.random.split(round_key, steps)
-
         carry, (reward_S, entropy_S, support_S, V_S) = jax.lax.scan(
             step_fn, (logp_K, pi_K), xs_steps, length=steps
         )
@@ -193,6 +214,45 @@ _run_jit = jax.jit(
     simulate_unchecked,
     static_argnames=("relative", "steps", "rounds", "batch_size", "baseline", "tol"),
 )
+
+
+def _check_run(
+    problem, V, delta_v, steps_per_round, num_rounds, batch_size, baseline, *, key_missing=False
+):
+    """Checks shared by :func:`simulate` and :func:`bandits.sweep.sweep`.
+
+    Returns ``(steps, rounds, batch_size)`` as Python ints (``batch_size`` may be None);
+    ``key_missing=True`` refuses sampled mode (``simulate`` has no default key for it).
+    """
+    if not isinstance(problem, BanditProblem):
+        raise TypeError(f"problem must be a BanditProblem, got {type(problem).__name__}")
+    if (V is None) == (delta_v is None):
+        raise ValueError("give exactly one of V (absolute baseline) or delta_v (relative)")
+    steps = check_positive_int(steps_per_round, "steps_per_round")
+    rounds = check_positive_int(num_rounds, "num_rounds")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+        if key_missing:
+            raise ValueError("key is required in sampled mode (batch_size set)")
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
+    if baseline == "batch" and (batch_size is None or delta_v is None):
+        raise ValueError("baseline='batch' needs sampled mode (batch_size) and delta_v")
+    return steps, rounds, batch_size
+
+
+def _check_init_logits(problem, init_logits):
+    """``init_logits`` as ``[K]`` finite logits in the rewards' dtype (default ``mu_logits``)."""
+    if init_logits is None:
+        return problem.mu_logits
+    init_logits = jnp.asarray(init_logits, problem.rewards.dtype)
+    if init_logits.shape != problem.rewards.shape:
+        raise ValueError(
+            f"init_logits must have shape [K] = {problem.rewards.shape}, got {init_logits.shape}"
+        )
+    if is_concrete(init_logits) and not bool(jnp.all(jnp.isfinite(init_logits))):
+        raise ValueError("init_logits must be finite")
+    return init_logits
 
 
 def simulate(
@@ -223,36 +283,22 @@ def simulate(
     >>> [round(float(x), 3) for x in out.final_policy]  # limit: mu(r - V) / (V^mu - V)
     [0.667, 0.333]
     """
-    if not isinstance(problem, BanditProblem):
-        raise TypeError(f"problem must be a BanditProblem, got {type(problem).__name__}")
-    if (V is None) == (delta_v is None):
-        raise ValueError("give exactly one of V (absolute baseline) or delta_v (relative)")
-    steps = check_positive_int(steps_per_round, "steps_per_round")
-    rounds = check_positive_int(num_rounds, "num_rounds")
-    if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
-        if key is None:
-            raise ValueError("key is required in sampled mode (batch_size set)")
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
-    if baseline == "batch" and (batch_size is None or delta_v is None):
-        raise ValueError("baseline='batch' needs sampled mode (batch_size) and delta_v")
+    steps, rounds, batch_size = _check_run(
+        problem,
+        V,
+        delta_v,
+        steps_per_round,
+        num_rounds,
+        batch_size,
+        baseline,
+        key_missing=key is None,
+    )
     dtype = problem.rewards.dtype
     relative = delta_v is not None
     base = _scalar(delta_v if relative else V, "delta_v" if relative else "V", dtype)
     lr = _scalar(lr, "lr", dtype)
     key = as_key(jax.random.key(0) if key is None else key)
-    if init_logits is None:
-        init_logits = problem.mu_logits
-    else:
-        init_logits = jnp.asarray(init_logits, dtype)
-        if init_logits.shape != problem.rewards.shape:
-            raise ValueError(
-                f"init_logits must have shape [K] = {problem.rewards.shape}, "
-                f"got {init_logits.shape}"
-            )
-        if is_concrete(init_logits) and not bool(jnp.all(jnp.isfinite(init_logits))):
-            raise ValueError("init_logits must be finite")
+    init_logits = _check_init_logits(problem, init_logits)
     return _run_jit(
         problem,
         base,

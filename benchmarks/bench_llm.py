@@ -16,7 +16,7 @@ Sections (``--sections``, comma separated):
   64, 64 new tokens (no EOS stop), greedy and sampled (temperature 1, top-p 0.9, top-k off).
 * ``memory``: peak host RSS of ``load_hf`` on a ~0.5B-parameter bf16 checkpoint
   (``llm.models.tiny`` size "0.5b", random weights, built locally once), measured in a fresh
-  subprocess with ``resource.getrusage`` and compared with the weights' byte size.
+  subprocess and compared with the weights' byte size (``bench_llm_memory.py``).
 
 Every timing blocks until ready; the first call (compile + run) is reported apart; steps
 then alternate between the two frameworks so both see the same machine load, and the
@@ -37,12 +37,11 @@ import os
 import pathlib
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 
-from bench_llm_report import markdown  # sibling script module
+from bench_llm_memory import bench_memory  # sibling script modules
+from bench_llm_report import markdown
 
 SMALL_FAMILY = "llama"
 
@@ -291,65 +290,6 @@ def bench_generate(workdir, batch: int, prompt_len: int, new: int, repeats: int)
         entry["speedup_vs_torch_best"] = steady["torch"]["min_s"] / steady["jax"]["min_s"]
         results[mode] = entry
     return results
-
-
-# ------------------------------------------------------------------------- memory ----
-
-_MEMORY_CHILD = r"""
-import json, os, sys, time
-import jax, jax.numpy as jnp
-from llm.models.hf_io import load_hf
-
-def rss_now():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-def peak_rss():
-    # VmHWM belongs to this process's address space; ru_maxrss would carry over the
-    # parent's high-water mark through fork + exec when the parent is already large.
-    with open("/proc/self/status") as f:
-        line = next(l for l in f if l.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-before = peak_rss()
-start = time.perf_counter()
-model, config = load_hf(sys.argv[1], dtype="bfloat16")
-jax.block_until_ready(jax.tree.leaves(model))
-seconds = time.perf_counter() - start
-print(json.dumps({
-    "peak_rss_before_load": before,
-    "peak_rss": peak_rss(),
-    "rss_after_load": rss_now(),
-    "load_seconds": seconds,
-    "param_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model))),
-}))
-"""
-
-
-def bench_memory(workdir) -> dict:
-    path = workdir / "qwen2_0.5b_bf16"
-    if not (path / "config.json").exists():
-        # Built in its own process so the writer's memory does not count.
-        code = (
-            "import sys; from llm.models.tiny import make_tiny_checkpoint; "
-            "make_tiny_checkpoint(sys.argv[1], family='qwen2', size='0.5b', dtype='bfloat16')"
-        )
-        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
-    file_bytes = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    child = subprocess.run(
-        [sys.executable, "-c", _MEMORY_CHILD, str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    result = json.loads(child.stdout.strip().splitlines()[-1])
-    result["safetensors_bytes"] = file_bytes
-    result["peak_over_baseline_per_weight_byte"] = (
-        result["peak_rss"] - result["peak_rss_before_load"]
-    ) / result["param_bytes"]
-    return result
 
 
 # ---------------------------------------------------------------------------- CLI ----

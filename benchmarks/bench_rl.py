@@ -31,8 +31,9 @@ completion length of each side is reported and tokens/s counts real completion t
 Sizes: ``arith`` = the 0.87M-parameter tiny-arith Llama of ``llm.sft.TINY_ARITH_MODEL``,
 ``small`` = the ~4.9M "small" Llama of ``llm.models.tiny``, ``tiny`` = its 0.12M "tiny" one,
 ``toy`` = a one-layer 30K-parameter model (``--quick``, tests). The TRL side lives in
-``bench_rl_trl.py``. Prompts: the arithmetic task (a+b, 1-2 digits) through the tokenizer's chat
-template on both sides. Example::
+``bench_rl_trl.py``, what both sides share in ``bench_rl_common.py``, the tables in
+``bench_rl_report.py``. Prompts: the arithmetic task (a+b, 1-2 digits) through the
+tokenizer's chat template on both sides. Example::
 
     python benchmarks/bench_rl.py --sizes arith,small --steps 10 --json rl.json
 
@@ -58,80 +59,19 @@ import json
 import os
 import pathlib
 import platform
-import statistics
-import sys
 import tempfile
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "benchmarks"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-FAMILY = "llama"
-PIECES = ("refresh", "rollout", "reward", "update")
-SIZE_NAMES = ("arith", "small", "tiny", "toy")
-TOY_MODEL = dict(
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    intermediate_size=64,
+from bench_rl_common import (  # sibling scripts; it sets sys.path and offline mode
+    SIZE_NAMES,
+    Settings,
+    _median,
+    checkpoint,
+    examples,
 )
+from bench_rl_report import fastest, markdown
 
-
-def size_spec(name: str) -> tuple[str, dict]:
-    """(llm.models.tiny size, ModelConfig overrides) of a benchmark size name."""
-    if name == "arith":
-        from llm.sft import TINY_ARITH_MODEL
-
-        return "tiny", dict(TINY_ARITH_MODEL)
-    if name in ("tiny", "small"):
-        return name, {}
-    if name == "toy":  # one layer: compiles fastest (tests, --quick)
-        return "tiny", dict(TOY_MODEL)
-    raise ValueError(f"unknown size {name!r}; choose from {', '.join(SIZE_NAMES)}")
-
-
-def checkpoint(workdir: pathlib.Path, name: str) -> pathlib.Path:
-    """The random checkpoint folder of a size (built once per workdir; seed 0)."""
-    from llm.models.tiny import make_tiny_checkpoint
-
-    path = workdir / f"{name}_{FAMILY}"
-    if not (path / "config.json").exists():
-        size, overrides = size_spec(name)
-        make_tiny_checkpoint(path, FAMILY, size, seed=0, **overrides)
-    return path
-
-
-def examples(num: int, seed: int = 0) -> list:
-    """Arithmetic problems of the tiny-arith task (``llm.sft.TINY_ARITH_TASK``)."""
-    from llm.data import make_arithmetic_examples
-    from llm.sft import TINY_ARITH_TASK
-
-    return make_arithmetic_examples(num, seed=seed, **TINY_ARITH_TASK)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    prompts: int = 8
-    samples: int = 8
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    learning_rate: float = 1e-5
-    max_grad_norm: float = 1.0
-    delta_v: float = -0.1
-    steps: int = 10
-
-
-def _median(xs) -> float:
-    return float(statistics.median(xs)) if xs else float("nan")
+PIECES = ("refresh", "rollout", "reward", "update")
 
 
 # --------------------------------------------------------------------------- ours ----
@@ -336,114 +276,6 @@ def bench_pipelined(
 
 
 # ---------------------------------------------------------------------------- CLI ----
-
-
-def _fmt(x, digits=3) -> str:
-    if isinstance(x, str):
-        return x
-    return "-" if x is None or x != x else f"{x:.{digits}f}"
-
-
-def table(name: str, r: dict, s: Settings) -> list[str]:
-    """The side-by-side markdown table of one size."""
-    ours, trl = r["ours"], r.get("trl", {})
-    lines = [
-        f"size {name}: {ours['params'] / 1e6:.2f}M parameters ({FAMILY}, float32), "
-        f"P={s.prompts} x G={s.samples} completions, <= {s.max_new_tokens} new tokens, "
-        f"temperature {s.temperature}, lr {s.learning_rate:g}",
-        "",
-        "| | asymre-jax (AsymRE, delta_v -0.1) | TRL GRPOTrainer (dr_grpo, beta 0) |",
-        "|---|---|---|",
-    ]
-    if "skipped" in trl:
-        trl = {}
-        lines.insert(1, f"(TRL: {r['trl']['skipped']})")
-    op, tp = ours["pieces_s_median"], trl.get("pieces_s_median", {})
-    host = f"{_fmt(op['host'])} ({100 * ours['host_overhead_fraction']:.1f}%)"
-    rows = [
-        ("setup s", ours["setup_s"], trl.get("setup_s")),
-        ("first step s (compile / warm-up)", ours["first_step_s"], trl.get("first_step_s")),
-        ("**s / RL step (median)**", ours["step_s_median"], trl.get("step_s_median")),
-        ("s / RL step (min)", ours["step_s_min"], trl.get("step_s_min")),
-        (
-            "completion tokens / s",
-            ours["completion_tokens_per_s"],
-            trl.get("completion_tokens_per_s"),
-        ),
-        (
-            "mean completion length",
-            ours["mean_completion_length"],
-            trl.get("mean_completion_length"),
-        ),
-        ("rollout (sampling) s", op["rollout"], tp.get("rollout")),
-        ("reward (decode + score) s", op["reward"], tp.get("reward")),
-        ("behaviour log-probs s", "0 (from the sampler)", "0 (none: num_iterations 1)"),
-        ("refresh mu <- pi s", op["refresh"], "-"),
-        ("update s", op["update"], f"{_fmt(tp.get('rest'))} (the rest of the step)"),
-        ("host overhead s (% of step)", host, "-"),
-    ]
-    pipe = r.get("pipelined")
-    if pipe:
-        sync, piped = pipe["sync"], pipe["pipelined"]
-        R = f"{pipe['refresh_every']}, k={pipe['max_staleness']}"
-        rows += [
-            (f"s / step, synchronous, R={R} (median)", sync["step_s_median"], "-"),
-            (f"s / step, pipelined depth {pipe['depth']}, R={R}", piped["step_s_median"], "-"),
-            ("pipelined / synchronous steps/s", f"{pipe['speedup']:.2f}x", "-"),
-            ("  bound: sync / max(rollout, rest)", f"{pipe['ideal_speedup']:.2f}x", "-"),
-            ("  rollout s sync / pipelined", _pair(sync, piped, "rollout_time_median"), "-"),
-            ("  update s sync / pipelined", _pair(sync, piped, "update_time_median"), "-"),
-            ("  learner waits for rollout s", _pair(sync, piped, "rollout_wait_median"), "-"),
-            ("  cores busy (CPU s / wall s)", _pair(sync, piped, "cores_used_mean"), "-"),
-        ]
-    digits = {"completion tokens / s": 0, "mean completion length": 1}
-    for label, a, b in rows:
-        d = digits.get(label, 3)
-        lines.append(f"| {label} | {_fmt(a, d)} | {_fmt(b, d)} |")
-    return lines
-
-
-def _pair(a: dict, b: dict, key: str) -> str:
-    return f"{a[key]:.3f} / {b[key]:.3f}"
-
-
-def fastest(entry: dict) -> dict:
-    """The faster of our modes: the on-policy synchronous step and the pipelined one."""
-    best = {"mode": "synchronous", "step_s_median": entry["ours"]["step_s_median"]}
-    pipe = entry.get("pipelined")
-    if pipe and pipe["pipelined"]["step_s_median"] < best["step_s_median"]:
-        mode = (
-            f"pipelined, depth {pipe['depth']}, refresh_every {pipe['refresh_every']}, "
-            f"max_staleness {pipe['max_staleness']}"
-        )
-        best = {"mode": mode, "step_s_median": pipe["pipelined"]["step_s_median"]}
-    return best
-
-
-def ratio_line(results: dict) -> str:
-    parts = []
-    for name, r in results["sizes"].items():
-        trl, best = r.get("trl", {}), r.get("fastest") or fastest(r)
-        if "step_s_median" in trl:
-            ratio = trl["step_s_median"] / best["step_s_median"]
-            parts.append(f"{name} {ratio:.2f}x ({best['mode']})")
-        else:
-            parts.append(f"{name} n/a (TRL not run)")
-    return "TRL s/step / asymre-jax s/step (goal >= 3x): " + ", ".join(parts)
-
-
-def markdown(results: dict) -> str:
-    m, s = results["machine"], Settings(**results["settings"])
-    lines = [
-        f"{m['cpus']} CPUs ({m['platform']}), jax {m['jax']} on {m['jax_device']}, "
-        f"torch threads {m['threads']}; load average (1/5/15 min) "
-        f"{'/'.join(f'{x:.1f}' for x in m['loadavg_start'])} at start, "
-        f"{'/'.join(f'{x:.1f}' for x in m.get('loadavg_end', m['loadavg_start']))} at end.",
-    ]
-    for name, r in results["sizes"].items():
-        lines += ["", *table(name, r, s)]
-    lines += ["", ratio_line(results)]
-    return "\n".join(lines)
 
 
 def machine(threads: int) -> dict:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from bench_rl import Settings, _median, examples
+from bench_rl_common import Settings, _median, examples
 
 
 def _trl_reward(reward_fn, clock: dict):

@@ -150,11 +150,11 @@ def _times(fn, repeats: int) -> dict:
 def _model(size: str, param_dtype: str, compute_dtype: str):
     """A random-weight Qwen2 of ``llm.models.tiny`` size (numpy-drawn weights: no per-shape
     compilation); "toy" is the "tiny" size with one layer, the fastest to compile."""
-    import bench_rl
+    import bench_rl_common
 
     from llm.models.tiny import random_model, tiny_config
 
-    overrides = dict(bench_rl.TOY_MODEL) if size == "toy" else {}
+    overrides = dict(bench_rl_common.TOY_MODEL) if size == "toy" else {}
     size = "tiny" if size == "toy" else size
     config = tiny_config(
         "qwen2", size, param_dtype=param_dtype, compute_dtype=compute_dtype, **overrides

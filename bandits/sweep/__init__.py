@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from bandits._checks import as_key, check_positive_int
 from bandits.problem import BanditProblem
-from bandits.simulator import BASELINES, simulate_unchecked
+from bandits.simulator import _check_run, simulate_unchecked
 
 FIELDS = ("final_policy", "expected_reward", "entropy", "support", "behaviour_value", "baseline")
 
@@ -134,6 +134,38 @@ _sweep_jit = jax.jit(
 )
 
 
+def _check_flags(**flags) -> None:
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+
+
+def _init_logits(problem, init_logits) -> jax.Array:
+    """``init_logits`` (default ``mu_logits``) as ``[K]`` in the rewards' dtype."""
+    if init_logits is None:
+        init_logits = problem.mu_logits
+    init_logits = jnp.asarray(init_logits, problem.rewards.dtype)
+    if init_logits.shape != problem.rewards.shape:
+        raise ValueError(f"init_logits must have shape [K] = {problem.rewards.shape}")
+    return init_logits
+
+
+def _config(problem, steps, rounds, batch_size, baseline, crn, seed) -> dict:
+    """The run's settings, as saved with a :class:`SweepResult`."""
+    return {
+        "num_arms": problem.num_arms,
+        "noise": problem.noise,
+        "noise_std": float(problem.noise_std),
+        "behaviour_value_0": float(problem.behaviour_value()),
+        "steps_per_round": steps,
+        "num_rounds": rounds,
+        "batch_size": batch_size,
+        "baseline": baseline,
+        "crn": crn,
+        "seed": seed,
+    }
+
+
 def sweep(
     problem: BanditProblem,
     *,
@@ -165,62 +197,24 @@ def sweep(
     >>> res.dims, res.data["expected_reward"].shape
     (('V', 'lr', 'seed'), (2, 2, 1, 10))
     """
-    if not isinstance(problem, BanditProblem):
-        raise TypeError(f"problem must be a BanditProblem, got {type(problem).__name__}")
-    if (V is None) == (delta_v is None):
-        raise ValueError("give exactly one of V (absolute baselines) or delta_v (relative)")
-    steps = check_positive_int(steps_per_round, "steps_per_round")
-    rounds = check_positive_int(num_rounds, "num_rounds")
+    steps, rounds, batch_size = _check_run(
+        problem, V, delta_v, steps_per_round, num_rounds, batch_size, baseline
+    )
     num_seeds = check_positive_int(num_seeds, "num_seeds")
-    if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}; expected one of {', '.join(BASELINES)}")
-    if baseline == "batch" and (batch_size is None or delta_v is None):
-        raise ValueError("baseline='batch' needs sampled mode (batch_size) and delta_v")
-    if not isinstance(crn, bool):
-        raise TypeError(f"crn must be a bool, got {type(crn).__name__}")
-    if not isinstance(shard, bool):
-        raise TypeError(f"shard must be a bool, got {type(shard).__name__}")
+    _check_flags(crn=crn, shard=shard)
     dtype = problem.rewards.dtype
     relative = delta_v is not None
     base_dim = "delta_v" if relative else "V"
     bases = _grid_axis(delta_v if relative else V, base_dim, dtype)
     lrs = _grid_axis(lr, "lr", dtype)
     seed_keys = jax.random.split(as_key(jax.random.key(seed) if key is None else key), num_seeds)
-    if init_logits is None:
-        init_logits = problem.mu_logits
-    init_logits = jnp.asarray(init_logits, dtype)
-    if init_logits.shape != problem.rewards.shape:
-        raise ValueError(f"init_logits must have shape [K] = {problem.rewards.shape}")
+    init_logits = _init_logits(problem, init_logits)
     if shard:
         bases = _shard_grid_axis(bases)
-    out = _sweep_jit(
-        problem,
-        bases,
-        lrs,
-        seed_keys,
-        init_logits,
-        crn=crn,
-        relative=relative,
-        steps=steps,
-        rounds=rounds,
-        batch_size=batch_size,
-        baseline=baseline,
-        tol=float(support_tol),
-    )
+    static = dict(relative=relative, steps=steps, rounds=rounds, batch_size=batch_size)
+    static |= dict(crn=crn, baseline=baseline, tol=float(support_tol))
+    out = _sweep_jit(problem, bases, lrs, seed_keys, init_logits, **static)
     data = {name: np.asarray(getattr(out, name)) for name in FIELDS}
-    config = {
-        "num_arms": problem.num_arms,
-        "noise": problem.noise,
-        "noise_std": float(problem.noise_std),
-        "behaviour_value_0": float(problem.behaviour_value()),
-        "steps_per_round": steps,
-        "num_rounds": rounds,
-        "batch_size": batch_size,
-        "baseline": baseline,
-        "crn": crn,
-        "seed": seed,
-    }
+    config = _config(problem, steps, rounds, batch_size, baseline, crn, seed)
     coords = {base_dim: np.asarray(bases), "lr": np.asarray(lrs), "seed": np.arange(num_seeds)}
     return SweepResult((base_dim, "lr", "seed"), coords, data, config)

@@ -138,12 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("name", metavar="NAME", choices=sorted(MODELS), help="model to fetch")
     parser.add_argument("--out", default=None, help="folder (default: the cache folder)")
     args = parser.parse_args(argv)
-    try:
-        out = fetch_model(args.name, args.out)
-    except (RuntimeError, ValueError) as err:
-        parser.error(f"NAME: {err}")
-    except OSError as err:
-        parser.error(f"--out: {err}")
+    blame = [((RuntimeError, ValueError), "NAME"), (OSError, "--out")]
+    out = parser.call_or_error(fetch_model, args.name, args.out, blame=blame)
     print(out)
     return 0
 

@@ -239,6 +239,21 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
+    def call_or_error(self, action, *args, blame):
+        """``action(*args)``; an exception it raises becomes one ``error:`` line.
+
+        ``blame`` is a sequence of ``(exception kinds, argument)``, tried in order: the first
+        kind the exception is an instance of names the argument the message starts with.
+        Other exceptions propagate unchanged.
+        """
+        try:
+            return action(*args)
+        except Exception as err:
+            for kinds, argument in blame:
+                if isinstance(err, kinds):
+                    self.error(f"{argument}: {err}")
+            raise
+
 
 def main(argv=None) -> int:
     """``python -m llm.models.gguf FILE --out DIR``: prints DIR, or one ``error:`` line."""
@@ -246,12 +261,8 @@ def main(argv=None) -> int:
     parser.add_argument("file", metavar="FILE", help="GGUF file (llama, qwen2, qwen3, gemma3)")
     parser.add_argument("--out", required=True, help="folder to write the HF checkpoint to")
     args = parser.parse_args(argv)
-    try:
-        out = convert_gguf(args.file, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(f"FILE: {err}")
-    except OSError as err:
-        parser.error(f"--out: {err}")
+    blame = [((FileNotFoundError, ValueError), "FILE"), (OSError, "--out")]
+    out = parser.call_or_error(convert_gguf, args.file, args.out, blame=blame)
     print(out)
     return 0
 

@@ -8,19 +8,13 @@ import numpy as np
 from flax import nnx
 
 import llm.sft
+from llm.experiments.presets import SMOKE
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
 from llm.rl.train_step import hyperparams, make_optimizer
 from llm.sft import SFTConfig, run_sft, sft_step
 
-SMALL = dict(
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    intermediate_size=64,
-)
+SMALL = dict(SMOKE.sft["model"])  # the smoke preset's warm-start model (a copy)
 
 
 def _max_change(before, after) -> float:
