@@ -81,7 +81,7 @@ def test_tiny_arith_summary_is_backed_by_committed_runs():
         assert [r["step"] for r in rows] == list(range(summary["num_steps"]))
     for config in summary["configs"]:
         runs = [r for r in summary["runs"] if r["name"] == config["name"]]
-        assert len(runs) == config["seeds"] == len(summary["seeds"])
+        assert len(runs) == len(config["seeds"]) == len(summary["seeds"])
     _not_ignored(files)
 
 

@@ -93,10 +93,11 @@ def contrast(a: dict[int, dict], b: dict[int, dict]) -> dict[str, Any] | None:
     }
 
 
-def fmt(iv: dict[str, Any]) -> str:
-    b, t = iv["bootstrap"], iv["t_over_seeds"]
-    text = f"{b['mean']:+.3f} [{b['lo']:+.3f}, {b['hi']:+.3f}]"
-    return text + (f" / t [{t['lo']:+.3f}, {t['hi']:+.3f}]" if t else " / t: 1 seed")
+def fmt(iv: dict[str, Any], *, signed: bool = True) -> str:
+    """ "mean [bootstrap lo, hi] / t [lo, hi]" (signed: a difference; else a level)."""
+    b, t, f = iv["bootstrap"], iv["t_over_seeds"], "+.3f" if signed else ".3f"
+    text = f"{b['mean']:{f}} [{b['lo']:{f}}, {b['hi']:{f}}]"
+    return text + (f" / t [{t['lo']:{f}}, {t['hi']:{f}}]" if t else " / t: 1 seed")
 
 
 def figure(runs: dict[str, dict[int, dict]], path: pathlib.Path) -> None:

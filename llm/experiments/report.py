@@ -84,7 +84,8 @@ def run_entry(preset, spec, seed: int, result: dict) -> dict[str, Any]:
 
 
 def config_entry(spec, runs: list[dict], evals_by_seed: dict[int, dict]) -> dict[str, Any]:
-    """Over seeds: step 0, final, change and AUC of both metrics, both interval methods."""
+    """Over seeds: step 0, final, change and AUC of both metrics, both interval methods;
+    "seeds" lists the seeds."""
     collapsed = [r["collapsed_step"] for r in runs if r["collapsed_step"] is not None]
     return {
         "name": spec.name,
@@ -92,7 +93,6 @@ def config_entry(spec, runs: list[dict], evals_by_seed: dict[int, dict]) -> dict
         "loss": spec.loss,
         "delta_v": spec.delta_v,
         "refresh_every": spec.refresh_every,
-        "seeds": len(runs),
         "collapsed_seeds": len(collapsed),
         "collapsed_steps": collapsed,
     } | real_report.config_summary(evals_by_seed)
@@ -154,7 +154,7 @@ def targets(preset, configs: dict[str, dict], contrasts: dict[str, dict]) -> lis
             {
                 "target": "on-policy (N=1) δV=+0.1 does not collapse",
                 "met": on["collapsed_seeds"] == 0,
-                "evidence": f"collapsed in {on['collapsed_seeds']}/{on['seeds']} seeds",
+                "evidence": f"collapsed in {on['collapsed_seeds']}/{len(on['seeds'])} seeds",
             }
         )
     neg = [c for c in configs.values() if c["loss"] == "asymre" and c["delta_v"] < 0]
@@ -164,7 +164,7 @@ def targets(preset, configs: dict[str, dict], contrasts: dict[str, dict]) -> lis
                 "target": "AsymRE δV=-0.1 never collapses (any N)",
                 "met": all(c["collapsed_seeds"] == 0 for c in neg),
                 "evidence": ", ".join(
-                    f"N={c['refresh_every']}: {c['collapsed_seeds']}/{c['seeds']}" for c in neg
+                    f"N={c['refresh_every']}: {c['collapsed_seeds']}/{len(c['seeds'])}" for c in neg
                 ),
             }
         )
@@ -242,9 +242,9 @@ def summary_markdown(summary: dict) -> str:
     ]
     for c in summary["configs"]:
         cells = [c["label"], str(c["refresh_every"]), _ci(c["greedy_step0"]["bootstrap"])]
-        cells += [real_report.fmt(c[m]) for m in ("greedy_final", "greedy_auc")]
-        cells += [real_report.fmt(c[m]) for m in ("mean_at_k_final", "mean_at_k_auc")]
-        cells.append(f"{c['collapsed_seeds']}/{c['seeds']}")
+        metrics = ("greedy_final", "greedy_auc", "mean_at_k_final", "mean_at_k_auc")
+        cells += [real_report.fmt(c[m], signed=False) for m in metrics]
+        cells.append(f"{c['collapsed_seeds']}/{len(c['seeds'])}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Contrasts (A minus B, paired on seeds and problems):", ""]
     for label, c in summary["contrasts"].items():

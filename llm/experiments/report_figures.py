@@ -84,6 +84,7 @@ def plot_dose_response(summary: dict, path: pathlib.Path) -> None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     configs = summary["configs"]
+    ylabel = {"greedy_auc": "test greedy accuracy, AUC", "greedy_final": "test greedy accuracy"}
     for ax, metric in zip(axes, ("greedy_auc", "greedy_final"), strict=True):
         for loss, dv in sorted({(c["loss"], c["delta_v"]) for c in configs}):
             mine = sorted(
@@ -97,11 +98,14 @@ def plot_dose_response(summary: dict, path: pathlib.Path) -> None:
             label = "GRPO" if loss == "grpo" else f"AsymRE δV={dv:+.1f}"
             color = "black" if loss == "grpo" else ("tab:blue" if dv < 0 else "tab:red")
             ax.errorbar(x, m, yerr=err, marker="o", capsize=3, color=color, label=label)
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set(xlabel="staleness N (behaviour refreshed every N steps)", ylabel=metric)
+        ns = sorted({c["refresh_every"] for c in configs})
+        ax.set_xscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set(xlabel="staleness N (behaviour refreshed every N steps)", ylabel=ylabel[metric])
         ax.axhline(summary["configs"][0]["greedy_step0"]["bootstrap"]["mean"], color="gray", lw=0.8)
     axes[0].set_title("Area under the test curve (time average)")
-    axes[1].set_title("Final step")
+    axes[1].set_title("Final step (gray: step 0)")
     axes[0].legend(fontsize=8)
     fig.suptitle("Dose-response: test greedy accuracy vs staleness (95% t interval over seeds)")
     fig.savefig(path, dpi=110)

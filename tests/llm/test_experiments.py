@@ -153,6 +153,7 @@ def test_smoke_pipeline_end_to_end(tmp_path):
         "N=2 minus N=1, δV=+0.1",
         "AsymRE δV=-0.1 minus GRPO, N=2",
     }
+    assert all(c["seeds"] == [0, 1] and c["collapsed_seeds"] <= 2 for c in summary["configs"])
     for c in summary["contrasts"].values():  # two seeds: both interval methods exist
         assert c["seeds"] == [0, 1] and c["greedy_auc"]["t_over_seeds"] is not None
     assert [t["target"][:22] for t in summary["targets"]] == [
