@@ -65,6 +65,7 @@ PEAK_BF16 = (
     ("L40", 181e12),
     ("L4", 121e12),
 )
+SECTIONS = ("mfu", "decode", "rl_step", "rl_real", "tests")
 TESTS = [
     "tests/llm/test_model_parity.py",
     "tests/llm/test_sampler.py",
@@ -147,28 +148,78 @@ def _times(fn, repeats: int) -> dict:
     return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times)}
 
 
-def _model(size: str, param_dtype: str, compute_dtype: str):
-    """A random-weight Qwen2 of ``llm.models.tiny`` size (numpy-drawn weights: no per-shape
-    compilation); "toy" is the "tiny" size with one layer, the fastest to compile."""
+def _model_config(size: str, **fields):
+    """The ModelConfig of a random Qwen2 of ``llm.models.tiny`` size; "toy" is the "tiny"
+    size with one layer, the fastest to compile. ``fields``: other ModelConfig fields."""
     import bench_rl
 
-    from llm.models.tiny import random_model, tiny_config
+    from llm.models.tiny import tiny_config
 
     overrides = dict(bench_rl.TOY_MODEL) if size == "toy" else {}
-    size = "tiny" if size == "toy" else size
-    config = tiny_config(
-        "qwen2", size, param_dtype=param_dtype, compute_dtype=compute_dtype, **overrides
+    return tiny_config("qwen2", "tiny" if size == "toy" else size, **overrides, **fields)
+
+
+def _model(size: str, param_dtype: str, compute_dtype: str, attention_impl: str = "auto"):
+    """A random-weight model of ``_model_config`` (numpy-drawn weights: no per-shape
+    compilation)."""
+    from llm.models.tiny import random_model
+
+    config = _model_config(
+        size, param_dtype=param_dtype, compute_dtype=compute_dtype, attention_impl=attention_impl
     )
     return random_model(config, seed=0)
 
 
-def bench_mfu(size: str, batch: int, prompt: int, new: int, repeats: int, peak) -> dict:
+def cudnn_reason(size: str, prompt: int, new: int) -> str | None:
+    """Why cuDNN attention cannot run the MFU section's update here (None: it can, as far
+    as ``llm.models.attention.cudnn_unmet`` knows; the padding mask makes it dense)."""
+    import jax
+
+    from llm.models.attention import cudnn_unmet
+
+    config = _model_config(size)
+    device = jax.devices()[0]
+    return cudnn_unmet(
+        platform=jax.default_backend(),
+        dtype="bfloat16",
+        head_dim=config.head_dim,
+        T=prompt + new,
+        S=prompt + new,
+        dense_mask=True,
+        capability=getattr(device, "compute_capability", None),
+    )
+
+
+def bench_mfu_both(size: str, batch: int, prompt: int, new: int, repeats: int, peak) -> dict:
+    """The MFU section: the update with XLA's attention and with cuDNN's fused attention
+    (``ModelConfig.attention_impl`` "xla" / "cudnn"); cuDNN is skipped, with the reason,
+    where it cannot run (always on a CPU)."""
+    out = {"xla": bench_mfu(size, batch, prompt, new, repeats, peak, "xla")}
+    reason = cudnn_reason(size, prompt, new)
+    if reason is not None:
+        out["cudnn"] = {"skipped": reason}
+        return out
+    try:
+        out["cudnn"] = bench_mfu(size, batch, prompt, new, repeats, peak, "cudnn")
+    except Exception as err:  # a cuDNN failure must not hide the XLA number
+        refused = isinstance(err, ValueError) and "cannot run" in str(err)  # the model's check
+        out["cudnn"] = (
+            {"skipped": str(err)} if refused else {"error": f"{type(err).__name__}: {err}"}
+        )
+        return out
+    out["cudnn_speedup"] = out["xla"]["median_s"] / out["cudnn"]["median_s"]
+    return out
+
+
+def bench_mfu(
+    size: str, batch: int, prompt: int, new: int, repeats: int, peak, attention_impl: str
+) -> dict:
     """Train-step time of the trainer's update and its model FLOPs utilisation."""
     import jax
     from bench_llm import trainer_update
     from flax import nnx
 
-    model = _model(size, "float32", "bfloat16")
+    model = _model(size, "float32", "bfloat16", attention_impl)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     real = trainer_update(model, batch, prompt, new)
     del model
@@ -177,6 +228,7 @@ def bench_mfu(size: str, batch: int, prompt: int, new: int, repeats: int, peak) 
     flops = 6 * params * tokens
     out = {
         "model": f"qwen2 {size} shape, float32 params, bfloat16 compute",
+        "attention_impl": attention_impl,
         "params": int(params),
         "batch": batch,
         "prompt": prompt,
@@ -237,6 +289,7 @@ def plan(smoke: bool, memory_bytes) -> dict:
             "mfu": (2, 16, 8),
             "decode": (2, 8, 4),
             "rl": ("toy", 2, 2, 4, 2),
+            "rl_real": dict(steps=2, prompts=2, samples=2, new_tokens=4, refresh_every=2),
             "repeats": 1,
         }
     gib = (memory_bytes or 0) / 2**30
@@ -247,11 +300,28 @@ def plan(smoke: bool, memory_bytes) -> dict:
         "mfu": mfu,
         "decode": decode,
         "rl": ("small", 16, 8, 64, 5),
+        "rl_real": dict(steps=8, prompts=8, samples=8, new_tokens=16, refresh_every=4),
         "repeats": 5,
     }
 
 
-def main(argv=None) -> int:
+def rl_real_section(model_dir: str | None, smoke: bool, size: dict) -> dict:
+    """``gpu_check_rl.bench_rl_real`` on ``model_dir`` (default: the fetched SmolLM2); on
+    the CPU smoke run the real 135M model only when given explicitly (its first step
+    compiles for about two minutes on a CPU)."""
+    import gpu_check_rl
+
+    path = pathlib.Path(model_dir) if model_dir else gpu_check_rl.default_model_dir()
+    reason = gpu_check_rl.missing_model_reason(path)
+    if reason is None and smoke and model_dir is None:
+        reason = (
+            f"--cpu-smoke: the 135M model at {path} compiles for minutes on a CPU; pass "
+            "--model-dir to run this section on it (or on a small folder)"
+        )
+    return {"skipped": reason} if reason else gpu_check_rl.bench_rl_real(path, size)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "out", nargs="?", default=None, help="JSON path (default $OUT/gpu_check.json)"
@@ -259,55 +329,34 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cpu-smoke", action="store_true", default=os.environ.get("GPU_CHECK_CPU_SMOKE") == "1"
     )
-    parser.add_argument("--sections", default="mfu,decode,rl_step,tests")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument(
         "--budget-s", type=int, default=450, help="stop starting sections after this"
     )
     parser.add_argument("--test-timeout", type=int, default=300)
-    args = parser.parse_args(argv)
-    from llm.compile_cache import enable_compilation_cache
-
-    enable_compilation_cache()
-    out = args.out or (
-        os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
+    parser.add_argument(
+        "--model-dir",
+        default=None,
+        help="Hugging Face folder of the rl_real section (default: the fetched SmolLM2-135M)",
     )
-    if out is None:
-        parser.error("give the JSON path (or set $OUT)")
-    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    unknown = set(sections) - {"mfu", "decode", "rl_step", "tests"}
-    if unknown:
-        parser.error(
-            f"--sections: unknown {sorted(unknown)}; choose from mfu, decode, rl_step, tests"
-        )
-    start = time.perf_counter()
+    return parser
+
+
+def _header(smoke: bool, gpu: dict) -> dict:
     import jax
 
-    gpu = {"device_kind": jax.devices()[0].device_kind, "count": 1, "bytes": None}
-    gpu = gpu if args.cpu_smoke else require_gpu()
-    p = plan(args.cpu_smoke, gpu["bytes"])
-    peak = None if args.cpu_smoke else peak_flops(gpu["device_kind"])
-    result = {
-        "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
+    return {
+        "mode": "cpu-smoke" if smoke else "gpu",
         "device": gpu,
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
-    runners = {
-        "mfu": lambda: bench_mfu(p["size"], *p["mfu"], p["repeats"], peak),
-        "decode": lambda: bench_decode(p["size"], *p["decode"], p["repeats"]),
-        "rl_step": lambda: bench_rl_step(*p["rl"]),
-        "tests": lambda: (
-            {"skipped": "--cpu-smoke: the tests run on the CPU in the normal suite"}
-            if args.cpu_smoke
-            else run_tests(max(30, min(args.test_timeout, int(args.budget_s - elapsed()))))
-        ),
-    }
 
-    def elapsed():
-        return time.perf_counter() - start
 
+def _run_sections(runners: dict, sections: list, result: dict, out: str, args, elapsed) -> None:
+    """Each section in turn, its JSON written as soon as it ends; a broken one is recorded."""
     for name in sections:
         if elapsed() > args.budget_s:
             result[name] = {"skipped": f"time budget {args.budget_s} s spent"}
@@ -320,12 +369,56 @@ def main(argv=None) -> int:
         result[name]["section_s"] = time.perf_counter() - t0
         pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
         print(f"{name}: {json.dumps(result[name], default=str)[:400]}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from llm.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
+    out = args.out or (
+        os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None
+    )
+    if out is None:
+        parser.error("give the JSON path (or set $OUT)")
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    start = time.perf_counter()
+    import jax
+
+    gpu = {"device_kind": jax.devices()[0].device_kind, "count": 1, "bytes": None}
+    gpu = gpu if args.cpu_smoke else require_gpu()
+    p = plan(args.cpu_smoke, gpu["bytes"])
+    peak = None if args.cpu_smoke else peak_flops(gpu["device_kind"])
+    result = _header(args.cpu_smoke, gpu)
+
+    def elapsed():
+        return time.perf_counter() - start
+
+    runners = {
+        "mfu": lambda: bench_mfu_both(p["size"], *p["mfu"], p["repeats"], peak),
+        "decode": lambda: bench_decode(p["size"], *p["decode"], p["repeats"]),
+        "rl_step": lambda: bench_rl_step(*p["rl"]),
+        "rl_real": lambda: rl_real_section(args.model_dir, args.cpu_smoke, p["rl_real"]),
+        "tests": lambda: (
+            {"skipped": "--cpu-smoke: the tests run on the CPU in the normal suite"}
+            if args.cpu_smoke
+            else run_tests(max(30, min(args.test_timeout, int(args.budget_s - elapsed()))))
+        ),
+    }
+    _run_sections(runners, sections, result, out, args, elapsed)
+    from gpu_check_summary import render, summarize
+
+    result["summary"] = summarize(result, sections)
     result["total_s"] = elapsed()
     pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
-    print(f"wrote {out} in {result['total_s']:.0f} s")
-    failed = [k for k in sections if "error" in result.get(k, {})]
-    failed += ["tests"] if result.get("tests", {}).get("returncode") not in (None, 0) else []
-    return 1 if failed else 0
+    title = f"gpu_check ({result['mode']}, {gpu['device_kind']}), {result['total_s']:.0f} s"
+    print(render(result["summary"], title))
+    print(f"wrote {out}")
+    return 1 if any(row["status"] == "failed" for row in result["summary"]) else 0
 
 
 if __name__ == "__main__":
