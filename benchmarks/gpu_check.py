@@ -1,31 +1,47 @@
-"""GPU check: the GPU-relevant tests, train-step MFU, decode tokens/s and one RL step, as JSON.
+"""GPU check: the GPU-relevant tests, train-step MFU (XLA and cuDNN attention), decode
+tokens/s, one RL step, and LoRA RL on the real SmolLM2-135M (synchronous and pipelined), as JSON.
 
 Run by ``benchmarks/gpu_check.sh`` on a machine with one NVIDIA GPU and JAX with CUDA
 already installed (nothing is installed or downloaded; the project is imported from the
-working tree). Sections, each recorded under its own key of the one JSON file:
+working tree). Sections (``--sections``, in this order), each under its own key of the one
+JSON file:
 
-* ``tests``: pytest on the model-parity, sampler and trainer-step tests plus the trainer's
-  no-recompilation test, on the GPU (``JAX_PLATFORMS=cuda``, float32 matmuls at "highest"
-  precision so the parity tolerances hold; the 8-CPU-device sharding test is deselected),
-  under a timeout. Modules that need torch/transformers skip themselves when those are
-  missing; no pytest -> the section says so.
 * ``mfu``: the trainer's jitted update (``bench_llm.trainer_update``: chunked log-probs,
   entropy, micro-batch scan, clipped AdamW) on a random-weight Qwen2.5-0.5B-shaped model,
-  float32 master weights and bfloat16 compute. Model FLOPs utilisation =
-  6 * params * tokens / step time / peak dense bf16 FLOP/s of the card (a table by device
-  kind: H200, H100 SXM/PCIe, GH200, A100, L40S, L40, L4, B200); an unknown card gets the
-  achieved TFLOP/s only.
+  float32 master weights and bfloat16 compute, once per attention implementation
+  (``ModelConfig.attention_impl``): ``mfu.xla`` and ``mfu.cudnn`` (cuDNN's fused attention;
+  ``{"skipped": reason}`` where ``llm.models.attention.cudnn_unmet`` or the model refuses,
+  always on a CPU), and ``cudnn_speedup`` = xla step time / cudnn step time. Model FLOPs
+  utilisation = 6 * params * tokens / step time / peak dense bf16 FLOP/s of the card (a
+  table by device kind: H200, H100 SXM/PCIe, GH200, A100, L40S, L40, L4, B200); an unknown
+  card gets the achieved TFLOP/s only.
 * ``decode``: ``llm.generate`` tokens/s of the same shape with bfloat16 weights, batch and
   lengths sized by the card's memory, sampled at temperature 1, no EOS stop.
 * ``rl_step``: ``bench_rl.bench_ours`` (``llm.rl.step.rl_step``, with its rollout / reward /
-  update / host-overhead split) on the ~5M "small" checkpoint.
+  update / host-overhead split) on the ~5M "small" checkpoint, and under ``pipelined``
+  ``bench_rl.bench_pipelined``: ``train()``'s loop synchronous vs ``pipeline_depth`` 2 in
+  one refresh window (its ``speedup`` = sync / pipelined mean step time).
+* ``rl_real``: a few LoRA steps of ``llm.trainer.train`` on SmolLM2-135M-Instruct, with
+  ``pipeline_depth`` 0 and 2 (``gpu_check_rl``): first-step (compile) time, steps/s,
+  tokens/s of each and the pipelined / synchronous step-time ratio. Skipped, with the
+  reason, when ``python -m llm.models.fetch smollm2-135m-instruct`` has not been run
+  (``--model-dir`` points it at another folder).
+* ``tests``: pytest on the model-parity, sampler and trainer-step tests plus the trainer's
+  no-recompilation test, on the GPU (``JAX_PLATFORMS=cuda``, float32 matmuls at "highest"
+  precision so the parity tolerances hold; the 8-CPU-device sharding test is deselected),
+  under a timeout (what is left of ``--budget-s``). Modules that need torch/transformers
+  skip themselves when those are missing; no pytest -> the section says so.
 
-Every timing blocks until ready; first calls (compilation) are reported apart. Without a
-GPU the script exits with status 2 and one ``error:`` line within seconds, unless
-``--cpu-smoke`` (or ``GPU_CHECK_CPU_SMOKE=1``) runs every section but the tests at toy
-sizes on the CPU, to check the logic::
+At the end a one-screen table (``gpu_check_summary``) gives each section's status (ok,
+skipped, failed) and headline number; the JSON holds it under ``summary``. The exit status
+is 1 when a section failed. Every timing blocks until ready; first calls (compilation) are
+reported apart. Without a GPU the script exits with status 2 and one ``error:`` line within
+seconds, unless ``--cpu-smoke`` (or ``GPU_CHECK_CPU_SMOKE=1``) runs every section at toy
+sizes on the CPU to check the logic (the tests section and, unless ``--model-dir`` is given,
+the 135M model are skipped there: its first step compiles for minutes on a CPU)::
 
     python benchmarks/gpu_check.py out.json --cpu-smoke
+    python benchmarks/gpu_check.py out.json --cpu-smoke --sections rl_real --model-dir DIR
 """
 
 from __future__ import annotations
@@ -277,8 +293,11 @@ def bench_rl_step(size: str, prompts: int, samples: int, new: int, steps: int) -
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check_"))
     s = bench_rl.Settings(prompts=prompts, samples=samples, max_new_tokens=new, steps=steps)
-    out = bench_rl.bench_ours(bench_rl.checkpoint(workdir, size), s)
-    return {"size": size, "settings": dataclasses.asdict(s), **out}
+    path = bench_rl.checkpoint(workdir, size)
+    out = {"size": size, "settings": dataclasses.asdict(s), **bench_rl.bench_ours(path, s)}
+    # train()'s loop, synchronous vs 2 rollouts ahead, in one refresh window (R = 250)
+    out["pipelined"] = bench_rl.bench_pipelined(path, s, depth=2, refresh_every=250, rounds=1)
+    return out
 
 
 def plan(smoke: bool, memory_bytes) -> dict:

@@ -54,7 +54,8 @@ HEADLINES = {
     "mfu": _mfu,
     "decode": lambda e: f"{e['tokens_per_s']:.0f} tokens/s (batch {e['batch']})",
     "rl_step": lambda e: (
-        f"{e['step_s_median']:.3f} s/step, host overhead {e['host_overhead_fraction']:.0%}"
+        f"{e['step_s_median']:.3f} s/step, host overhead {e['host_overhead_fraction']:.0%}; "
+        f"pipelined speedup {e['pipelined']['speedup']:.2f}x"
     ),
     "rl_real": _rl_real,
     "tests": _tests,

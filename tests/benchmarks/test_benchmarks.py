@@ -101,6 +101,11 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     assert "cudnn_speedup" not in result["mfu"]
     assert result["decode"]["tokens_per_s"] > 0
     assert 0 <= result["rl_step"]["host_overhead_fraction"] < 1
+    piped = result["rl_step"]["pipelined"]
+    assert piped["depth"] == 2 and piped["sync"]["step_s_median"] > 0
+    assert piped["speedup"] == pytest.approx(
+        piped["sync"]["step_s_mean"] / piped["pipelined"]["step_s_mean"]
+    )
     missing = tmp_path / "models" / "smollm2-135m-instruct"
     assert result["rl_real"]["skipped"].startswith(f"no config.json in {missing}")
     assert "skipped" in result["tests"]
