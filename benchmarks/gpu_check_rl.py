@@ -43,8 +43,8 @@ def missing_model_reason(model_dir: pathlib.Path) -> str | None:
     if (model_dir / "config.json").is_file():
         return None
     return (
-        f"no config.json in {model_dir}: run `python -m llm.models.fetch {MODEL_NAME}` or "
-        "pass --model-dir"
+        f"not fetched: run `python -m llm.models.fetch {MODEL_NAME}` (or pass --model-dir); "
+        f"no config.json in {model_dir}"
     )
 
 

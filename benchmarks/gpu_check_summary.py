@@ -7,6 +7,8 @@ headline); "ok" otherwise, with the number a reader looks for first.
 
 from __future__ import annotations
 
+import textwrap
+
 WIDTH = 100  # characters per printed row
 
 
@@ -21,7 +23,7 @@ def status(entry: dict) -> str:
 
 def _mfu_part(name: str, part: dict) -> str:
     if "skipped" in part:
-        return f"{name} skipped ({part['skipped'][:40]})"
+        return f"{name} skipped ({textwrap.shorten(part['skipped'], 45, placeholder='...')})"
     if "error" in part:
         return f"{name} failed"
     mfu = f"MFU {part['mfu']:.1%}, " if part.get("mfu") is not None else ""

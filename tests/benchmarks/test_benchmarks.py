@@ -87,7 +87,9 @@ SECTIONS = ["mfu", "decode", "rl_step", "rl_real", "tests"]
 def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     out = tmp_path / "gpu.json"
     # an empty model cache: the real-model section must record a skip, not crash
-    proc = _run([BENCH / "gpu_check.py", out, "--cpu-smoke"], ASYMRE_JAX_CACHE=str(tmp_path))
+    proc = _run(
+        [BENCH / "gpu_check.py", out, "--cpu-smoke"], timeout=900, ASYMRE_JAX_CACHE=str(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["mode"] == "cpu-smoke" and result["backend"] == "cpu"
@@ -107,7 +109,8 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
         piped["sync"]["step_s_mean"] / piped["pipelined"]["step_s_mean"]
     )
     missing = tmp_path / "models" / "smollm2-135m-instruct"
-    assert result["rl_real"]["skipped"].startswith(f"no config.json in {missing}")
+    assert result["rl_real"]["skipped"].endswith(f"no config.json in {missing}")
+    assert "python -m llm.models.fetch smollm2-135m-instruct" in result["rl_real"]["skipped"]
     assert "skipped" in result["tests"]
     summary = {row["section"]: row for row in result["summary"]}
     assert [row["section"] for row in result["summary"]] == SECTIONS
@@ -137,7 +140,7 @@ def test_gpu_check_rl_real_runs_sync_and_pipelined_on_a_given_folder(tmp_path):
     model = make_tiny_checkpoint(tmp_path / "toy", "llama", "tiny", **bench_rl.TOY_MODEL)
     out = tmp_path / "gpu.json"
     flags = ["--cpu-smoke", "--sections", "rl_real", "--model-dir", model]
-    proc = _run([BENCH / "gpu_check.py", out, *flags])
+    proc = _run([BENCH / "gpu_check.py", out, *flags], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rl = json.loads(out.read_text())["rl_real"]
     assert rl["model_dir"] == str(model) and rl["lora_rank"] > 0
