@@ -154,6 +154,16 @@ def test_gpu_check_rl_real_runs_sync_and_pipelined_on_a_given_folder(tmp_path):
     assert "rl_real  ok      sync " in proc.stdout
 
 
+def test_gpu_check_spent_budget_skips_every_section_and_still_summarises(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = _run([BENCH / "gpu_check.py", out, "--cpu-smoke", "--budget-s", "0"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["status"] for row in result["summary"]] == ["skipped"] * len(SECTIONS)
+    assert all(result[k]["skipped"].startswith("time budget: ") for k in SECTIONS)
+    assert proc.stdout.strip().splitlines()[-2].startswith("tests    skipped time budget: ")
+
+
 def test_gpu_check_summary_marks_nested_errors_and_failed_tests():
     sys.path.insert(0, str(BENCH))
     try:
