@@ -1,31 +1,47 @@
-"""GPU check: the GPU-relevant tests, train-step MFU, decode tokens/s and one RL step, as JSON.
+"""GPU check: the GPU-relevant tests, train-step MFU (XLA and cuDNN attention), decode
+tokens/s, one RL step, and LoRA RL on the real SmolLM2-135M (synchronous and pipelined), as JSON.
 
 Run by ``benchmarks/gpu_check.sh`` on a machine with one NVIDIA GPU and JAX with CUDA
 already installed (nothing is installed or downloaded; the project is imported from the
-working tree). Sections, each recorded under its own key of the one JSON file:
+working tree). Sections (``--sections``, in this order), each under its own key of the one
+JSON file:
 
-* ``tests``: pytest on the model-parity, sampler and trainer-step tests plus the trainer's
-  no-recompilation test, on the GPU (``JAX_PLATFORMS=cuda``, float32 matmuls at "highest"
-  precision so the parity tolerances hold; the 8-CPU-device sharding test is deselected),
-  under a timeout. Modules that need torch/transformers skip themselves when those are
-  missing; no pytest -> the section says so.
 * ``mfu``: the trainer's jitted update (``bench_llm.trainer_update``: chunked log-probs,
   entropy, micro-batch scan, clipped AdamW) on a random-weight Qwen2.5-0.5B-shaped model,
-  float32 master weights and bfloat16 compute. Model FLOPs utilisation =
-  6 * params * tokens / step time / peak dense bf16 FLOP/s of the card (a table by device
-  kind: H200, H100 SXM/PCIe, GH200, A100, L40S, L40, L4, B200); an unknown card gets the
-  achieved TFLOP/s only.
+  float32 master weights and bfloat16 compute, once per attention implementation
+  (``ModelConfig.attention_impl``): ``mfu.xla`` and ``mfu.cudnn`` (cuDNN's fused attention;
+  ``{"skipped": reason}`` where ``llm.models.attention.cudnn_unmet`` or the model refuses,
+  always on a CPU), and ``cudnn_speedup`` = xla step time / cudnn step time. Model FLOPs
+  utilisation = 6 * params * tokens / step time / peak dense bf16 FLOP/s of the card (a
+  table by device kind: H200, H100 SXM/PCIe, GH200, A100, L40S, L40, L4, B200); an unknown
+  card gets the achieved TFLOP/s only.
 * ``decode``: ``llm.generate`` tokens/s of the same shape with bfloat16 weights, batch and
   lengths sized by the card's memory, sampled at temperature 1, no EOS stop.
 * ``rl_step``: ``bench_rl.bench_ours`` (``llm.rl.step.rl_step``, with its rollout / reward /
-  update / host-overhead split) on the ~5M "small" checkpoint.
+  update / host-overhead split) on the ~5M "small" checkpoint, and under ``pipelined``
+  ``bench_rl.bench_pipelined``: ``train()``'s loop synchronous vs ``pipeline_depth`` 2 in
+  one refresh window (its ``speedup`` = sync / pipelined mean step time).
+* ``rl_real``: a few LoRA steps of ``llm.trainer.train`` on SmolLM2-135M-Instruct, with
+  ``pipeline_depth`` 0 and 2 (``gpu_check_rl``): first-step (compile) time, steps/s,
+  tokens/s of each and the pipelined / synchronous step-time ratio. Skipped, with the
+  reason, when ``python -m llm.models.fetch smollm2-135m-instruct`` has not been run
+  (``--model-dir`` points it at another folder).
+* ``tests``: pytest on the model-parity, sampler and trainer-step tests plus the trainer's
+  no-recompilation test, on the GPU (``JAX_PLATFORMS=cuda``, float32 matmuls at "highest"
+  precision so the parity tolerances hold; the 8-CPU-device sharding test is deselected),
+  under a timeout (what is left of ``--budget-s``). Modules that need torch/transformers
+  skip themselves when those are missing; no pytest -> the section says so.
 
-Every timing blocks until ready; first calls (compilation) are reported apart. Without a
-GPU the script exits with status 2 and one ``error:`` line within seconds, unless
-``--cpu-smoke`` (or ``GPU_CHECK_CPU_SMOKE=1``) runs every section but the tests at toy
-sizes on the CPU, to check the logic::
+At the end a one-screen table (``gpu_check_summary``) gives each section's status (ok,
+skipped, failed) and headline number; the JSON holds it under ``summary``. The exit status
+is 1 when a section failed. Every timing blocks until ready; first calls (compilation) are
+reported apart. Without a GPU the script exits with status 2 and one ``error:`` line within
+seconds, unless ``--cpu-smoke`` (or ``GPU_CHECK_CPU_SMOKE=1``) runs every section at toy
+sizes on the CPU to check the logic (the tests section and, unless ``--model-dir`` is given,
+the 135M model are skipped there: its first step compiles for minutes on a CPU)::
 
     python benchmarks/gpu_check.py out.json --cpu-smoke
+    python benchmarks/gpu_check.py out.json --cpu-smoke --sections rl_real --model-dir DIR
 """
 
 from __future__ import annotations
@@ -65,6 +81,9 @@ PEAK_BF16 = (
     ("L40", 181e12),
     ("L4", 121e12),
 )
+SECTIONS = ("mfu", "decode", "rl_step", "rl_real", "tests")
+# a section starts only with this much of --budget-s left (the shell kills at 480 s)
+MIN_SECONDS = {"mfu": 1, "decode": 1, "rl_step": 1, "rl_real": 120, "tests": 30}
 TESTS = [
     "tests/llm/test_model_parity.py",
     "tests/llm/test_sampler.py",
@@ -147,28 +166,78 @@ def _times(fn, repeats: int) -> dict:
     return {"first_call_s": first, "median_s": statistics.median(times), "min_s": min(times)}
 
 
-def _model(size: str, param_dtype: str, compute_dtype: str):
-    """A random-weight Qwen2 of ``llm.models.tiny`` size (numpy-drawn weights: no per-shape
-    compilation); "toy" is the "tiny" size with one layer, the fastest to compile."""
+def _model_config(size: str, **fields):
+    """The ModelConfig of a random Qwen2 of ``llm.models.tiny`` size; "toy" is the "tiny"
+    size with one layer, the fastest to compile. ``fields``: other ModelConfig fields."""
     import bench_rl_common
 
-    from llm.models.tiny import random_model, tiny_config
+    from llm.models.tiny import tiny_config
 
     overrides = dict(bench_rl_common.TOY_MODEL) if size == "toy" else {}
-    size = "tiny" if size == "toy" else size
-    config = tiny_config(
-        "qwen2", size, param_dtype=param_dtype, compute_dtype=compute_dtype, **overrides
+    return tiny_config("qwen2", "tiny" if size == "toy" else size, **overrides, **fields)
+
+
+def _model(size: str, param_dtype: str, compute_dtype: str, attention_impl: str = "auto"):
+    """A random-weight model of ``_model_config`` (numpy-drawn weights: no per-shape
+    compilation)."""
+    from llm.models.tiny import random_model
+
+    config = _model_config(
+        size, param_dtype=param_dtype, compute_dtype=compute_dtype, attention_impl=attention_impl
     )
     return random_model(config, seed=0)
 
 
-def bench_mfu(size: str, batch: int, prompt: int, new: int, repeats: int, peak) -> dict:
+def cudnn_reason(size: str, prompt: int, new: int) -> str | None:
+    """Why cuDNN attention cannot run the MFU section's update here (None: it can, as far
+    as ``llm.models.attention.cudnn_unmet`` knows; the padding mask makes it dense)."""
+    import jax
+
+    from llm.models.attention import cudnn_unmet
+
+    config = _model_config(size)
+    device = jax.devices()[0]
+    return cudnn_unmet(
+        platform=jax.default_backend(),
+        dtype="bfloat16",
+        head_dim=config.head_dim,
+        T=prompt + new,
+        S=prompt + new,
+        dense_mask=True,
+        capability=getattr(device, "compute_capability", None),
+    )
+
+
+def bench_mfu_both(size: str, batch: int, prompt: int, new: int, repeats: int, peak) -> dict:
+    """The MFU section: the update with XLA's attention and with cuDNN's fused attention
+    (``ModelConfig.attention_impl`` "xla" / "cudnn"); cuDNN is skipped, with the reason,
+    where it cannot run (always on a CPU)."""
+    out = {"xla": bench_mfu(size, batch, prompt, new, repeats, peak, "xla")}
+    reason = cudnn_reason(size, prompt, new)
+    if reason is not None:
+        out["cudnn"] = {"skipped": reason}
+        return out
+    try:
+        out["cudnn"] = bench_mfu(size, batch, prompt, new, repeats, peak, "cudnn")
+    except Exception as err:  # a cuDNN failure must not hide the XLA number
+        refused = isinstance(err, ValueError) and "cannot run" in str(err)  # the model's check
+        out["cudnn"] = (
+            {"skipped": str(err)} if refused else {"error": f"{type(err).__name__}: {err}"}
+        )
+        return out
+    out["cudnn_speedup"] = out["xla"]["median_s"] / out["cudnn"]["median_s"]
+    return out
+
+
+def bench_mfu(
+    size: str, batch: int, prompt: int, new: int, repeats: int, peak, attention_impl: str
+) -> dict:
     """Train-step time of the trainer's update and its model FLOPs utilisation."""
     import jax
     from bench_llm import trainer_update
     from flax import nnx
 
-    model = _model(size, "float32", "bfloat16")
+    model = _model(size, "float32", "bfloat16", attention_impl)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     real = trainer_update(model, batch, prompt, new)
     del model
@@ -177,6 +246,7 @@ def bench_mfu(size: str, batch: int, prompt: int, new: int, repeats: int, peak) 
     flops = 6 * params * tokens
     out = {
         "model": f"qwen2 {size} shape, float32 params, bfloat16 compute",
+        "attention_impl": attention_impl,
         "params": int(params),
         "batch": batch,
         "prompt": prompt,
@@ -225,8 +295,11 @@ def bench_rl_step(size: str, prompts: int, samples: int, new: int, steps: int) -
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="gpu_check_"))
     s = bench_rl.Settings(prompts=prompts, samples=samples, max_new_tokens=new, steps=steps)
-    out = bench_rl.bench_ours(bench_rl.checkpoint(workdir, size), s)
-    return {"size": size, "settings": dataclasses.asdict(s), **out}
+    path = bench_rl.checkpoint(workdir, size)
+    out = {"size": size, "settings": dataclasses.asdict(s), **bench_rl.bench_ours(path, s)}
+    # train()'s loop, synchronous vs 2 rollouts ahead, in one refresh window (R = 250)
+    out["pipelined"] = bench_rl.bench_pipelined(path, s, depth=2, refresh_every=250, rounds=1)
+    return out
 
 
 def plan(smoke: bool, memory_bytes) -> dict:
@@ -237,6 +310,7 @@ def plan(smoke: bool, memory_bytes) -> dict:
             "mfu": (2, 16, 8),
             "decode": (2, 8, 4),
             "rl": ("toy", 2, 2, 4, 2),
+            "rl_real": dict(steps=2, prompts=2, samples=2, new_tokens=4, refresh_every=2),
             "repeats": 1,
         }
     gib = (memory_bytes or 0) / 2**30
@@ -247,11 +321,28 @@ def plan(smoke: bool, memory_bytes) -> dict:
         "mfu": mfu,
         "decode": decode,
         "rl": ("small", 16, 8, 64, 5),
+        "rl_real": dict(steps=8, prompts=8, samples=8, new_tokens=16, refresh_every=4),
         "repeats": 5,
     }
 
 
-def main(argv=None) -> int:
+def rl_real_section(model_dir: str | None, smoke: bool, size: dict) -> dict:
+    """``gpu_check_rl.bench_rl_real`` on ``model_dir`` (default: the fetched SmolLM2); on
+    the CPU smoke run the real 135M model only when given explicitly (its first step
+    compiles for about two minutes on a CPU)."""
+    import gpu_check_rl
+
+    path = pathlib.Path(model_dir) if model_dir else gpu_check_rl.default_model_dir()
+    reason = gpu_check_rl.missing_model_reason(path)
+    if reason is None and smoke and model_dir is None:
+        reason = (
+            f"--cpu-smoke: the 135M model at {path} compiles for minutes on a CPU; pass "
+            "--model-dir to run this section on it (or on a small folder)"
+        )
+    return {"skipped": reason} if reason else gpu_check_rl.bench_rl_real(path, size)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "out", nargs="?", default=None, help="JSON path (default $OUT/gpu_check.json)"
@@ -259,11 +350,53 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--cpu-smoke", action="store_true", default=os.environ.get("GPU_CHECK_CPU_SMOKE") == "1"
     )
-    parser.add_argument("--sections", default="mfu,decode,rl_step,tests")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument(
         "--budget-s", type=int, default=450, help="stop starting sections after this"
     )
     parser.add_argument("--test-timeout", type=int, default=300)
+    parser.add_argument(
+        "--model-dir",
+        default=None,
+        help="Hugging Face folder of the rl_real section (default: the fetched SmolLM2-135M)",
+    )
+    return parser
+
+
+def _header(smoke: bool, gpu: dict) -> dict:
+    import jax
+
+    return {
+        "mode": "cpu-smoke" if smoke else "gpu",
+        "device": gpu,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
+def _run_sections(runners: dict, sections: list, result: dict, out: str, args, elapsed) -> None:
+    """Each section in turn, its JSON written as soon as it ends; a broken one is recorded."""
+    for name in sections:
+        left = args.budget_s - elapsed()
+        if left < MIN_SECONDS.get(name, 0):
+            result[name] = {
+                "skipped": f"time budget: {max(left, 0):.0f} s of {args.budget_s} s left"
+            }
+            continue
+        t0 = time.perf_counter()
+        try:
+            result[name] = runners[name]()
+        except Exception as err:  # one broken section must not hide the others
+            result[name] = {"error": f"{type(err).__name__}: {err}"}
+        result[name]["section_s"] = time.perf_counter() - t0
+        pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
+        print(f"{name}: {json.dumps(result[name], default=str)[:400]}", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     from llm.compile_cache import enable_compilation_cache
 
@@ -274,11 +407,9 @@ def main(argv=None) -> int:
     if out is None:
         parser.error("give the JSON path (or set $OUT)")
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
-    unknown = set(sections) - {"mfu", "decode", "rl_step", "tests"}
+    unknown = set(sections) - set(SECTIONS)
     if unknown:
-        parser.error(
-            f"--sections: unknown {sorted(unknown)}; choose from mfu, decode, rl_step, tests"
-        )
+        parser.error(f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     start = time.perf_counter()
     import jax
 
@@ -286,46 +417,32 @@ def main(argv=None) -> int:
     gpu = gpu if args.cpu_smoke else require_gpu()
     p = plan(args.cpu_smoke, gpu["bytes"])
     peak = None if args.cpu_smoke else peak_flops(gpu["device_kind"])
-    result = {
-        "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
-        "device": gpu,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-    }
+    result = _header(args.cpu_smoke, gpu)
+
+    def elapsed():
+        return time.perf_counter() - start
+
     runners = {
-        "mfu": lambda: bench_mfu(p["size"], *p["mfu"], p["repeats"], peak),
+        "mfu": lambda: bench_mfu_both(p["size"], *p["mfu"], p["repeats"], peak),
         "decode": lambda: bench_decode(p["size"], *p["decode"], p["repeats"]),
         "rl_step": lambda: bench_rl_step(*p["rl"]),
+        "rl_real": lambda: rl_real_section(args.model_dir, args.cpu_smoke, p["rl_real"]),
         "tests": lambda: (
             {"skipped": "--cpu-smoke: the tests run on the CPU in the normal suite"}
             if args.cpu_smoke
             else run_tests(max(30, min(args.test_timeout, int(args.budget_s - elapsed()))))
         ),
     }
+    _run_sections(runners, sections, result, out, args, elapsed)
+    from gpu_check_summary import render, summarize
 
-    def elapsed():
-        return time.perf_counter() - start
-
-    for name in sections:
-        if elapsed() > args.budget_s:
-            result[name] = {"skipped": f"time budget {args.budget_s} s spent"}
-            continue
-        t0 = time.perf_counter()
-        try:
-            result[name] = runners[name]()
-        except Exception as err:  # one broken section must not hide the others
-            result[name] = {"error": f"{type(err).__name__}: {err}"}
-        result[name]["section_s"] = time.perf_counter() - t0
-        pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
-        print(f"{name}: {json.dumps(result[name], default=str)[:400]}", flush=True)
+    result["summary"] = summarize(result, sections)
     result["total_s"] = elapsed()
     pathlib.Path(out).write_text(json.dumps(result, indent=1, default=str))
-    print(f"wrote {out} in {result['total_s']:.0f} s")
-    failed = [k for k in sections if "error" in result.get(k, {})]
-    failed += ["tests"] if result.get("tests", {}).get("returncode") not in (None, 0) else []
-    return 1 if failed else 0
+    title = f"gpu_check ({result['mode']}, {gpu['device_kind']}), {result['total_s']:.0f} s"
+    print(render(result["summary"], title))
+    print(f"wrote {out}")
+    return 1 if any(row["status"] == "failed" for row in result["summary"]) else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of asymre-jax on a machine with one NVIDIA GPU and jax[cuda] already installed:
-# the GPU-relevant tests, train-step MFU and decode tokens/s of a Qwen2.5-0.5B-shaped model,
-# and one RL step, into one JSON file (benchmarks/gpu_check.py says what each part measures).
+# train-step MFU (XLA and cuDNN attention) and decode tokens/s of a Qwen2.5-0.5B-shaped model,
+# one RL step, LoRA RL on SmolLM2-135M (synchronous vs pipelined; skipped when
+# `python -m llm.models.fetch smollm2-135m-instruct` was not run) and the GPU-relevant tests,
+# into one JSON file and a one-screen summary (benchmarks/gpu_check.py says what each measures).
 #
 #   benchmarks/gpu_check.sh [OUT.json] [gpu_check.py flags]   # default $OUT/gpu_check.json
 #   GPU_CHECK_CPU_SMOKE=1 benchmarks/gpu_check.sh out.json     # toy sizes on the CPU

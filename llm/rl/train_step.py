@@ -60,10 +60,43 @@ class OptSpec(NamedTuple):
     eps: float = 1e-8
 
 
+def clip_by_global_norm_f32(max_norm) -> optax.GradientTransformation:
+    """``optax.clip_by_global_norm`` for any mix of dtypes: g <- g * min(1, max_norm / |g|),
+    with |g| and the factor in float32 and each leaf keeping its dtype (optax's promotes a
+    bfloat16 leaf against a float32 ``max_norm`` and then fails in ``lax.select``)."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), updates))
+        keep = norm < max_norm
+
+        def clip(g):  # optax's formula, in float32: bit-identical to it for float32 leaves
+            return jnp.where(keep, g, ((g.astype(jnp.float32) / norm) * max_norm).astype(g.dtype))
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+def _keep_dtypes(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with each update in its param's dtype and each state leaf in its own dtype: the
+    float32 hyperparams (lr, b1, ...) promote a bfloat16 update or moment to float32, and
+    ``apply_if_finite``'s two branches must agree on dtypes."""
+
+    def update_fn(updates, state, params):
+        new_updates, new_state = tx.update(updates, state, params)
+        new_updates = jax.tree.map(lambda u, p: u.astype(p.dtype), new_updates, params)
+        return new_updates, jax.tree.map(lambda n, o: n.astype(o.dtype), new_state, state)
+
+    return optax.GradientTransformation(tx.init, update_fn)
+
+
 def _adamw_clipped(learning_rate, weight_decay, max_grad_norm, *, b1, b2, eps):
-    return optax.chain(
-        optax.clip_by_global_norm(max_grad_norm),
-        optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+    return _keep_dtypes(
+        optax.chain(
+            clip_by_global_norm_f32(max_grad_norm),
+            optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+        )
     )
 
 
@@ -73,7 +106,8 @@ def make_optimizer(spec: OptSpec | None = None) -> optax.GradientTransformation:
     were; the trainer, not optax, decides when to give up)."""
     spec = spec or OptSpec()
     factory = functools.partial(_adamw_clipped, b1=spec.b1, b2=spec.b2, eps=spec.eps)
-    inner = optax.inject_hyperparams(factory)(
+    # float32 hyperparams whatever the params' dtype (bfloat16 would round b2 = 0.999 to 1)
+    inner = optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
         learning_rate=0.0, weight_decay=0.0, max_grad_norm=jnp.inf
     )
     return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)

@@ -80,21 +80,113 @@ def test_bench_rl_bad_flags_give_one_error_line(flags, message):
     assert message in proc.stderr
 
 
+SECTIONS = ["mfu", "decode", "rl_step", "rl_real", "tests"]
+
+
 @pytest.mark.slow
 def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = _run([BENCH / "gpu_check.py", out, "--cpu-smoke"])
+    # an empty model cache: the real-model section must record a skip, not crash
+    proc = _run(
+        [BENCH / "gpu_check.py", out, "--cpu-smoke"], timeout=900, ASYMRE_JAX_CACHE=str(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["mode"] == "cpu-smoke" and result["backend"] == "cpu"
-    assert {"device", "jax", "mfu", "decode", "rl_step", "tests", "total_s"} <= set(result)
-    mfu = result["mfu"]
+    assert {"device", "jax", *SECTIONS, "summary", "total_s"} <= set(result)
+    mfu = result["mfu"]["xla"]
+    assert mfu["attention_impl"] == "xla"
     assert mfu["median_s"] > 0 and mfu["achieved_tflops"] > 0
     assert mfu["flops_per_step"] == 6 * mfu["params"] * mfu["tokens_per_step"]
     assert mfu["mfu"] is None and mfu["peak_bf16_tflops"] is None  # no peak for a CPU
+    assert "NVIDIA GPU" in result["mfu"]["cudnn"]["skipped"]  # cudn_unmet's reason
+    assert "cudnn_speedup" not in result["mfu"]
     assert result["decode"]["tokens_per_s"] > 0
     assert 0 <= result["rl_step"]["host_overhead_fraction"] < 1
+    piped = result["rl_step"]["pipelined"]
+    assert piped["depth"] == 2 and piped["sync"]["step_s_median"] > 0
+    assert piped["speedup"] == pytest.approx(
+        piped["sync"]["step_s_mean"] / piped["pipelined"]["step_s_mean"]
+    )
+    missing = tmp_path / "models" / "smollm2-135m-instruct"
+    assert result["rl_real"]["skipped"].endswith(f"no config.json in {missing}")
+    assert "python -m llm.models.fetch smollm2-135m-instruct" in result["rl_real"]["skipped"]
     assert "skipped" in result["tests"]
+    summary = {row["section"]: row for row in result["summary"]}
+    assert [row["section"] for row in result["summary"]] == SECTIONS
+    assert {k: row["status"] for k, row in summary.items()} == {
+        "mfu": "ok", "decode": "ok", "rl_step": "ok", "rl_real": "skipped", "tests": "skipped"
+    }  # fmt: skip
+    assert summary["rl_real"]["headline"] == result["rl_real"]["skipped"]
+    # the printed table: a header line, then one line per section, last before "wrote"
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == f"wrote {out}"
+    table = lines[-1 - len(SECTIONS) : -1]
+    assert [line.split()[:2] for line in table] == [
+        [row["section"], row["status"]] for row in result["summary"]
+    ]
+    assert all(len(line) <= 100 for line in table)
+
+
+@pytest.mark.slow
+def test_gpu_check_rl_real_runs_sync_and_pipelined_on_a_given_folder(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_rl
+    finally:
+        sys.path.remove(str(BENCH))
+    from llm.models.tiny import make_tiny_checkpoint
+
+    model = make_tiny_checkpoint(tmp_path / "toy", "llama", "tiny", **bench_rl.TOY_MODEL)
+    out = tmp_path / "gpu.json"
+    flags = ["--cpu-smoke", "--sections", "rl_real", "--model-dir", model]
+    proc = _run([BENCH / "gpu_check.py", out, *flags], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rl = json.loads(out.read_text())["rl_real"]
+    assert rl["model_dir"] == str(model) and rl["lora_rank"] > 0
+    for mode, depth in (("sync", 0), ("pipelined", 2)):
+        part = rl[mode]
+        assert part["pipeline_depth"] == depth and part["steps"] == rl["settings"]["steps"]
+        assert part["first_step_s"] > 0 and part["steps_per_s"] == 1 / part["median_step_s"]
+        assert part["tokens_per_s"] > 0
+    ratio = rl["pipelined"]["median_step_s"] / rl["sync"]["median_step_s"]
+    assert rl["pipelined_over_sync_step"] == pytest.approx(ratio)
+    assert "rl_real  ok      sync " in proc.stdout
+
+
+def test_gpu_check_spent_budget_skips_every_section_and_still_summarises(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = _run([BENCH / "gpu_check.py", out, "--cpu-smoke", "--budget-s", "0"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [row["status"] for row in result["summary"]] == ["skipped"] * len(SECTIONS)
+    assert all(result[k]["skipped"].startswith("time budget: ") for k in SECTIONS)
+    assert proc.stdout.strip().splitlines()[-2].startswith("tests    skipped time budget: ")
+
+
+def test_gpu_check_summary_marks_nested_errors_and_failed_tests():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check_summary as gs
+    finally:
+        sys.path.remove(str(BENCH))
+    xla = {"achieved_tflops": 400.0, "mfu": 0.4, "median_s": 1.0}
+    result = {
+        "mfu": {"xla": xla, "cudnn": {"error": "XlaRuntimeError: boom"}},
+        "decode": {"error": "ValueError: bad"},
+        "rl_step": {"skipped": "time budget 450 s spent"},
+        "tests": {"returncode": 1, "counts": {"passed": 3, "failed": 1}},
+    }
+    rows = gs.summarize(result, ["mfu", "decode", "rl_step", "rl_real", "tests"])
+    assert [r["status"] for r in rows] == ["failed", "failed", "skipped", "skipped", "failed"]
+    assert rows[0]["headline"] == "xla MFU 40.0%, 400 TFLOP/s; cudnn failed"
+    assert rows[3]["headline"] == "not run"
+    assert rows[4]["headline"] == "3 passed, 1 failed"
+    result["mfu"]["cudnn"], result["mfu"]["cudnn_speedup"] = dict(xla, median_s=0.5), 2.0
+    assert gs.status(result["mfu"]) == "ok"
+    assert gs.headline("mfu", result["mfu"]).endswith("cudnn MFU 40.0%, 400 TFLOP/s (2.00x xla)")
+    text = gs.render(rows, "title")
+    assert text.splitlines()[0] == "title" and len(text.splitlines()) == 3 + len(rows)
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
