@@ -58,6 +58,17 @@ def test_adamw_step_on_bf16_params_keeps_dtypes_and_matches_f32(max_grad_norm, d
         )
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_float32_clipping_is_bit_identical_to_optax(max_norm):
+    """float32 runs keep their numbers: the same bits as optax.clip_by_global_norm."""
+    keys = jax.random.split(jax.random.key(0), 3)
+    grads = {f"w{i}": jax.random.normal(k, (17, 5)) * (i + 1) for i, k in enumerate(keys)}
+    ours, _ = clip_by_global_norm_f32(max_norm).update(grads, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for name in grads:
+        np.testing.assert_array_equal(np.asarray(ours[name]), np.asarray(theirs[name]))
+
+
 def test_clipping_bf16_scales_to_max_norm():
     """The clip itself (first element of the chain): the global norm becomes max_grad_norm,
     computed in float32 (a bf16 sum of squares would lose digits)."""
