@@ -105,53 +105,65 @@ def _split(rows: list) -> dict:
     return med
 
 
-def draw(result: dict, out: pathlib.Path) -> None:
-    """The three panels into ``out`` (PNG, dpi 110)."""
-    from matplotlib.figure import Figure
+def _style(run: dict) -> dict:
+    """One color per (R, k) pair, dashed synchronous, solid pipelined."""
+    color = "#1f77b4" if run["max_staleness"] == 0 else "#d95f02"
+    return dict(color=color, ls="--" if run["mode"] == "synchronous" else "-")
 
-    runs = result["runs"]
-    fig = Figure(figsize=(12, 3.9), layout="constrained")
-    ax_time, ax_split, ax_age = fig.subplots(1, 3, width_ratios=(1.3, 1.0, 1.0))
-    colors = ["#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
-    for run, color in zip(runs, colors, strict=False):
+
+def _step_times(ax, runs: list) -> None:
+    for run in runs:
         steps = [r["step"] for r in run["rows"]]
         ms = [1e3 * r["step_time"] for r in run["rows"]]
-        ax_time.plot(steps, ms, color=color, lw=1.3, label=run["label"])
-    ax_time.set(xlabel="step", ylabel="step time (ms)", title="Step time per step")
-    ax_time.set_ylim(bottom=0)
-    ax_time.legend(fontsize=7, loc="lower right")
+        label = f"{run['label']} (median {1e3 * run['step_time_median']:.0f})"
+        ax.plot(steps, ms, lw=1.2, label=label, **_style(run))
+    ax.set(xlabel="step", ylabel="step time (ms)", title="Step time per step")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left")
 
+
+def _splits(ax, runs: list) -> None:
     labels = [run["label"] for run in runs]
     left = [0.0] * len(runs)
     for key, color in SPLIT:
         widths = [1e3 * _split(run["rows"])[key] for run in runs]
-        ax_split.barh(labels, widths, left=left, color=color, label=key)
+        ax.barh(labels, widths, left=left, color=color, label=key)
         left = [a + b for a, b in zip(left, widths, strict=True)]
-    ax_split.invert_yaxis()
-    ax_split.tick_params(axis="y", labelsize=7)
-    ax_split.set(xlabel="ms (medians)", title="Where a step goes")
-    ax_split.legend(fontsize=7, loc="lower right")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set(xlabel="ms (medians of the rows)", title="Where a step goes")
+    ax.legend(fontsize=7, loc="upper right")
 
-    for run, color in zip(runs, colors, strict=False):
-        if run["mode"] != "pipelined":
-            continue
+
+def _staleness(ax_age, ax_version, runs: list) -> None:
+    for run in (r for r in runs if r["mode"] == "pipelined"):
         steps = [r["step"] for r in run["rows"]]
-        ax_age.step(steps, [r["behaviour_age"] for r in run["rows"]], where="post",
-                    color=color, lw=1.5, label=f"behaviour_age, {run['label']}")  # fmt: skip
-        ax_age.step(steps, [r["behaviour_version"] for r in run["rows"]], ":", where="post",
-                    color=color, lw=1.2, label=f"behaviour_version, {run['label']}")  # fmt: skip
-    ax_age.set(xlabel="step", ylabel="steps", title="Staleness (the same when synchronous)")
-    ax_age.yaxis.get_major_locator().set_params(integer=True)
-    ax_time.xaxis.get_major_locator().set_params(integer=True)
-    ax_age.xaxis.get_major_locator().set_params(integer=True)
+        for ax, key in ((ax_age, "behaviour_age"), (ax_version, "behaviour_version")):
+            ax.step(steps, [r[key] for r in run["rows"]], where="mid", lw=1.5,
+                    label=run["label"], **_style(run))  # fmt: skip
+            ax.set_ylabel(key, fontsize=8)
+            ax.yaxis.get_major_locator().set_params(integer=True)
+    ax_age.set_title("Staleness (pipelined rows)")
     ax_age.legend(fontsize=7, loc="upper left")
+    ax_version.set_xlabel("step")
 
+
+def draw(result: dict, out: pathlib.Path) -> None:
+    """The three panels into ``out`` (PNG, dpi 110)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12.5, 4.2), layout="constrained")
+    grid = fig.add_gridspec(2, 3, width_ratios=(1.3, 1.0, 1.0))
+    ax_age = fig.add_subplot(grid[0, 2])
+    _step_times(fig.add_subplot(grid[:, 0]), result["runs"])
+    _splits(fig.add_subplot(grid[:, 1]), result["runs"])
+    _staleness(ax_age, fig.add_subplot(grid[1, 2], sharex=ax_age), result["runs"])
     m, s = result["machine"], result["settings"]
     fig.suptitle(
-        f"{result['size']} model, P={s['prompts']} x G={s['samples']}, <= {s['max_new_tokens']}"
-        f" tokens, depth {result['depth']}; {m['cpus']} CPUs, load average (1 min) "
-        f"{m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end "
-        f"({m['date']}): the streams share loaded cores",
+        f"llm.rl.pipeline, {result['size']} model, P={s['prompts']} x G={s['samples']}, "
+        f"<= {s['max_new_tokens']} tokens, depth {result['depth']}; {m['cpus']} CPUs shared "
+        f"with other jobs, load average (1 min) {m['loadavg_start'][0]:.1f} at start, "
+        f"{m['loadavg_end'][0]:.1f} at end ({m['date']})",
         fontsize=9,
     )
     fig.savefig(out, dpi=110)
