@@ -172,20 +172,22 @@ def draw(result: dict, out: pathlib.Path) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="arith", choices=("arith", "small", "tiny", "toy"))
-    parser.add_argument("--steps", type=int, default=40, help="recorded steps per run (>= 2)")
+    parser.add_argument("--steps", type=int, default=None, help="recorded steps per run (40)")
     parser.add_argument("--prompts", type=int, default=8, help="P prompts per step")
     parser.add_argument("--samples", type=int, default=8, help="G samples per prompt (>= 2)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--depth", type=int, default=2, help="pipeline_depth of the pipelined")
     parser.add_argument("--refresh-every", type=int, default=250, help="R of the first pair")
     parser.add_argument("--no-one-step-off", action="store_true", help="skip R=1, k=1")
-    parser.add_argument("--quick", action="store_true", help="toy: toy size, 4 steps, 2x2x4")
+    parser.add_argument("--quick", action="store_true", help="toy size, 2x2x4, 4 steps")
     parser.add_argument("--out-dir", default=str(HERE / "figures"))
     parser.add_argument("--workdir", default=None, help="where the checkpoint is built")
     parser.add_argument("--from-json", default=None, metavar="JSON", help="redraw, run nothing")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.steps, args.prompts, args.samples, args.max_new_tokens = "toy", 4, 2, 2, 4
+        args.size, args.prompts, args.samples, args.max_new_tokens = "toy", 2, 2, 4
+    if args.steps is None:
+        args.steps = 4 if args.quick else 40
     for flag, minimum in (("steps", 2), ("prompts", 1), ("samples", 2), ("max_new_tokens", 1),
                           ("depth", 1), ("refresh_every", 1)):  # fmt: skip
         if getattr(args, flag) < minimum:
