@@ -10,7 +10,11 @@ import pathlib
 
 from mkdocs.structure.files import File
 
-_FOLDERS = {"bandits/figures": "figures/bandits", "results": "results"}
+_FOLDERS = {
+    "bandits/figures": "figures/bandits",
+    "benchmarks/figures": "figures/benchmarks",
+    "results": "results",
+}
 _PAGES = {"benchmarks/RESULTS.md": "benchmarks/results.md"}
 
 
