@@ -132,12 +132,12 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
 def test_gpu_check_rl_real_runs_sync_and_pipelined_on_a_given_folder(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:
-        import bench_rl
+        import bench_rl_common
     finally:
         sys.path.remove(str(BENCH))
     from llm.models.tiny import make_tiny_checkpoint
 
-    model = make_tiny_checkpoint(tmp_path / "toy", "llama", "tiny", **bench_rl.TOY_MODEL)
+    model = make_tiny_checkpoint(tmp_path / "toy", "llama", "tiny", **bench_rl_common.TOY_MODEL)
     out = tmp_path / "gpu.json"
     flags = ["--cpu-smoke", "--sections", "rl_real", "--model-dir", model]
     proc = _run([BENCH / "gpu_check.py", out, *flags], timeout=900)
