@@ -24,9 +24,8 @@ What is measured, per model size, on one machine and in one process:
   the trainer's construction is its setup and its first step is reported apart. Its
   ``generate`` and the reward function are timed too.
 
-Both sides sample at temperature 1 from random weights and stop at EOS (id 2 of the
-byte-level tokenizer of ``llm.models.tiny``), so completion lengths are random: the mean
-completion length of each side is reported and tokens/s counts real completion tokens.
+Both sides sample at temperature 1 from random weights and stop at EOS, so completion
+lengths are random: tokens/s counts real completion tokens.
 
 Sizes: ``arith`` = the 0.87M-parameter tiny-arith Llama of ``llm.sft.TINY_ARITH_MODEL``,
 ``small`` = the ~4.9M "small" Llama of ``llm.models.tiny``, ``tiny`` = its 0.12M "tiny" one,
@@ -40,11 +39,9 @@ tokenizer's chat template on both sides. Example::
 **Pipelined** (``--pipeline-depth`` d, default 2; 0 skips it): the loop ``train()`` runs
 (``llm.rl.pipeline.pipelined_step``) at ``--refresh-every`` R (default 250, the paper's)
 and ``--max-staleness`` k (0; 1 with R = 1 is one-step off-policy, where every step overlaps),
-synchronous (depth 0) and pipelined (the rollouts of the next d steps of the refresh
-window sampled on a producer thread while the learner updates), each twice, alternating,
-in this process; the rows' own timings say what bounds the gain: the rollout and update
-times of each mode (their growth under the pipeline is the two streams contending for
-the cores) and the ideal sync / max(rollout, rest of the step).
+synchronous (depth 0) and pipelined (the next d rollouts sampled on a producer thread
+while the learner updates), each twice, alternating; the rows' rollout and update times
+say what bounds the gain (``run_window`` returns the rows).
 
 The last line printed is the ratio TRL s/step / ours s/step per size, ours being the faster
 mode (the on-policy synchronous step or the pipelined one), named in parentheses.
@@ -203,19 +200,17 @@ def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
     }
 
 
-def _window_run(path, s: Settings, depth: int, refresh_every: int, staleness: int) -> dict:
-    """``s.steps`` timed steps of ``train()``'s loop (``pipelined_step``) at ``depth``,
-    after one untimed step that compiles and starts the refresh window."""
+def run_window(path, s: Settings, depth: int, refresh_every: int, staleness: int):
+    """(rows, step s, wall s, CPU s) of ``s.steps`` pipelined_step calls after a warm-up one."""
     from llm.data.iterator import BatchIterator
     from llm.rl import init_run
     from llm.rl.pipeline import RolloutPipeline, pipelined_step
 
     num_steps = s.steps + 1
-    cfg = _config(
-        path, s, refresh_every=refresh_every, max_staleness=staleness, pipeline_depth=depth,
-        num_steps=num_steps,
+    setup, state = init_run(
+        _config(path, s, refresh_every=refresh_every, max_staleness=staleness,
+                pipeline_depth=depth, num_steps=num_steps)
     )  # fmt: skip
-    setup, state = init_run(cfg)
     iterator = BatchIterator(examples(s.prompts * (num_steps + 1)), s.prompts, seed=0)
     times, rows = [], []
     with RolloutPipeline(setup, iterator) as rollouts:
@@ -227,13 +222,20 @@ def _window_run(path, s: Settings, depth: int, refresh_every: int, staleness: in
             times.append(time.perf_counter() - t0)
             rows.append(row)
         total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    keys = ("rollout_time", "rollout_wait", "update_time")
+    return rows, times, total, cpu
+
+
+_TIMES = ("rollout_time", "rollout_wait", "update_time")
+
+
+def _window_run(path, s: Settings, depth: int, refresh_every: int, staleness: int) -> dict:
+    rows, times, total, cpu = run_window(path, s, depth, refresh_every, staleness)
     return {
         "step_s_median": _median(times),
         "step_s_mean": total / s.steps,
         "cores_used_mean": cpu / total,  # process CPU seconds per wall second
         "steps_s": times,
-        **{f"{k}_median": _median([r[k] for r in rows]) for k in keys},
+        **{f"{k}_median": _median([r[k] for r in rows]) for k in _TIMES},
     }
 
 

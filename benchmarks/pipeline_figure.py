@@ -38,7 +38,7 @@ import statistics
 import tempfile
 import time
 
-from bench_rl_common import Settings, checkpoint, examples  # sets sys.path, offline mode
+from bench_rl_common import Settings, checkpoint  # sets sys.path, offline mode
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROW_KEYS = (
@@ -57,27 +57,12 @@ SPLIT = (("rollout_wait", "#d95f02"), ("update_time", "#1b9e77"), ("rest", "#bbb
 
 
 def run_rows(path, s: Settings, *, depth: int, refresh_every: int, staleness: int) -> list:
-    """The metrics rows of ``s.steps`` steps of ``pipelined_step`` after one untimed step."""
-    from bench_rl import _config  # the bench's trainer config (the same run as its rows)
+    """The metrics rows of ``s.steps`` steps of ``pipelined_step`` after one untimed step
+    (`bench_rl.run_window`: the same run as the bench's pipelined rows)."""
+    from bench_rl import run_window
 
-    from llm.data.iterator import BatchIterator
-    from llm.rl import init_run
-    from llm.rl.pipeline import RolloutPipeline, pipelined_step
-
-    num_steps = s.steps + 1
-    cfg = _config(
-        path, s, refresh_every=refresh_every, max_staleness=staleness, pipeline_depth=depth,
-        num_steps=num_steps,
-    )  # fmt: skip
-    setup, state = init_run(cfg)
-    iterator = BatchIterator(examples(s.prompts * (num_steps + 1)), s.prompts, seed=0)
-    rows = []
-    with RolloutPipeline(setup, iterator) as rollouts:
-        state, _ = pipelined_step(setup, state, rollouts, learning_rate=s.learning_rate)
-        for _ in range(s.steps):
-            state, row = pipelined_step(setup, state, rollouts, learning_rate=s.learning_rate)
-            rows.append({k: _number(k, row[k]) for k in ROW_KEYS})
-    return rows
+    rows = run_window(path, s, depth, refresh_every, staleness)[0]
+    return [{k: _number(k, row[k]) for k in ROW_KEYS} for row in rows]
 
 
 def _number(key: str, value) -> int | float:
