@@ -3,12 +3,14 @@
 A checkpoint at step s (the number of updates done) holds two items:
 
 * ``state`` (``StandardSave``): the trained params, the optimizer state (with its count of
-  non-finite steps in a row), the behaviour params, the reference params of a KL term when
-  there is one, and the base RNG key data, each array restored straight into its sharding;
+  non-finite steps in a row), the behaviour params and the pending ones (``max_staleness``
+  k > 0), the reference params of a KL term when there is one, and the base RNG key data,
+  each array restored straight into its sharding;
   with LoRA (a `llm.rl.trainable.ParamSplit` ``split``) only the adapters of the params,
   behaviour and reference are saved: the frozen base is reloaded from the model folder and
   restored states take it from ``like``;
-* ``meta`` (``JsonSave``): step, data-iterator state and the run config.
+* ``meta`` (``JsonSave``): step, data-iterator state, the pending params' versions and the
+  run config.
 
 `save_state` / `restore_state` do this for a `llm.rl.state.RunState`.
 
@@ -76,6 +78,11 @@ class Checkpointer:
         )
         return dict(restored["state"]), dict(restored["meta"])
 
+    def restore_meta(self, step: int) -> dict:
+        """The ``meta`` item of checkpoint ``step`` alone."""
+        args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+        return dict(self.manager.restore(step, args=args)["meta"])
+
     def close(self) -> None:
         self.manager.close()
 
@@ -106,6 +113,8 @@ def _arrays(state, split: ParamSplit) -> dict[str, Any]:
     }
     if state.reference is not None:
         arrays["reference"] = split.trainable(state.reference)
+    if state.pending:
+        arrays["pending"] = [split.trainable(mu) for _, mu in state.pending]
     return arrays
 
 
@@ -120,6 +129,7 @@ def save_state(
     """Checkpoint a `RunState` at ``state.step``; ``finite``: host all-finite check of it;
     ``split``: which leaves are saved (default all; ``setup.split`` saves LoRA's adapters)."""
     meta = {"step": int(state.step), "iterator": state.data.to_dict(), "config": dict(config)}
+    meta["pending_versions"] = [int(version) for version, _ in state.pending]
     ckpt.save(int(state.step), _arrays(state, split or ParamSplit()), meta, finite=finite)
 
 
@@ -133,12 +143,17 @@ def restore_state(
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+    versions = ckpt.restore_meta(step).get("pending_versions", [])  # [] before they existed
+    like = like._replace(pending=tuple((v, like.behaviour) for v in versions))
     restored, meta = ckpt.restore(step, abstract_like(_arrays(like, split)))
     reference = restored.get("reference")
+    frozen_mu = split.frozen(like.behaviour)
+    pending = zip(versions, restored.get("pending", []), strict=True)
     state = like._replace(
         params=merge_params(restored["params"], split.frozen(like.params)),
         opt_state=restored["opt_state"],
-        behaviour=merge_params(restored["behaviour"], split.frozen(like.behaviour)),
+        behaviour=merge_params(restored["behaviour"], frozen_mu),
+        pending=tuple((v, merge_params(mu, frozen_mu)) for v, mu in pending),
         reference=None
         if reference is None
         else merge_params(reference, split.frozen(like.reference)),

@@ -225,7 +225,7 @@ class TrainConfig:
         range=AT_LEAST_ONE,
     )
     max_staleness: int = _loss(
-        0, "1: refresh steps sample from the previous mu (one step staler).", range=Range(0, 1)
+        0, "k: a refresh's mu samples k steps later (age k..k+R-1).", range=AT_LEAST_ZERO
     )
     num_steps: int = _rollout(100, "number of gradient steps.", range=AT_LEAST_ZERO)
     prompts_per_step: int = _rollout(8, "P, prompts per step.", range=AT_LEAST_ONE)

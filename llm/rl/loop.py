@@ -5,8 +5,8 @@ the rollouts of steps t+1 .. t+d of the refresh window are sampled while step t 
 ``llm.rl.pipeline``, and the run is the same bit for bit):
 
 1. if t mod refresh_every = 0, the behaviour params mu become a copy of the trained params
-   (with ``max_staleness`` = 1, past the first window, after the step's update: the step is
-   sampled from the previous mu, `llm.rl.step.refresh`);
+   (with ``max_staleness`` k > 0, k steps later: the steps between sample from the previous
+   mu, `llm.rl.step.refresh` / `llm.rl.step.behaviour_version`);
 2. P prompts from the data iterator, G completions each sampled from mu with their log-probs
    under the sampling distribution (``llm.rl.rollout``: temperature / top-p of the config),
    with the step's key ``llm.rl.keys.sampling_key(base, t)``;
@@ -94,7 +94,8 @@ def save_checkpoint(ckpt: Checkpointer, setup: Setup, state: RunState) -> None:
     weights = (trainable(state.params), optimizer_moments(state.opt_state))
     finite = to_host(setup.fns.all_finite(weights))
     check_behaviour = setup.fns.all_finite if setup.rollout is None else setup.rollout.all_finite
-    finite = finite & to_host(check_behaviour(trainable(state.behaviour)))  # on its own devices
+    for mu in (state.behaviour, *(mu for _, mu in state.pending)):  # on their own devices
+        finite = finite & to_host(check_behaviour(trainable(mu)))
     save_state(ckpt, state, config=setup.cfg.to_dict(), finite=finite, split=setup.split)
 
 

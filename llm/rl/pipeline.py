@@ -10,13 +10,15 @@ the synchronous one bit for bit: same rows (but the timings), same checkpoints, 
 At a refresh (t mod R = 0) the producer waits for the update (mu changes): the gain is
 largest when R is large (the paper's R = 250) and nothing overlaps with R = 1.
 
-``max_staleness`` = 1 changes the schedule (and so the run) to remove that wait: a refresh
-step t = R, 2R, ... is sampled from the previous mu (version t - R, staleness R), and the
-new mu, a copy of the params of step t made before its update, samples from step t + 1:
-the rollout of t overlaps the update of t - 1, and that of t + 1 the update of t. With
-R = 1 this is one-step off-policy training (step t sampled from the params of step t - 1).
-The mu a checkpoint holds is the one that samples its step, so resuming stays exact;
-staleness beyond one step would need several mu in the checkpoint.
+``max_staleness`` = k > 0 changes the schedule (and so the run) to remove that wait: the mu
+copied at a refresh step v (the params before v's update) first samples step v + k, and the
+steps before it keep sampling from the previous mu (`llm.rl.step.behaviour_version`: step t
+from the last refresh at or before t - k, staleness in [k, k + R - 1]). With k >= 1 the
+producer always knows the next step's mu, so the rollout of t + 1 overlaps the update of t
+at every step. With R = 1 and k = 1 this is one-step off-policy training (step t sampled from
+the params of step t - 1); k = 2 samples from those of step t - 2. The copies made but not
+sampling yet are ``state.pending`` (up to ceil(k / R) of them, in the checkpoint too), so
+resuming stays exact.
 
     with RolloutPipeline(setup, iterator, depth=2) as rollouts:
         while state.step < num_steps:
@@ -51,7 +53,7 @@ from llm.errors import ConfigError
 from llm.rl import keys
 from llm.rl.rollouts import Rollout
 from llm.rl.state import RunState, Setup
-from llm.rl.step import behaviour_rollout, behaviour_version, learn, refresh
+from llm.rl.step import behaviour_rollout, behaviour_version, install_behaviour, learn, refresh
 
 __all__ = ["Produced", "RolloutPipeline", "pipelined_step"]
 
@@ -103,17 +105,16 @@ class RolloutPipeline:
         self._executor = ThreadPoolExecutor(1, "rollout") if depth else None
         self._renderer = copy.deepcopy(setup.renderer) if depth else setup.renderer
 
-    def next(self, state: RunState, *, upcoming=None) -> Produced:
+    def next(self, state: RunState) -> Produced:
         """The rollout of step ``state.step`` from ``state.behaviour`` (call after the refresh
-        of that step); schedules the next steps that the same mu samples (and, ``upcoming``:
-        the mu of version ``state.step`` when it is already made, those it samples) before
-        waiting for it."""
+        of that step); schedules the next steps that the same mu or a pending one
+        (``state.pending``) samples before waiting for it."""
         if self._pending and self._pending[0].step != state.step:
             raise ValueError(
                 f"the pipeline serves step {self._pending[0].step} next, got a state at step "
                 f"{state.step}; steps must be consecutive"
             )
-        self._schedule(state, upcoming)
+        self._schedule(state)
         job = self._pending.popleft()
         start = time.perf_counter()
         if job.future is None:
@@ -123,13 +124,11 @@ class RolloutPipeline:
         wait = time.perf_counter() - start
         return Produced(job.step, ro, job.data, rollout_time, wait)
 
-    def _schedule(self, state: RunState, upcoming) -> None:
+    def _schedule(self, state: RunState) -> None:
         """Jobs for steps state.step .. state.step + depth (< num_steps) while their mu is
         known; jobs made from other params than their version's are made again."""
         cfg = self.setup.cfg
-        mus = {behaviour_version(cfg, state.step): state.behaviour}
-        if upcoming is not None:
-            mus[state.step] = upcoming
+        mus = dict(state.pending) | {behaviour_version(cfg, state.step): state.behaviour}
         mu_of = lambda step: mus.get(behaviour_version(cfg, step))  # noqa: E731
         stale = [job for job in self._pending if job.behaviour is not mu_of(job.step)]
         self._cancel(stale)
@@ -191,11 +190,9 @@ def pipelined_step(
     ``refresh_every`` steps), take the step's rollout, update; the new state's ``data`` is
     the iterator's position after the step's examples. Returns (state, row)."""
     start = time.perf_counter()
-    state, fresh, copy_time = refresh(setup, state)
-    made = rollouts.next(state, upcoming=fresh)
+    state, copy_time = refresh(setup, state)
+    made = rollouts.next(state)
     timings = {"start": start, "rollout_time": made.rollout_time, "rollout_wait": made.wait_time}
     timings["behaviour_copy_time"] = copy_time
     state, row = learn(setup, state, made.rollout, learning_rate=learning_rate, timings=timings)
-    if fresh is not None:  # max_staleness = 1: the refreshed mu samples from the next step
-        state = state._replace(behaviour=fresh)
-    return state._replace(data=made.data), row
+    return install_behaviour(setup.cfg, state)._replace(data=made.data), row

@@ -9,8 +9,10 @@ maps to the next.
     state, metrics = update(setup, state, ro, learning_rate=1e-5)
 
 `RunState` holds the trained params, the optimizer state, the behaviour params (a frozen copy
-that lags by up to ``refresh_every`` steps), the reference params of a KL term (or None), the
-step, the data position (`IteratorState`) and the base RNG key; everything a checkpoint saves.
+that lags by up to ``refresh_every`` steps and samples step ``step``), the reference params of
+a KL term (or None), the step, the data position (`IteratorState`), the base RNG key and, with
+``max_staleness`` k > 0, the ``pending`` behaviour params: copies made at refresh steps that
+sample only k steps later (`llm.rl.step.behaviour_version`); everything a checkpoint saves.
 
 LoRA (``cfg.lora_rank > 0``, `llm.models.lora`): adapters are attached to the loaded model
 and only they are trained (``setup.split``, `llm.rl.trainable.ParamSplit`). ``params``,
@@ -58,6 +60,8 @@ class RunState(NamedTuple):
     step: int  # updates done
     data: IteratorState  # where the training-data iterator stands
     key: jax.Array  # base key of cfg.seed; every other key derives from it (llm.rl.keys)
+    # (version, mu) of refreshes made but not sampling yet (max_staleness k > 0): oldest first
+    pending: tuple[tuple[int, Any], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

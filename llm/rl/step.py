@@ -83,29 +83,38 @@ def update(
 
 
 def behaviour_version(cfg, step: int) -> int:
-    """The step at which the behaviour params that sample step ``step`` were refreshed:
-    t - t mod R, or with ``max_staleness`` = 1 the previous refresh on the refresh steps
-    t = R, 2R, ... (their mu is one step staler)."""
+    r"""The step at which the behaviour params that sample step ``step`` were refreshed:
+    :math:`\max(0, R \lfloor (t - k) / R \rfloor)` with R = ``refresh_every`` and
+    k = ``max_staleness``. k = 0: t - t mod R, the refresh window's start; k > 0: the last
+    refresh at or before t - k, so a refresh's mu first samples k steps after it (the first
+    window samples from the initial mu) and the staleness t - version is in [k, k + R - 1]."""
     step, R = int(step), cfg.refresh_every
-    version = step - step % R
-    if step % R < cfg.max_staleness and version >= R:
-        version -= R
-    return version
+    return max(0, R * ((step - cfg.max_staleness) // R))
 
 
-def refresh(setup: Setup, state: RunState):
-    """(state to sample step ``state.step`` from, behaviour params to install after its
-    update or None, seconds the copy took): on a refresh step mu becomes a copy of the
-    params (`llm.rl.state.behaviour_copy`: onto the rollout mesh with ``rollout_devices``),
-    at once, or with ``max_staleness`` = 1 (past the first window) after the update, the
-    step being sampled from the previous mu."""
-    cfg = setup.cfg
-    if state.step % cfg.refresh_every:
-        return state, None, 0.0
+def refresh(setup: Setup, state: RunState) -> tuple[RunState, float]:
+    """(state to sample step ``state.step`` from, seconds the copy took): on a refresh step
+    (t mod R = 0) the params are copied (`llm.rl.state.behaviour_copy`: onto the rollout
+    mesh with ``rollout_devices``) into mu at once when this step's version is t, else
+    (``max_staleness`` > 0) into ``state.pending``, installed by `install_behaviour` once its
+    version comes."""
+    cfg, step = setup.cfg, state.step
+    if step % cfg.refresh_every:
+        return state, 0.0
     mu, seconds = timed_copy(functools.partial(behaviour_copy, setup), state.params)
-    if behaviour_version(cfg, state.step) == state.step:
-        return state._replace(behaviour=mu), None, seconds
-    return state, mu, seconds  # copied before the update
+    if behaviour_version(cfg, step) == step:
+        return state._replace(behaviour=mu), seconds
+    return state._replace(pending=(*state.pending, (step, mu))), seconds
+
+
+def install_behaviour(cfg, state: RunState) -> RunState:
+    """After an update: the pending mu of ``state.step``'s version becomes the behaviour params
+    (the older pending ones are dropped: no step samples from them any more)."""
+    version = behaviour_version(cfg, state.step)
+    behaviour, pending = state.behaviour, list(state.pending)
+    while pending and pending[0][0] <= version:
+        _, behaviour = pending.pop(0)
+    return state._replace(behaviour=behaviour, pending=tuple(pending))
 
 
 def behaviour_rollout(
@@ -174,7 +183,7 @@ def rl_step(
     statistics + update metrics + timing). `llm.rl.pipeline.pipelined_step` is the same
     step with the rollout made ahead of time."""
     t0 = time.perf_counter()
-    state, fresh, copy_time = refresh(setup, state)
+    state, copy_time = refresh(setup, state)
     t1 = time.perf_counter()
     version = behaviour_version(setup.cfg, state.step)
     ro = behaviour_rollout(setup, state.behaviour, examples, step_key(state), version=version)
@@ -182,4 +191,4 @@ def rl_step(
     timings = {"start": t0, "rollout_time": rollout_time, "rollout_wait": rollout_time}
     timings["behaviour_copy_time"] = copy_time
     state, row = learn(setup, state, ro, learning_rate=learning_rate, timings=timings)
-    return (state if fresh is None else state._replace(behaviour=fresh)), row
+    return install_behaviour(setup.cfg, state), row

@@ -14,10 +14,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from llm.models.tiny import make_tiny_checkpoint
+from llm.rl import init_run
 from llm.rl import pipeline as pipeline_lib
 from llm.rl.checkpoint import Checkpointer
 from llm.rl.metrics import read_metrics
-from llm.rl.step import TIMING_KEYS
+from llm.rl.step import TIMING_KEYS, behaviour_version
 from llm.trainer import TrainConfig, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -106,8 +107,8 @@ def _assert_same_run(run_a, run_b):
     assert _untimed(hist_a) == _untimed(hist_b)
     assert state_a.step == state_b.step and state_a.data == state_b.data
     _assert_trees_equal(
-        (state_a.params, state_a.opt_state, state_a.behaviour),
-        (state_b.params, state_b.opt_state, state_b.behaviour),
+        (state_a.params, state_a.opt_state, state_a.behaviour, state_a.pending),
+        (state_b.params, state_b.opt_state, state_b.behaviour, state_b.pending),
     )
     assert sorted(saved_a) == sorted(saved_b)
     for step in saved_a:
@@ -207,6 +208,73 @@ def test_one_step_staleness_overlaps_every_step_and_stays_exact(model_path, tmp_
         piped_cfg.replace(out_dir=str(tmp_path / "stopped")), callback=lambda s, *_: s == 1
     )
     second = recorder.run(piped_cfg.replace(out_dir=str(tmp_path / "stopped"), resume=True))
+    _assert_same_run(sync, (first[0] + second[0], second[1], first[2] | second[2], None))
+
+
+@pytest.mark.parametrize("refresh_every", [1, 2, 3, 4])
+@pytest.mark.parametrize("max_staleness", [0, 1, 2, 3, 5])
+def test_behaviour_version_is_the_last_refresh_k_steps_back(refresh_every, max_staleness):
+    """Step t samples from the last refresh (a multiple of R) at or before t - k, or from the
+    initial mu (version 0) while there is none."""
+    cfg = TrainConfig(refresh_every=refresh_every, max_staleness=max_staleness)
+    for t in range(40):
+        refreshes = [v for v in range(0, t + 1, refresh_every) if v <= t - max_staleness]
+        assert behaviour_version(cfg, t) == max(refreshes, default=0), t
+
+
+def test_staleness_beyond_one_step_holds_pending_mus_and_resumes_exactly(
+    model_path, tmp_path, monkeypatch
+):
+    """max_staleness = 3, refresh_every = 1: step t samples from the params of step t - 3, two
+    refreshed copies wait in ``state.pending`` (and in each checkpoint); pipelined equals
+    synchronous equals a loop of `rl_step`, and a run stopped with two pending copies resumes
+    to the uninterrupted result."""
+    recorder = Recorder(monkeypatch)
+    cfg = _cfg(model_path, tmp_path / "sync", num_steps=6, refresh_every=1, max_staleness=3)
+    params_before, behaviour_after = [], []
+
+    def record(step, params, behaviour, row):
+        params_before.append(jax.tree.map(np.asarray, params))  # those of step + 1
+        behaviour_after.append(jax.tree.map(np.asarray, behaviour))
+
+    init = jax.tree.map(np.asarray, init_run(cfg)[1].params)
+    sync = recorder.run(cfg, callback=record)
+    assert [r["behaviour_version"] for r in sync[0]] == [0, 0, 0, 0, 1, 2]
+    assert [r["behaviour_age"] for r in sync[0]] == [0, 1, 2, 3, 3, 3]
+    assert [v for v, _ in sync[1].pending] == [4, 5]  # made at steps 4 and 5, never used
+    assert [saved[1]["pending_versions"] for saved in sync[2].values()] == [
+        [], [1], [1, 2], [2, 3], [3, 4], [4, 5]
+    ]  # fmt: skip
+    params_of = [init, *params_before]  # params_of[v]: the params at the start of step v
+    for step, behaviour in enumerate(behaviour_after):  # mu of step + 1 = params of its version
+        _assert_trees_equal(behaviour, params_of[behaviour_version(cfg, step + 1)])
+
+    piped_cfg = cfg.replace(out_dir=str(tmp_path / "piped"), pipeline_depth=3)
+    piped = recorder.run(piped_cfg)
+    _assert_same_run(sync, piped)
+    rows, state = _rl_step_loop(cfg)
+    assert _untimed(rows) == _untimed(sync[0])
+    _assert_trees_equal((state.params, state.pending), (sync[1].params, sync[1].pending))
+
+    stopped = piped_cfg.replace(out_dir=str(tmp_path / "stopped"))
+    first = recorder.run(stopped, callback=lambda s, *_: s == 2)
+    assert [v for v, _ in first[1].pending] == [1, 2]
+    second = recorder.run(stopped.replace(resume=True))
+    _assert_same_run(sync, (first[0] + second[0], second[1], first[2] | second[2], None))
+
+
+def test_staleness_beyond_the_window_with_lora_on_eight_devices(model_path, tmp_path, monkeypatch):
+    """LoRA on fsdp=4, tp=2 with refresh_every = 2, max_staleness = 3: stopped with a pending
+    copy of the adapters, the pipelined run resumes to the synchronous one."""
+    recorder = Recorder(monkeypatch)
+    extra = dict(lora_rank=4, mesh="fsdp=4,tp=2", mesh_subset=False, num_steps=6)
+    cfg = _cfg(model_path, tmp_path / "sync", refresh_every=2, max_staleness=3, **extra)
+    sync = recorder.run(cfg)
+    assert [r["behaviour_version"] for r in sync[0]] == [0, 0, 0, 0, 0, 2]
+    stopped = cfg.replace(out_dir=str(tmp_path / "stopped"), pipeline_depth=2)
+    first = recorder.run(stopped, callback=lambda s, *_: s == 3)
+    assert [v for v, _ in first[1].pending] == [2]
+    second = recorder.run(stopped.replace(resume=True))
     _assert_same_run(sync, (first[0] + second[0], second[1], first[2] | second[2], None))
 
 
