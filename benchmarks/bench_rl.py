@@ -31,8 +31,8 @@ Sizes: ``arith`` = the 0.87M-parameter tiny-arith Llama of ``llm.sft.TINY_ARITH_
 ``small`` = the ~4.9M "small" Llama of ``llm.models.tiny``, ``tiny`` = its 0.12M "tiny" one,
 ``toy`` = a one-layer 30K-parameter model (``--quick``, tests). The TRL side lives in
 ``bench_rl_trl.py``, what both sides share in ``bench_rl_common.py``, the tables in
-``bench_rl_report.py``. Prompts: the arithmetic task (a+b, 1-2 digits) through the
-tokenizer's chat template on both sides. Example::
+``bench_rl_report.py``, the piece timers in ``bench_rl_clock.py``. Prompts: the arithmetic
+task (a+b, 1-2 digits) through the tokenizer's chat template on both sides. Example::
 
     python benchmarks/bench_rl.py --sizes arith,small --steps 10 --json rl.json
 
@@ -43,14 +43,16 @@ synchronous (depth 0) and pipelined (the next d rollouts sampled on a producer t
 while the learner updates), each twice, alternating; the rows' rollout and update times
 say what bounds the gain (``run_window`` returns the rows).
 
+**Real model** (``--real-model PATH|auto|none``, ``--real-steps``; ``bench_rl_real.py``): the
+pipelined vs synchronous ratio of ``train()`` with LoRA on SmolLM2-135M-Instruct when its
+converted folder is there (auto), else a ``skipped`` reason; JSON key ``real_model``.
+
 The last line printed is the ratio TRL s/step / ours s/step per size, ours being the faster
 mode (the on-policy synchronous step or the pipelined one), named in parentheses.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -59,64 +61,19 @@ import platform
 import tempfile
 import time
 
+from bench_rl_clock import PIECES, _Clock, instrumented
 from bench_rl_common import (  # sibling scripts; it sets sys.path and offline mode
     SIZE_NAMES,
+    OneLineParser,
     Settings,
     _median,
     checkpoint,
     examples,
 )
+from bench_rl_real import add_real_flags, check_real_flags, real_summary, run_real
 from bench_rl_report import fastest, markdown
 
-PIECES = ("refresh", "rollout", "reward", "update")
-
-
 # --------------------------------------------------------------------------- ours ----
-
-
-class _Clock:
-    """Accumulates blocked wall time per piece name for the current step."""
-
-    def __init__(self):
-        self.now: dict[str, float] = {}
-
-    def wrap(self, name, fn, block=True):
-        import jax
-
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            if block:
-                out = jax.block_until_ready(out)
-            self.now[name] = self.now.get(name, 0.0) + time.perf_counter() - start
-            return out
-
-        return timed
-
-
-@contextlib.contextmanager
-def instrumented(setup, clock: _Clock):
-    """A copy of ``setup`` whose pieces are timed by ``clock``; patches the sampler call of
-    ``llm.rl.rollouts`` while active (the real ``rl_step`` code path, plus blocking)."""
-    from llm.rl import rollouts
-
-    if not hasattr(rollouts, "generate_from_state"):
-        raise RuntimeError("llm.rl.rollouts.generate_from_state is gone: update instrumented")
-    renderer = setup.renderer
-    original_sampler, original_decode = rollouts.generate_from_state, renderer.decode
-    fns = setup.fns._replace(
-        step=clock.wrap("update", setup.fns.step), copy=clock.wrap("refresh", setup.fns.copy)
-    )
-    timed_setup = dataclasses.replace(
-        setup, fns=fns, reward_fn=clock.wrap("reward", setup.reward_fn, block=False)
-    )
-    rollouts.generate_from_state = clock.wrap("rollout", original_sampler)
-    renderer.decode = clock.wrap("reward", original_decode, block=False)
-    try:
-        yield timed_setup
-    finally:
-        rollouts.generate_from_state = original_sampler
-        del renderer.decode  # back to the class's method
 
 
 def _config(path, s: Settings, *, mesh: str | None = None, **changes):
@@ -295,7 +252,7 @@ def machine(threads: int) -> dict:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--sizes",
         default="arith,small",
@@ -316,6 +273,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--max-staleness", type=int, default=0, choices=(0, 1), help="of the pipelined comparison"
     )
+    add_real_flags(parser)
     parser.add_argument("--quick", action="store_true", help="toy run: toy, P=2, G=2, 4 tokens")
     parser.add_argument("--skip-trl", action="store_true", help="measure our side only")
     parser.add_argument("--workdir", default=None, help="where checkpoints are built (cached)")
@@ -336,6 +294,7 @@ def parse_args(argv=None):
             parser.error(f"--{flag.replace('_', '-')}: must be >= {minimum}")
     if not args.learning_rate > 0:
         parser.error("--learning-rate: must be > 0")
+    check_real_flags(parser, args)
     args.sizes = sizes
     return args
 
@@ -389,6 +348,9 @@ def main(argv=None) -> dict:
         else:
             print(f"[{name}] TRL: {entry['trl']['step_s_median']:.3f} s/step", flush=True)
         results["sizes"][name] = entry
+    real = run_real(args.real_model, args.quick, s, args.real_steps)
+    results["real_model"] = real
+    print(real_summary(real), flush=True)
     results["machine"]["loadavg_end"] = os.getloadavg()
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1))

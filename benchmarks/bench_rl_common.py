@@ -3,11 +3,13 @@
 ``bench_rl.py`` (ours) and ``bench_rl_trl.py`` (TRL, in a process of its own) import this
 module: it puts the repository on ``sys.path``, keeps Hugging Face offline, builds the
 random checkpoint of a size name once per workdir, draws the arithmetic problems, and holds
-the ``Settings`` of a run (P prompts x G samples, new tokens, sampling, optimizer).
+the ``Settings`` of a run (P prompts x G samples, new tokens, sampling, optimizer), and the
+one-line-error argument parser of the bench's flags.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import pathlib
@@ -78,6 +80,15 @@ class Settings:
     max_grad_norm: float = 1.0
     delta_v: float = -0.1
     steps: int = 10
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``PROG: error: MESSAGE`` (exit status 2): the one of
+    ``llm.models.gguf``, here so that parsing imports no jax (``--threads 1`` sets XLA_FLAGS
+    after parsing, before jax is imported)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _median(xs) -> float:

@@ -2,7 +2,8 @@
 
 ``markdown(results)`` takes the dict ``bench_rl.main`` returns (or writes with ``--json``):
 the machine line, per size the table of ours against TRL (setup, first step, s/step, the
-pieces of a step, and the pipelined comparison when it ran), and last the line
+pieces of a step, and the pipelined comparison when it ran), the real model's pipelined vs
+synchronous table (``real_table``; one line when skipped), and last the line
 TRL s/step / ours s/step, ours being the faster mode (``fastest``). Standard library only.
 """
 
@@ -93,6 +94,30 @@ def fastest(entry: dict) -> dict:
     return best
 
 
+def real_table(real: dict) -> list[str]:
+    """The real model's synchronous and pipelined ``train()`` steps (``bench_rl_real``)."""
+    if "skipped" in real:
+        return [f"real model: skipped: {real['skipped']}"]
+    sync, piped, size = real["sync"], real["pipelined"], real["settings"]
+    mode = f"pipelined (depth {piped['pipeline_depth']}, k={piped['max_staleness']})"
+    rows = [
+        (f"**s / step (median of steps 2-{size['steps']})**", "median_step_s", 3),
+        ("learner waits for rollout s", "rollout_wait_s", 3),
+        ("update s", "update_s", 3),
+        ("first step s (compile; pipelined reuses it)", "first_step_s", 1),
+        ("completion tokens / s", "tokens_per_s", 0),
+    ]
+    return [
+        f"real model {real['model_dir']}: LoRA r={real['lora_rank']}, P={size['prompts']} x "
+        f"G={size['samples']}, <= {size['new_tokens']} new tokens, R={size['refresh_every']}",
+        "",
+        f"| | synchronous | {mode} |",
+        "|---|---|---|",
+        *(f"| {label} | {sync[k]:.{d}f} | {piped[k]:.{d}f} |" for label, k, d in rows),
+        f"| **pipelined / synchronous steps/s** | | **{real['speedup']:.2f}x** |",
+    ]
+
+
 def ratio_line(results: dict) -> str:
     parts = []
     for name, r in results["sizes"].items():
@@ -115,5 +140,7 @@ def markdown(results: dict) -> str:
     ]
     for name, r in results["sizes"].items():
         lines += ["", *table(name, r, s)]
+    if "real_model" in results:
+        lines += ["", *real_table(results["real_model"])]
     lines += ["", ratio_line(results)]
     return "\n".join(lines)
