@@ -6,9 +6,11 @@ whose G rewards are all equal (those groups carry no learning signal for a mean 
 advantage mean/std, completion length and the fraction truncated at max_new_tokens.
 
 `MetricsWriter` appends one JSON object per step to ``out_dir/metrics.jsonl`` and, when
-tensorboardX is importable, writes the scalars to ``out_dir/tensorboard``. On resume it
-first drops the lines of steps after the restored checkpoint, so the file reads as one
-uninterrupted run. Only process 0 writes in a multi-process run.
+tensorboardX is importable, writes the scalars to ``out_dir/tensorboard``, plus a histogram
+``behaviour_age`` of the staleness of every step so far (all samples of a step share one
+behaviour version, so a step's mean and max staleness are its scalar ``behaviour_age``). On
+resume it first drops the lines of steps after the restored checkpoint, so the file reads as
+one uninterrupted run. Only process 0 writes in a multi-process run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+HISTOGRAM_KEYS = ("behaviour_age",)  # TensorBoard histograms of these over the steps so far
 
 
 def sample_stats(
@@ -72,19 +76,18 @@ class MetricsWriter:
     ):
         self.enabled = enabled
         self.path = pathlib.Path(out_dir) / "metrics.jsonl"
-        self._tb = None
+        self._tb, self._history = None, {key: [] for key in HISTOGRAM_KEYS}
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", -1) < resume_step
-            ]
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line).get("step", -1) < resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
+            for line in kept:
+                self._remember(json.loads(line))
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -99,11 +102,20 @@ class MetricsWriter:
         clean = {k: _clean(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
+        self._remember(clean)
         if self._tb is not None:
             step = int(clean["step"])
             for name, value in clean.items():
                 if name != "step" and isinstance(value, (int, float)) and value is not None:
                     self._tb.add_scalar(name, value, step)
+            for name, values in self._history.items():
+                if name in clean and values:
+                    self._tb.add_histogram(name, np.asarray(values), step)
+
+    def _remember(self, row: Mapping[str, Any]) -> None:
+        for name, values in self._history.items():
+            if isinstance(row.get(name), (int, float)):
+                values.append(row[name])
 
     def close(self) -> None:
         if self._tb is not None:

@@ -57,3 +57,36 @@ def test_disabled_writer_touches_nothing(tmp_path):
     writer.write({"step": 0})
     writer.close()
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]  # process 0's file, untouched
+
+
+def _histograms(out_dir, tag):
+    """{step: (num, sum, min, max)} of the ``tag`` histograms in out_dir/tensorboard."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found = {}
+    for path in sorted((out_dir / "tensorboard").glob("events.out.tfevents*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):  # TFRecord: length, its crc, the event, its crc
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.tag == tag:
+                    h = value.histo
+                    found[event.step] = (h.num, h.sum, h.min, h.max)
+    return found
+
+
+def test_tensorboard_has_a_histogram_of_the_staleness_so_far_across_a_resume(tmp_path):
+    def run(ages, **kwargs):
+        writer = MetricsWriter(tmp_path, tensorboard=True, **kwargs)
+        for step, age in ages.items():
+            writer.write({"step": step, "loss": 0.0, "behaviour_age": age})
+        writer.close()
+
+    run({step: step % 3 for step in range(6)})
+    assert _histograms(tmp_path, "behaviour_age")[5] == (6, 6.0, 0.0, 2.0)
+    run({3: 7, 4: 7}, resume_step=3)  # rows 0..2 kept: their ages join the histogram
+    assert _histograms(tmp_path, "behaviour_age")[4] == (5, 0 + 1 + 2 + 7 + 7, 0.0, 7.0)
