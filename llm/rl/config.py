@@ -284,7 +284,7 @@ class TrainConfig:
         0, "rollouts sampled ahead during updates (exact; llm.rl.pipeline).", range=AT_LEAST_ZERO
     )
     rollout_devices: int = _devices(
-        0, "give the sampler the last N devices, fsdp over them (0: share).", range=AT_LEAST_ZERO
+        0, "sampler on the last N devices (of each process), fsdp; 0: share.", range=AT_LEAST_ZERO
     )
     max_nonfinite_steps: int = _run(
         3, "stop with an error after this many non-finite steps in a row.", range=AT_LEAST_ONE

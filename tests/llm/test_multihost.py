@@ -60,52 +60,62 @@ def _weights(path):
     return load_file(str(path / "hf" / "model.safetensors"))
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-    model = make_tiny_checkpoint(tmp_path / "tiny", "qwen2")
+def run_two_processes(model_path, out_dir, *extra) -> list[str]:
+    """`_cmd` in two processes of 2 CPU devices joined by jax.distributed (process 0 gets
+    flags, process 1 the environment variables); their logs, after both exited with 0."""
     port = _free_port()
-    multi = tmp_path / "two_processes"
-    # process 0 gets flags, process 1 the environment variables
-    flags = [
-        "--coordinator-address",
-        f"127.0.0.1:{port}",
-        "--num-processes",
-        "2",
-        "--process-id",
-        "0",
-    ]
+    flags = ["--coordinator-address", f"127.0.0.1:{port}", "--num-processes", "2",
+             "--process-id", "0"]  # fmt: skip
     env_1 = _env(2) | {
         "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
         "JAX_NUM_PROCESSES": "2",
         "JAX_PROCESS_ID": "1",
     }
     procs = [
-        subprocess.Popen(_cmd(model, multi, *extra), env=env, cwd=REPO,
+        subprocess.Popen(_cmd(model_path, out_dir, *extra, *more), env=env, cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for extra, env in ((flags, _env(2)), ((), env_1))
+        for more, env in ((flags, _env(2)), ((), env_1))
     ]  # fmt: skip
-    single = tmp_path / "one_process"
     try:
-        ref = subprocess.run(_cmd(model, single), env=_env(4), cwd=REPO, capture_output=True,
-                             text=True, timeout=600)  # fmt: skip
         logs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert ref.returncode == 0, ref.stderr[-3000:]
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-3000:]
     assert "Gloo" in logs[0] or "gloo" in logs[0].lower()  # real CPU collectives
+    return logs
 
+
+def run_one_process(model_path, out_dir, devices: int, *extra) -> None:
+    """`_cmd` in one process of ``devices`` CPU devices; it must exit with 0."""
+    ref = subprocess.run(_cmd(model_path, out_dir, *extra), env=_env(devices), cwd=REPO,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+
+def assert_same_run(single, multi, steps: int = STEPS) -> None:
+    """The same exported weights (up to reduction order) and per-step rewards, loss and
+    gradient norm in the runs written to ``single`` and ``multi``."""
     a, b = _weights(single), _weights(multi)
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
     rows_a, rows_b = read_metrics(single), read_metrics(multi)
-    assert [r["step"] for r in rows_b] == list(range(STEPS))  # process 0 writes, once
+    assert [r["step"] for r in rows_b] == list(range(steps))  # process 0 writes, once
+    assert len(rows_a) == len(rows_b)
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert ra["reward_mean"] == rb["reward_mean"]
         np.testing.assert_allclose(rb["loss"], ra["loss"], rtol=1e-6)
         np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    model = make_tiny_checkpoint(tmp_path / "tiny", "qwen2")
+    multi, single = tmp_path / "two_processes", tmp_path / "one_process"
+    run_two_processes(model, multi)
+    run_one_process(model, single, 4)
+    assert_same_run(single, multi)
     assert (multi / "checkpoints" / str(STEPS)).is_dir()

@@ -10,7 +10,7 @@ import pytest
 from llm import train as cli
 from llm.errors import ConfigError
 from llm.models.tiny import make_tiny_checkpoint
-from llm.rl.rollout_devices import split_devices
+from llm.rl.rollout_devices import split_devices, split_per_process
 from llm.rl.step import TIMING_KEYS
 from llm.trainer import TrainConfig, train
 
@@ -154,9 +154,30 @@ def test_bad_values_are_one_line_command_line_errors(model_path, capsys, flags, 
     assert f"error: {message}" in lines[-1]
 
 
-def test_several_processes_are_refused(monkeypatch):
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ConfigError, match=r"rollout_devices: must be 0 in a multi-process run"):
-        split_devices(2)
-    learner, sampler = split_devices(0)
-    assert learner == jax.devices() and sampler == []
+def test_each_process_gives_its_last_devices_to_the_sampler():
+    """P processes of n devices: the learner gets the first n - r of each, the sampler the
+    last r of each, both in process order; one process: the first D - r and the last r."""
+    per_process = [["a0", "a1", "a2"], ["b0", "b1", "b2"]]
+    assert split_per_process(1, per_process) == (["a0", "a1", "b0", "b1"], ["a2", "b2"])
+    assert split_per_process(2, per_process) == (["a0", "b0"], ["a1", "a2", "b1", "b2"])
+    assert split_per_process(0, per_process) == (["a0", "a1", "a2", "b0", "b1", "b2"], [])
+    devices = jax.devices()
+    assert split_devices(3) == (devices[:5], devices[5:])
+
+
+@pytest.mark.parametrize(
+    ("r", "per_process", "message"),
+    [
+        (2, [["a0", "a1"], ["b0", "b1"]], r"must be in \[0, 2\) with 2 devices in the smallest "),
+        (
+            2,
+            [["a0", "a1", "a2"], ["b0", "b1"]],
+            r"must be in \[0, 2\) with 2 devices in the smallest of 2",
+        ),
+        (3, [["a0", "a1", "a2"]], r"must be in \[0, 3\) on this host of 3 devices"),
+        (-1, [["a0", "a1"], ["b0", "b1"]], r"must be in \[0, 2\) .* got -1"),
+    ],
+)
+def test_every_process_keeps_a_learner_device(r, per_process, message):
+    with pytest.raises(ConfigError, match=r"rollout_devices: " + message):
+        split_per_process(r, per_process)
