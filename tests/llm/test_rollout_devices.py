@@ -181,3 +181,21 @@ def test_each_process_gives_its_last_devices_to_the_sampler():
 def test_every_process_keeps_a_learner_device(r, per_process, message):
     with pytest.raises(ConfigError, match=r"rollout_devices: " + message):
         split_per_process(r, per_process)
+
+
+def test_pending_mu_live_on_the_rollout_devices_and_resume(model_path, tmp_path):
+    """refresh_every=1, max_staleness=2: the copy of step 1 waits in ``state.pending`` on the
+    sampler's devices when the run stops after step 1, is restored there, and samples step 3
+    (behaviour_version 1) as in the uninterrupted run."""
+    cfg = _cfg(
+        model_path, tmp_path / "stopped", rollout_devices=2, checkpoint_every=1,
+        refresh_every=1, max_staleness=2,
+    )  # fmt: skip
+    whole = _run(cfg.replace(out_dir=str(tmp_path / "whole")))
+    assert [row["behaviour_version"] for row in whole[0]] == [0, 0, 0, 1]
+    _, stopped = train(cfg, callback=lambda step, *_: step == 1, return_state=True)
+    assert [v for v, _ in stopped.pending] == [1]
+    assert _devices_of(stopped.pending[0][1]) == set(jax.devices()[6:])
+    rows, state, _ = _run(cfg.replace(resume=True))
+    _assert_same_rows(whole[0][2:], rows)
+    _assert_equal_trees(whole[1].params, state.params)
