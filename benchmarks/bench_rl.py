@@ -271,7 +271,7 @@ def parse_args(argv=None):
         "--refresh-every", type=int, default=250, help="R of the pipelined comparison (paper)"
     )
     parser.add_argument(
-        "--max-staleness", type=int, default=0, choices=(0, 1), help="of the pipelined comparison"
+        "--max-staleness", type=int, default=0, help="k >= 0 of the pipelined comparison"
     )
     add_real_flags(parser)
     parser.add_argument("--quick", action="store_true", help="toy run: toy, P=2, G=2, 4 tokens")
@@ -286,8 +286,9 @@ def parse_args(argv=None):
     for name in sizes:
         if name not in SIZE_NAMES:
             parser.error(f"--sizes: unknown size {name!r}; choose from {', '.join(SIZE_NAMES)}")
-    if args.pipeline_depth < 0:
-        parser.error("--pipeline-depth: must be >= 0")
+    for flag in ("pipeline_depth", "max_staleness"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')}: must be >= 0")
     for flag in ("steps", "prompts", "samples", "max_new_tokens", "threads", "refresh_every"):
         minimum = 2 if flag in ("steps", "samples") else 1
         if getattr(args, flag) < minimum:

@@ -101,6 +101,7 @@ def test_real_model_auto_runs_the_fetched_folder_but_not_under_quick(tmp_path, m
         (["--real-steps", "1"], "--real-steps: must be >= 2"),
         (["--real-steps", "two"], "--real-steps: invalid int value"),
         (["--real-model", "/no/such/folder"], "--real-model: no config.json in /no/such/folder"),
+        (["--max-staleness", "-1"], "--max-staleness: must be >= 0"),
     ],
 )
 def test_bench_rl_bad_real_model_flags_give_one_error_line(flags, message):
