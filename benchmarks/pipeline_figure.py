@@ -104,7 +104,7 @@ def _step_times(ax, runs: list) -> None:
         ax.plot(steps, ms, lw=1.2, label=label, **_style(run))
     ax.set(xlabel="step", ylabel="step time (ms)", title="Step time per step")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower left")
 
 
 def _splits(ax, runs: list) -> None:
@@ -114,6 +114,7 @@ def _splits(ax, runs: list) -> None:
         widths = [1e3 * _split(run["rows"])[key] for run in runs]
         ax.barh(labels, widths, left=left, color=color, label=key)
         left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.set_xlim(0, 1.35 * max(left))  # room for the legend right of the bars
     ax.invert_yaxis()
     ax.tick_params(axis="y", labelsize=7)
     ax.set(xlabel="ms (medians of the rows)", title="Where a step goes")
@@ -146,8 +147,8 @@ def draw(result: dict, out: pathlib.Path) -> None:
     m, s = result["machine"], result["settings"]
     fig.suptitle(
         f"llm.rl.pipeline, {result['size']} model, P={s['prompts']} x G={s['samples']}, "
-        f"<= {s['max_new_tokens']} tokens, depth {result['depth']}; {m['cpus']} CPUs shared "
-        f"with other jobs, load average (1 min) {m['loadavg_start'][0]:.1f} at start, "
+        f"<= {s['max_new_tokens']} tokens, depth {result['depth']}; {m['cpus']} CPUs, "
+        f"load average (1 min) {m['loadavg_start'][0]:.1f} at start, "
         f"{m['loadavg_end'][0]:.1f} at end ({m['date']})",
         fontsize=9,
     )
