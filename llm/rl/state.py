@@ -9,8 +9,9 @@ maps to the next.
     state, metrics = update(setup, state, ro, learning_rate=1e-5)
 
 `RunState` holds the trained params, the optimizer state, the behaviour params (a frozen copy
-that lags by up to ``refresh_every`` steps and samples step ``step``), the reference params of
-a KL term (or None), the step, the data position (`IteratorState`), the base RNG key and, with
+that lags by up to ``refresh_every`` steps; after the step's refresh it samples step
+``step``), the reference params of a KL term (or None), the step, the data position
+(`IteratorState`), the base RNG key and, with
 ``max_staleness`` k > 0, the ``pending`` behaviour params: copies made at refresh steps that
 sample only k steps later (`llm.rl.step.behaviour_version`); everything a checkpoint saves.
 
