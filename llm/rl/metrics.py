@@ -15,6 +15,7 @@ one uninterrupted run. Only process 0 writes in a multi-process run.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import pathlib
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-HISTOGRAM_KEYS = ("behaviour_age",)  # TensorBoard histograms of these over the steps so far
+HISTOGRAM_KEYS = ("behaviour_age",)  # TensorBoard histograms of these integers over the steps
 
 
 def sample_stats(
@@ -76,7 +77,8 @@ class MetricsWriter:
     ):
         self.enabled = enabled
         self.path = pathlib.Path(out_dir) / "metrics.jsonl"
-        self._tb, self._history = None, {key: [] for key in HISTOGRAM_KEYS}
+        self._tb = None
+        self._counts = {key: collections.Counter() for key in HISTOGRAM_KEYS}  # value -> steps
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,10 +86,11 @@ class MetricsWriter:
             self.path.write_text("")
         elif self.path.exists():
             lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-            kept = [line for line in lines if json.loads(line).get("step", -1) < resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-            for line in kept:
-                self._remember(json.loads(line))
+            rows = [(line, json.loads(line)) for line in lines]
+            kept = [(line, row) for line, row in rows if row.get("step", -1) < resume_step]
+            self.path.write_text("".join(line + "\n" for line, _ in kept))
+            for _, row in kept:
+                self._count(row)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -102,20 +105,31 @@ class MetricsWriter:
         clean = {k: _clean(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(clean) + "\n")
-        self._remember(clean)
+        self._count(clean)
         if self._tb is not None:
             step = int(clean["step"])
             for name, value in clean.items():
                 if name != "step" and isinstance(value, (int, float)) and value is not None:
                     self._tb.add_scalar(name, value, step)
-            for name, values in self._history.items():
-                if name in clean and values:
-                    self._tb.add_histogram(name, np.asarray(values), step)
+            for name, counts in self._counts.items():
+                if name in clean and counts:
+                    self._histogram(name, counts, step)
 
-    def _remember(self, row: Mapping[str, Any]) -> None:
-        for name, values in self._history.items():
-            if isinstance(row.get(name), (int, float)):
-                values.append(row[name])
+    def _count(self, row: Mapping[str, Any]) -> None:
+        for name, counts in self._counts.items():
+            if isinstance(row.get(name), int):
+                counts[row[name]] += 1
+
+    def _histogram(self, name: str, counts: collections.Counter, step: int) -> None:
+        """One bucket per integer value seen (O(distinct values) per step, not O(steps))."""
+        values = sorted(counts)
+        n = np.array([counts[v] for v in values], np.float64)
+        x = np.array(values, np.float64)
+        self._tb.add_histogram_raw(
+            name, min=x[0], max=x[-1], num=int(n.sum()), sum=float(n @ x),
+            sum_squares=float(n @ x**2), bucket_limits=list(x + 0.5), bucket_counts=list(n),
+            global_step=step,
+        )  # fmt: skip
 
     def close(self) -> None:
         if self._tb is not None:

@@ -24,6 +24,7 @@ from llm.rl import (
 from llm.rl.losses import AsymRE
 from llm.rl.metrics import read_metrics, sample_stats
 from llm.rl.schedule import learning_rate_fn
+from llm.rl.step import TIMING_KEYS
 from llm.trainer import TrainConfig, train
 
 LETTERS = set("abcdefghijklmnopqrstuvwxyz")
@@ -319,16 +320,6 @@ def test_hooks_are_checked(model_path, tmp_path):
         train(_cfg(model_path, tmp_path, num_steps=1), reward_fn=letter_reward, callback=chatty)
 
 
-TIMINGS = {
-    "step_time",
-    "tokens_per_s",
-    "rollout_time",
-    "rollout_wait",
-    "update_time",
-    "behaviour_copy_time",
-}
-
-
 def _hand_written_loop(cfg, train_set, held_out):
     """train()'s loop from the public pieces of llm.rl (what the README shows)."""
     setup, state = init_run(cfg)
@@ -391,7 +382,7 @@ def test_a_hand_written_loop_reproduces_train_bit_for_bit(model_path, tmp_path):
     history, state = train(cfg, dataset=train_set, eval_dataset=held_out, return_state=True)
     rows, own_state = _hand_written_loop(cfg, train_set, held_out)
     assert "accuracy" in rows[0] and "eval_pass@2" in rows[1] and "eval_pass@2" not in rows[0]
-    assert [{k: v for k, v in r.items() if k not in TIMINGS} for r in history] == rows
+    assert [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history] == rows
     assert own_state.step == state.step == 4
     leaves = [jax.tree.leaves(s.params) + jax.tree.leaves(s.opt_state) for s in (state, own_state)]
     for a, b in zip(*leaves, strict=True):
