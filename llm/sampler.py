@@ -22,13 +22,18 @@ i // G), so the output is that of a call on each prompt repeated G times, at 1/G
 Sliding-window layers (Mistral, Gemma 3) mask keys by cache-slot distance, which left padding
 keeps equal to position distance; the cache holds all slots (no rolling buffer).
 
-Randomness: row b at step t uses ``fold_in(fold_in(key, b), t)``, so a completion depends
-only on the key, its row index and its prompt, not on the bucket it was padded into.
+Randomness: row b at step t draws with ``fold_in(row_key[b], t)``, where ``row_key[b] =
+fold_in(key, b)`` or, when the caller passes ``row_keys``, its own key. A completion depends
+only on its row's key and its prompt, not on the bucket it was padded into nor on the other
+rows (up to float rounding between batch shapes); with ``row_keys`` not on its row index
+either (`llm.rl.evaluation` gives each problem's samples keys of their own).
+
+Length: the longest prompt plus ``max_new_tokens`` must fit the model's
+``max_position_embeddings`` (a ValueError otherwise).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -40,6 +45,14 @@ from flax import nnx
 
 from llm.models.transformer import KVCache, init_cache, positions_from_mask
 from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
+from llm.sampler_args import (
+    Static,
+    check_positions,
+    eos_array,
+    row_keys_of,
+    static_of,
+    validate_prompts,
+)
 from llm.token_sampling import sample_logits
 
 MIN_BATCH_BUCKET = 1
@@ -54,61 +67,16 @@ class GenerateOutput(NamedTuple):
         distribution (see the module docstring); 0 after the end.
       lengths: [B] int32 number of completion tokens, EOS included.
       finished: [B] bool, True where the row emitted EOS.
+      steps: int32 scalar, the decoding steps run (tokens drawn per row, the prefill's
+        first one included): the loop stops as soon as every row has ended, so this is
+        ``lengths.max()``, and ``max_new_tokens`` only when some row never emits EOS.
     """
 
     tokens: Any
     logprobs: Any
     lengths: Any
     finished: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class _Static:
-    """Everything that selects a compiled program besides array shapes."""
-
-    max_new_tokens: int
-    greedy: bool
-    top_k: int  # 0 = no top-k filter
-    use_top_p: bool
-    cache_dtype: Any
-
-
-def _validate_prompts(prompts, vocab_size: int) -> list[list[int]]:
-    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
-        raise TypeError(f"prompts must be a list of token-id lists, got {type(prompts).__name__}")
-    if len(prompts) == 0:
-        raise ValueError("prompts must contain at least one prompt, got an empty list")
-    out = []
-    for i, prompt in enumerate(prompts):
-        ids = np.asarray(prompt)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise TypeError(
-                f"prompts[{i}] must be a flat list of int token ids, got shape {ids.shape} "
-                f"and dtype {ids.dtype}"
-            )
-        if ids.size == 0:
-            raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
-        if ids.min() < 0 or ids.max() >= vocab_size:
-            raise ValueError(
-                f"prompts[{i}] has token ids outside [0, vocab_size={vocab_size}): "
-                f"min {ids.min()}, max {ids.max()}"
-            )
-        out.append(ids.astype(np.int32).tolist())
-    return out
-
-
-def _eos_array(eos_token_id) -> np.ndarray:
-    """EOS ids as an int32 array [E] (traced, so another id does not recompile); -1: none."""
-    if eos_token_id is None:
-        return np.array([-1], np.int32)
-    if isinstance(eos_token_id, (int, np.integer)):
-        return np.array([eos_token_id], np.int32)
-    ids = np.asarray(list(eos_token_id))
-    if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(
-            f"eos_token_id must be an int, a non-empty list of ints, or None, got {eos_token_id!r}"
-        )
-    return ids.astype(np.int32)
+    steps: Any
 
 
 # ------------------------------------------------------------------------- sampling ----
@@ -118,7 +86,7 @@ def _step_keys(row_keys_B: jax.Array, step: jax.Array) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_B, step)
 
 
-def _draw(logits_BxV, keys_B, temperature, top_p, s: _Static):
+def _draw(logits_BxV, keys_B, temperature, top_p, s: Static):
     mode = dict(greedy=s.greedy, top_k=s.top_k, use_top_p=s.use_top_p)
     return sample_logits(logits_BxV, keys_B, temperature, top_p, **mode)
 
@@ -169,11 +137,11 @@ def _prefill(
     filler_B,
     eos_E,
     pad_id,
-    key,
+    row_keys_B,
     temperature,
     top_p,
     *,
-    static: _Static,
+    static: Static,
     num_samples: int,
 ) -> _Carry:
     """Prompts [P', T'] in; a carry of len(filler_B) rows out (row b: prompt b // G)."""
@@ -194,7 +162,6 @@ def _prefill(
         source_B = np.minimum(np.arange(batch) // num_samples, prompt_rows - 1)
         cache = KVCache(*(jnp.take(x, source_B, axis=1) for x in cache))
         last_BxV, next_position_B = last_BxV[source_B], next_position_B[source_B]
-    row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
     keys_B = _step_keys(row_keys_B, jnp.int32(0))
     tokens_B, logprobs_B = _draw(last_BxV, keys_B, temperature, top_p, static)
     carry = _Carry(
@@ -215,12 +182,10 @@ def _prefill(
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2,))
 def _decode(
-    graphdef, state, carry: _Carry, kv_mask_BxS, key, temperature, top_p, *, static: _Static
+    graphdef, state, carry: _Carry, kv_mask_BxS, row_keys_B, temperature, top_p, *, static: Static
 ) -> _Carry:
     model = nnx.merge(graphdef, state)
-    batch, cache_len = kv_mask_BxS.shape
-    prompt_len = cache_len - static.max_new_tokens
-    row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(batch))
+    prompt_len = kv_mask_BxS.shape[1] - static.max_new_tokens
 
     def cond(c: _Carry):
         return (c.step < static.max_new_tokens) & ~jnp.all(c.done_B)
@@ -245,30 +210,6 @@ def _decode(
 # ----------------------------------------------------------------------- public API ----
 
 
-def _static_of(config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype):
-    """Validated sampling arguments as a `_Static` (what selects the compiled programs)."""
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not np.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= config.vocab_size:
-        raise ValueError(
-            f"top_k must be an int in [0, vocab_size={config.vocab_size}], got {top_k!r}"
-        )
-    if not isinstance(pad_token_id, (int, np.integer)):
-        raise TypeError(f"pad_token_id must be an int, got {pad_token_id!r}")
-    greedy = temperature == 0 or top_k == 1
-    return _Static(
-        max_new_tokens=int(max_new_tokens),
-        greedy=bool(greedy),
-        top_k=0 if greedy else int(top_k),
-        use_top_p=bool(not greedy and top_p < 1.0),
-        cache_dtype=jnp.dtype(cache_dtype or config.compute_dtype),
-    )
-
-
 def generate_from_state(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -285,6 +226,7 @@ def generate_from_state(
     min_batch_bucket: int = MIN_BATCH_BUCKET,
     min_length_bucket: int = MIN_LENGTH_BUCKET,
     num_samples: int = 1,
+    row_keys: jax.Array | None = None,
 ) -> GenerateOutput:
     """:func:`generate` from a split model ``nnx.split(model) -> (graphdef, state)``.
 
@@ -293,37 +235,36 @@ def generate_from_state(
     own cache: the graphdef and the sampling mode are static arguments, the rest are shapes).
     """
     config = nnx.merge(graphdef, state).config  # a few ms: no copy of the arrays
-    prompts = _validate_prompts(prompts, config.vocab_size)
-    static = _static_of(
-        config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype
-    )
+    prompts = validate_prompts(prompts, config.vocab_size)
+    static = static_of(config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype)
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    if key is None:
-        if not static.greedy:
-            raise ValueError("key (a jax.random key) is required when temperature > 0")
-        key = jax.random.key(0)
+    longest = max(len(p) for p in prompts)
+    check_positions(config, longest, static.max_new_tokens)
     G = int(num_samples)
     # Prefill P' >= P prompts, shared into the B' rows of the call on the repeated prompts:
     # rows b < P * G keep their index (so their key), the decode its shape; the rest: filler.
     num_rows = len(prompts) * G
     batch = bucket_size(num_rows, min_batch_bucket)
+    keys_B = row_keys_of(key, row_keys, num_rows, batch, static.greedy)
     prompt_batch = batch if G == 1 else bucket_size(len(prompts), 1)
-    length = length_bucket(max(len(p) for p in prompts), min_length_bucket)
+    length = length_bucket(longest, min_length_bucket)
     tokens_BxT, mask_BxT = pad_prompts(prompts, prompt_batch, length, pad_token_id)
     filler_B = np.arange(batch) >= num_rows
     temperature_ = jnp.float32(temperature if not static.greedy else 1.0)
     top_p_ = jnp.float32(top_p)
-    consts = (_eos_array(eos_token_id), np.int32(pad_token_id), key, temperature_, top_p_)
+    consts = (eos_array(eos_token_id), np.int32(pad_token_id), keys_B, temperature_, top_p_)
     carry = _prefill(
         graphdef, state, tokens_BxT, mask_BxT, filler_B, *consts, static=static, num_samples=G
     )
     source_B = np.minimum(np.arange(batch) // G, prompt_batch - 1)
     kv_mask_BxS = np.concatenate([mask_BxT, np.ones((prompt_batch, max_new_tokens), np.int32)], 1)
     kv_mask_BxS = kv_mask_BxS[source_B]
-    carry = _decode(graphdef, state, carry, kv_mask_BxS, key, temperature_, top_p_, static=static)
+    carry = _decode(
+        graphdef, state, carry, kv_mask_BxS, keys_B, temperature_, top_p_, static=static
+    )
     rows = (carry.tokens_BxN, carry.logprobs_BxN, carry.lengths_B, carry.finished_B)
-    return GenerateOutput(*(x[:num_rows] for x in rows))  # filler rows dropped
+    return GenerateOutput(*(x[:num_rows] for x in rows), steps=carry.step)  # filler dropped
 
 
 def generate(
@@ -350,16 +291,18 @@ def generate(
       top_k: keep the k most likely tokens; 0 disables it; 1 is greedy.
       eos_token_id: an id or a list of ids that end a row (kept in the output and counted
         in its length); None: rows run to ``max_new_tokens``.
-      key: a ``jax.random.key``; required unless decoding greedily.
+      key: a ``jax.random.key``; required unless decoding greedily (or ``row_keys``).
       num_samples: G completions per prompt: the output has B * G rows, prompt-major (row i
         continues prompt i // G), the same as a call on each prompt repeated G times, but
         each prompt's prefill runs once.
       **kwargs: ``pad_token_id`` (fill after the end, default 0), ``cache_dtype`` (default
-        the model's compute dtype), ``min_batch_bucket``, ``min_length_bucket``.
+        the model's compute dtype), ``min_batch_bucket``, ``min_length_bucket``;
+        ``row_keys`` in place of ``key``: a key array [B * G], row b drawing step t with
+        ``fold_in(row_keys[b], t)`` (the default is ``row_keys[b] = fold_in(key, b)``).
 
     Returns:
       :class:`GenerateOutput` with tokens and logprobs [B * G, N], lengths and finished
-      [B * G].
+      [B * G], and the decoding steps run.
     """
     graphdef, state = nnx.split(model)
     return generate_from_state(

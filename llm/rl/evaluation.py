@@ -11,21 +11,30 @@ temperature, with :math:`c_{nj} \in \{0, 1\}` whether sample j of problem n is c
 reward nearer the correct level than the wrong one) gets accuracies; without it no accuracy
 is reported, only mean rewards. mean@k is also the unbiased estimate of pass@1 from k
 samples; it is reported once, as ``eval_accuracy`` (a key that does not change with k).
-The samples depend only on the params,
-the key and ``chunk``: pass one fixed key at every step and in every run (common random
-numbers) to compare checkpoints without fresh sampling noise between them.
+Keys: sample j of problem n draws from ``fold_in(fold_in(key, n), j)`` (`sample_keys`; step
+t of its completion from ``fold_in`` of that and t, `llm.sampler`), so the samples depend
+only on the params, the key and the problems, not on ``chunk`` (how many samples share one
+sampler call) nor on the batch size of the run that evaluates. Pass one fixed key at every
+step and in every run (common random numbers, `llm.rl.keys.evaluation_key`) to compare
+checkpoints, and runs of another P or G, without fresh sampling noise between them. (Only
+float rounding ties to the batch shapes: a logit a few ulps apart in another chunk can, very
+rarely, flip a draw that sits on a boundary.)
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from llm.data.prompts import PromptRenderer
 from llm.data.verifiable import correctness
-from llm.rl.rollouts import Sampling, sample, score_completions
+from llm.rl.rollouts import Sampling, score_completions
+from llm.rl.transfer import to_host
+from llm.sampler import generate_from_state
 
 
 def sample_rewards(
@@ -40,23 +49,61 @@ def sample_rewards(
     key: jax.Array | None,
     chunk: int = 256,
 ) -> np.ndarray:
-    """Rewards [N, num_samples] of completions sampled for each of the N ``examples``."""
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    """Rewards [N, num_samples] of completions sampled for each of the N ``examples``, at
+    most ``chunk`` samples (whole problems, at least one) per sampler call; sample j of
+    problem n drawn with ``sample_keys(key, N, num_samples)[n * num_samples + j]``."""
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
     prompts = [renderer.ids(ex.prompt) for ex in examples]
+    keys_R = None if key is None else sample_keys(key, len(prompts), num_samples)
     per_chunk = max(1, chunk // num_samples)  # whole problems per chunk
     rewards = []
     for start in range(0, len(prompts), per_chunk):
-        # the key of row start * num_samples, as when every sample was its own prompt row
-        sub_key = None if key is None else jax.random.fold_in(key, start * num_samples)
-        tokens, lengths, _, _ = sample(
-            graphdef, params, prompts[start : start + per_chunk], sampling, sub_key, num_samples
+        stop = min(start + per_chunk, len(prompts))
+        rows = None if keys_R is None else keys_R[start * num_samples : stop * num_samples]
+        tokens, lengths = _sample(
+            graphdef, params, prompts[start:stop], sampling, rows, num_samples
         )
-        batch = examples[start : start + per_chunk]
+        batch = examples[start:stop]
         rewards.append(
             score_completions(reward_fn, batch, renderer.decode(tokens, lengths), num_samples)
         )
     return np.concatenate(rewards).reshape(len(examples), num_samples)
+
+
+@functools.partial(jax.jit, static_argnames=("num_problems", "num_samples"))
+def _sample_keys(key, *, num_problems: int, num_samples: int) -> jax.Array:
+    fold = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+    problem_keys_N = fold(key, jnp.arange(num_problems, dtype=jnp.uint32))
+    keys_NxK = jax.vmap(fold, in_axes=(0, None))(
+        problem_keys_N, jnp.arange(num_samples, dtype=jnp.uint32)
+    )
+    return keys_NxK.reshape(num_problems * num_samples)
+
+
+def sample_keys(key: jax.Array, num_problems: int, num_samples: int) -> jax.Array:
+    """The [num_problems * num_samples] row keys, problem-major: ``fold_in(fold_in(key, n),
+    j)`` for sample j of problem n (what the chunk and the batch size cannot change)."""
+    return _sample_keys(key, num_problems=int(num_problems), num_samples=int(num_samples))
+
+
+def _sample(graphdef, params, prompts, sampling: Sampling, row_keys, num_samples: int):
+    """(tokens, lengths) on the host: `llm.rl.rollouts.sample`'s call with per-row keys."""
+    out = generate_from_state(
+        graphdef,
+        params,
+        prompts,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+        eos_token_id=sampling.eos_token_id,
+        row_keys=row_keys,
+        pad_token_id=sampling.pad_token_id,
+        num_samples=num_samples,
+    )
+    return to_host(out.tokens), to_host(out.lengths)
 
 
 def problem_rewards(

@@ -6,14 +6,20 @@ With ``base = jax.random.key(cfg.seed)`` (``RunState.key``):
 |----------------------------|-----------------------------------------------|--------------------|
 | rollout of step t          | ``fold_in(fold_in(base, t), SAMPLING_SALT)``  | `sampling_key`     |
 | evaluation (every step)    | ``fold_in(base, EVAL_SALT)``                  | `evaluation_key`   |
+| eval sample j of problem n | ``fold_in(fold_in(eval key, n), j)``          | `sample_keys` *    |
 | LoRA A matrices at init    | ``fold_in(base, LORA_INIT_SALT)``             | `lora_init_key`    |
 | arithmetic eval problems   | ``seed + EVAL_DATA_SEED_OFFSET`` (a seed)     | `eval_data_seed`   |
 | training-data order        | ``IteratorState(seed=cfg.seed)`` (a seed)     | `BatchIterator`    |
 
+\* `llm.rl.evaluation.sample_keys`.
+
 Inside a rollout (``llm.sampler``) row b at decoding step s draws with
-``fold_in(fold_in(key, b), s)``; an evaluation chunk starting at sample row r gets
-``fold_in(evaluation key, r)``. The evaluation key is the same at every step of a run and in
-every run of one seed (common random numbers). Steps fold in from 0 up, the salts of
+``fold_in(fold_in(key, b), s)``; an evaluation sample with its own row key k (above) draws
+step s with ``fold_in(k, s)``. So an evaluation's samples depend on the evaluation key and
+the problems only, not on how many samples share a sampler call nor on the run's P or G;
+the evaluation key is the same at every step of a run and in every run of one seed: every
+evaluation of every run of a seed shares common random numbers (float rounding aside, see
+`llm.rl.evaluation`). Steps fold in from 0 up, the salts of
 ``base`` from the top of uint32 down (``EVAL_SALT = 2**32 - 1``, ``LORA_INIT_SALT =
 2**32 - 2``), so no two uses share a key (a salt of 7 made LoRA's first draw,
 ``fold_in(fold_in(base, 7), 0)`` in `flax.nnx.Rngs`, the rollout key of step 7). A loop

@@ -1,4 +1,5 @@
-"""`llm.rl.keys`: the run's keys are distinct; the jitted sampling key is the eager one."""
+"""`llm.rl.keys`: the run's keys are distinct; the jitted sampling key is the eager one; the
+evaluation's per-sample keys are the documented derivation."""
 
 import jax
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from flax import nnx
 
 from llm.rl import keys
+from llm.rl.evaluation import sample_keys
 
 
 def _data(key):
@@ -30,3 +32,16 @@ def test_the_jitted_sampling_key_equals_the_eager_fold_ins():
         assert _data(keys.sampling_key(base, step)) == _data(expected)
     with pytest.raises(ValueError, match="step"):
         keys.sampling_key(base, -1)
+
+
+def test_evaluation_sample_keys_are_the_documented_fold_ins_and_distinct():
+    """Sample j of problem n: fold_in(fold_in(eval key, n), j); a problem's keys do not
+    depend on how many problems there are."""
+    eval_key = keys.evaluation_key(keys.base_key(2))
+    rows = sample_keys(eval_key, 5, 3)
+    assert rows.shape == (15,)
+    for n, j in ((0, 0), (1, 2), (4, 1)):
+        expected = jax.random.fold_in(jax.random.fold_in(eval_key, n), j)
+        assert _data(rows[n * 3 + j]) == _data(expected)
+    assert len({_data(k) for k in rows}) == 15
+    assert [_data(k) for k in sample_keys(eval_key, 2, 3)] == [_data(k) for k in rows[:6]]

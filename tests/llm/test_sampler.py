@@ -274,6 +274,25 @@ def test_deterministic_for_a_key_and_different_across_keys(model):
     np.testing.assert_array_equal(a.tokens, d.tokens[:3])
 
 
+def test_row_keys_replace_the_key_and_follow_their_row(model):
+    """``row_keys`` = fold_in(key, b) is the ``key`` call; a row's draws follow its own key,
+    not its index (rows reordered with their keys come out reordered)."""
+    kwargs = dict(max_new_tokens=N_NEW, temperature=0.9, top_p=0.9)
+    key = jax.random.key(5)
+    rows = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, np.arange(len(PROMPTS_SMALL)))
+    by_key = generate(model, PROMPTS_SMALL, key=key, **kwargs)
+    by_rows = generate(model, PROMPTS_SMALL, row_keys=rows, **kwargs)
+    for x, y in zip(by_key, by_rows, strict=True):
+        np.testing.assert_array_equal(x, y)
+    order = np.array([2, 0, 1])
+    moved = generate(model, [PROMPTS_SMALL[i] for i in order], row_keys=rows[order], **kwargs)
+    np.testing.assert_array_equal(moved.tokens, np.asarray(by_key.tokens)[order])
+    # another key for row 0 changes row 0 only
+    other = generate(model, PROMPTS_SMALL, row_keys=rows.at[0].set(key), **kwargs)
+    assert not np.array_equal(other.tokens[0], by_key.tokens[0])
+    np.testing.assert_array_equal(other.tokens[1:], by_key.tokens[1:])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "num_samples", "kwargs"),
@@ -350,6 +369,15 @@ def test_bucket_size():
         ([[1]], {"max_new_tokens": 0}, ValueError, "max_new_tokens"),
         ([[1]], {"eos_token_id": []}, ValueError, "eos_token_id"),
         ([[1]], {"num_samples": 0}, ValueError, "num_samples"),
+        ([[1]], {"row_keys": jax.random.split(jax.random.key(0), 2)}, ValueError, r"\(1,\)"),
+        ([[1]], {"row_keys": np.zeros((1, 2), np.uint32)}, TypeError, "jax.random.key"),
+        (
+            [[1]],
+            {"row_keys": jax.random.split(jax.random.key(0), 1), "key": jax.random.key(0)},
+            ValueError,
+            "not both",
+        ),  # fmt: skip
+        ([[1, 2, 3]], {"max_new_tokens": 4094}, ValueError, "max_position_embeddings = 4096"),
     ],
 )
 def test_bad_input_raises(model, prompts, kwargs, error, match):
