@@ -37,6 +37,7 @@ from llm.rl.config_fields import (
     option,
     option_of,
 )
+from llm.rl.logprobs import LEARNER_DISTRIBUTIONS
 from llm.rl.losses import LOSSES
 
 __all__ = [
@@ -71,6 +72,7 @@ RESUME_MUTABLE = (
     "log_every",
     "pipeline_depth",
     "remat",
+    "schedule_steps",  # the horizon it sets (or num_steps) is checked: llm.rl.resume
 )
 
 # group -> its title in `--help` and the docs, in the order of the fields.
@@ -239,6 +241,11 @@ class TrainConfig:
         1.0, "training sampling temperature (1.0 in the paper).", range=POSITIVE
     )
     top_p: float = _rollout(1.0, "training nucleus mass.", range=Range(0, 1, low_open=True))
+    learner_distribution: str = _loss(
+        "sampling",
+        "log pi under: sampling (logits/temperature, top_p nucleus, as mu) or model (asymre).",
+        choices=LEARNER_DISTRIBUTIONS,
+    )
     learning_rate: float = _optimizer(1e-5, "peak learning rate of AdamW.", range=NONNEGATIVE)
     lr_schedule: str = _optimizer(
         "constant", "learning-rate shape after the linear warmup.", choices=SCHEDULES
@@ -248,6 +255,12 @@ class TrainConfig:
     )
     min_lr_ratio: float = _optimizer(
         0.0, "cosine end value as a fraction of the peak.", range=UNIT_INTERVAL
+    )
+    schedule_steps: int | None = _optimizer(
+        None,
+        "horizon T of the cosine (None: num_steps); steps past T keep its final rate. Fixed "
+        "for a run: set it to the old num_steps to change num_steps on resume.",
+        range=Range(low=1, note="num_steps"),
     )
     weight_decay: float = _optimizer(0.0, "AdamW decoupled weight decay.", range=NONNEGATIVE)
     adam_b1: float = _optimizer(0.9, "AdamW beta1.", range=Range(0, 1, high_open=True))

@@ -198,6 +198,13 @@ def check_loss_options(cfg: TrainConfig) -> None:
     _need(cfg, "kl_beta", grpo or cfg.kl_beta == 0, f"must be 0 with loss={cfg.loss} (grpo only)")
     _need(
         cfg,
+        "learner_distribution",
+        cfg.loss == "asymre" or cfg.learner_distribution == "sampling",
+        f"must be sampling with loss={cfg.loss}: its ratio pi/mu needs pi under mu's "
+        "temperature and top_p",
+    )
+    _need(
+        cfg,
         "grpo_epsilon_high",
         grpo or cfg.grpo_epsilon_high is None,
         f"must be none with loss={cfg.loss} (grpo only)",

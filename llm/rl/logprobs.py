@@ -10,38 +10,25 @@ predict y_t. Then, with W the unembedding [D, V],
 
 computed ``chunk_size`` positions at a time, so the [b, N, V] logits are never materialised
 (rematerialised in the backward pass; the entropy H carries no gradient).
+
+The learner scores tokens under the distribution the sampler drew them from (`Scoring`):
+the logits divided by the sampling temperature and, with top-p, renormalised on the nucleus
+of pi's own logits, so that on-policy log pi = log mu to float rounding and a ratio pi/mu is
+1 (``llm.token_sampling.distribution_logprobs``). Log-probs and entropy come from one pass.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import asymre_jax
 from llm.models.transformer import KVCache, init_cache, positions_from_mask
 from llm.rl.batch import Batch
 from llm.rl.trainable import merge_params
-
-
-def entropy_from_hidden(hidden_BxTxD, unembedding_DxV, chunk_size: int):
-    """Token entropy of softmax(h W) [B, T], ``chunk_size`` positions at a time (no grad)."""
-    B, T, _ = hidden_BxTxD.shape
-    chunks = -(-T // chunk_size)
-    pad = chunks * chunk_size - T
-    h_NxBxCxD = jnp.moveaxis(
-        jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, chunks, chunk_size, -1), 1, 0
-    )
-
-    def one(h_BxCxD):
-        logits = jnp.einsum(
-            "bcd,dv->bcv", h_BxCxD, unembedding_DxV, preferred_element_type=jnp.float32
-        )
-        log_z = jax.nn.logsumexp(logits, axis=-1)
-        return log_z - jnp.sum(jnp.exp(logits - log_z[..., None]) * logits, axis=-1)
-
-    entropy_NxBxC = jax.lax.map(one, h_NxBxCxD)
-    return jnp.moveaxis(entropy_NxBxC, 0, 1).reshape(B, -1)[:, :T]
+from llm.token_sampling import distribution_logprobs
 
 
 def hidden_of_completions(model, mb: Batch):
@@ -84,22 +71,89 @@ def hidden_of_completions(model, mb: Batch):
     return jnp.concatenate([first_Bx1xD, h_Bx_D], axis=1)
 
 
-def completion_logprobs(graphdef, params, mb: Batch, chunk_size: int, frozen=None):
-    """Per-token log pi and entropy of pi (float32, [b, N]) of the completion slots, pi the
-    model of ``params`` merged with the ``frozen`` ones.
+class Scoring(NamedTuple):
+    """The distribution the learner scores tokens under: q_pi(v) propto exp(z_v / temperature)
+    on the ``top_p`` nucleus of pi's own logits (`llm.token_sampling.distribution_logprobs`),
+    the transform the sampler applied to mu. ``Scoring()`` is the model itself (T = 1)."""
 
-    The [b, N, V] logits are never materialised: log-probs come from the final hidden
-    states ``chunk_size`` positions at a time (rematerialised in the backward pass).
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+MODEL_SCORING = Scoring()  # the model itself: temperature 1, no nucleus
+LEARNER_DISTRIBUTIONS = ("sampling", "model")  # TrainConfig.learner_distribution
+
+
+def scoring_of(cfg) -> Scoring:
+    """The `Scoring` of a `TrainConfig`: the rollouts' temperature and top-p when
+    ``learner_distribution`` is "sampling" (the default), the model itself when "model"."""
+    if cfg.learner_distribution not in LEARNER_DISTRIBUTIONS:
+        raise ValueError(
+            f"learner_distribution must be one of {LEARNER_DISTRIBUTIONS}, "
+            f"got {cfg.learner_distribution!r}"
+        )
+    if cfg.learner_distribution == "model":
+        return MODEL_SCORING
+    return Scoring(float(cfg.temperature), float(cfg.top_p))
+
+
+def scores_from_hidden(hidden_BxNxD, unembedding_DxV, targets_BxN, chunk_size, scoring: Scoring):
+    """(log q, entropy of q, inside) [B, N] of ``targets_BxN`` under q = ``scoring`` of the
+    logits h W, ``chunk_size`` positions at a time: one pass over the logits, each chunk
+    rematerialised in the backward pass (the entropy carries no gradient)."""
+    B, N, _ = hidden_BxNxD.shape
+    chunks = -(-N // chunk_size)
+    pad = chunks * chunk_size - N
+
+    def split(x):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape(B, chunks, chunk_size, *x.shape[2:]), 1, 0)
+
+    @jax.checkpoint
+    def one(xs):
+        h_BxCxD, y_BxC = xs
+        logits_BxCxV = jnp.einsum(
+            "bcd,dv->bcv", h_BxCxD, unembedding_DxV, preferred_element_type=jnp.float32
+        )
+        flat = logits_BxCxV.reshape(B * chunk_size, -1)
+        out = distribution_logprobs(
+            flat,
+            y_BxC.reshape(-1),
+            scoring.temperature,
+            scoring.top_p,
+            use_top_p=scoring.top_p < 1.0,
+        )
+        return tuple(x.reshape(B, chunk_size) for x in out)
+
+    outs = jax.lax.map(one, (split(hidden_BxNxD), split(targets_BxN)))
+    return tuple(jnp.moveaxis(x, 0, 1).reshape(B, -1)[:, :N] for x in outs)
+
+
+def completion_logprobs(
+    graphdef, params, mb: Batch, chunk_size: int, frozen=None, scoring: Scoring = MODEL_SCORING
+):
+    """Per-token log q_pi and entropy of q_pi (float32, [b, N]) of the completion slots, pi
+    the model of ``params`` merged with the ``frozen`` ones and q_pi its ``scoring``
+    transform (`Scoring`: the sampling temperature and nucleus; default the model itself).
+
+    The [b, N, V] logits are never materialised: both come from the final hidden states in
+    one pass, ``chunk_size`` positions at a time (rematerialised in the backward pass).
     """
+    logprobs_BxN, entropy_BxN, _ = completion_scores(
+        graphdef, params, mb, chunk_size, frozen, scoring
+    )
+    return logprobs_BxN, entropy_BxN
+
+
+def completion_scores(
+    graphdef, params, mb: Batch, chunk_size: int, frozen=None, scoring: Scoring = MODEL_SCORING
+):
+    """`completion_logprobs` plus ``inside`` [b, N] (bool): False on tokens outside the
+    nucleus of pi's own logits (always True when ``scoring.top_p`` is 1)."""
     model = nnx.merge(graphdef, merge_params(params, frozen or {}))
     N = mb.loss_mask.shape[-1]
     chunk_size = min(chunk_size, N)
     hidden_BxNxD = hidden_of_completions(model, mb)
-    unembedding_DxV = model.unembedding()
-    logprobs_BxN = asymre_jax.token_logprobs_from_hidden(
-        hidden_BxNxD, unembedding_DxV, mb.completions, chunk_size=chunk_size
+    return scores_from_hidden(
+        hidden_BxNxD, model.unembedding(), mb.completions, chunk_size, scoring
     )
-    entropy_BxN = entropy_from_hidden(
-        jax.lax.stop_gradient(hidden_BxNxD), jax.lax.stop_gradient(unembedding_DxV), chunk_size
-    )
-    return logprobs_BxN, entropy_BxN

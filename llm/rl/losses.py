@@ -7,8 +7,9 @@ A loss is any callable
 
 evaluated on one micro-batch of b completions with N = max_new_tokens slots each:
 
-* ``logprobs_BxN``: log pi(y_t) of the sampled tokens under the trained policy
-  (temperature 1; differentiated);
+* ``logprobs_BxN``: log pi(y_t) of the sampled tokens under the trained policy, with the
+  sampler's temperature and top-p applied to pi's logits (``learner_distribution``,
+  `llm.rl.logprobs.Scoring`: on-policy it equals the behaviour log-prob; differentiated);
 * ``behaviour_logprobs_BxN``: log mu(y_t) under the distribution the tokens were drawn from
   (the sampler's own log-probs: behaviour params, sampling temperature and top-p), constants;
 * ``advantages_B``: one advantage per completion (constants);

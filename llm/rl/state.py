@@ -44,6 +44,7 @@ from llm.rl import keys
 from llm.rl.batch import prompts_per_micro_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
+from llm.rl.logprobs import scoring_of
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
 from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
 from llm.rl.rollouts import Sampling
@@ -126,6 +127,7 @@ def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, 
         cfg.logits_chunk_size,
         frozen_sh,
         batch_spec(mesh, prompts_per_micro_batch(rows, cfg.samples_per_prompt)[0]),
+        scoring_of(cfg),
     )
 
 

@@ -4,7 +4,8 @@
 
 is what `llm.trainer.train` runs every step; `update` alone takes a `Rollout` made elsewhere
 (a replay buffer, another model's samples): its behaviour log-probs must be those of the
-distribution the tokens were drawn from.
+distribution the tokens were drawn from, at the config's temperature and top-p (the learner
+scores pi under that transform, ``learner_distribution``).
 
 Row keys that are timings (they differ between runs, everything else is bit-for-bit):
 ``TIMING_KEYS``. ``rollout_wait`` is the time the learner waited for the step's rollout:
@@ -48,7 +49,8 @@ def update(
     """Advantages of ``ro``'s rewards, one jitted optimizer step; (new state, metrics).
 
     The metrics hold the loss, gradient norm, entropy, pi/mu drift (``logratio_abs``,
-    ``ratio_mean``, ``ratio_max``), ``finite`` (False: the step was skipped, params and
+    ``ratio_mean``, ``ratio_max``; ``outside_nucleus``: the share of tokens outside pi's top-p
+    nucleus), ``finite`` (False: the step was skipped, params and
     moments unchanged), ``nonfinite_streak`` (skipped steps in a row) and ``advantages``
     (the [P, G] host array the step used).
     """

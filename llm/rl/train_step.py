@@ -10,9 +10,11 @@ whole sequence; log-probs are taken on the N completion slots only, and the loss
            \nabla L = \frac{\sum_k \nabla N_k}{\sum_k D_k}
 
 which is exactly the full-batch loss and gradient (D never depends on the parameters).
-The log-probs come from :mod:`llm.rl.logprobs` (teacher forcing on a shared prompt cache).
-The behaviour log-probs are the sampler's (the distribution the tokens were drawn from);
-:func:`score` recomputes log-probs under other params (the frozen reference of a KL term).
+The log-probs come from :mod:`llm.rl.logprobs` (teacher forcing on a shared prompt cache),
+under ``scoring`` (`llm.rl.logprobs.Scoring`): pi's logits with the sampler's temperature and
+nucleus, so that on-policy pi/mu = 1. The behaviour log-probs are the sampler's (the
+distribution the tokens were drawn from); :func:`score` recomputes log-probs under other
+params (the frozen reference of a KL term), under the same ``scoring``.
 
 The update is ``optax.apply_if_finite(chain(clip_by_global_norm, adamw))`` under
 ``optax.inject_hyperparams``: the learning rate, weight decay and clipping norm are traced
@@ -46,7 +48,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.rl.batch import Batch
-from llm.rl.logprobs import completion_logprobs
+from llm.rl.logprobs import MODEL_SCORING, Scoring, completion_scores
 from llm.rl.losses import AsymRE
 
 DATA_AXIS = "fsdp"
@@ -131,21 +133,36 @@ def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
 
 
 def train_step(
-    params, opt_state, batch: Batch, hyper: dict, frozen, *, graphdef, loss_fn, tx, chunk
+    params,
+    opt_state,
+    batch: Batch,
+    hyper: dict,
+    frozen,
+    *,
+    graphdef,
+    loss_fn,
+    tx,
+    chunk,
+    scoring: Scoring = MODEL_SCORING,
 ):
     """One exact, micro-batched update of the trainable ``params`` (the model is their merge
-    with ``frozen``, {} when nothing is frozen); returns (params, opt_state, metrics)."""
+    with ``frozen``, {} when nothing is frozen); returns (params, opt_state, metrics).
+
+    ``outside_nucleus`` is the share of completion tokens outside the top-p nucleus of pi's
+    own logits (0 on-policy, and whenever top_p = 1): their log pi is taken over the nucleus
+    extended by the token (`llm.token_sampling.distribution_logprobs`)."""
     f32 = jnp.float32
 
     def micro(carry, mb: Batch):
         grads, num, den, stats = carry
 
         def numerator(p):
-            logprobs_BxN, entropy_BxN = completion_logprobs(graphdef, p, mb, chunk, frozen)
-            n, d = _loss_terms(loss_fn, logprobs_BxN, mb)
-            return n, (d, logprobs_BxN, entropy_BxN)
+            scores = completion_scores(graphdef, p, mb, chunk, frozen, scoring)
+            n, d = _loss_terms(loss_fn, scores[0], mb)
+            return n, (d, scores)
 
-        (n, (d, logprobs_BxN, entropy_BxN)), g = jax.value_and_grad(numerator, has_aux=True)(params)
+        (n, (d, scores)), g = jax.value_and_grad(numerator, has_aux=True)(params)
+        logprobs_BxN, entropy_BxN, inside_BxN = scores
         m = mb.loss_mask
         logratio_BxN = (logprobs_BxN - mb.behaviour_logprobs) * m
         ratio_BxN = jnp.exp(logratio_BxN)
@@ -156,13 +173,14 @@ def train_step(
             "ratio_sum": stats["ratio_sum"] + (ratio_BxN * m).sum(),
             "ratio_max": jnp.maximum(stats["ratio_max"], jnp.max(jnp.where(m > 0, ratio_BxN, 0))),
             "seq_logprob": stats["seq_logprob"] + (logprobs_BxN * m).sum(),
+            "outside": stats["outside"] + jnp.where(inside_BxN, 0.0, m).sum(),
         }
         grads = jax.tree.map(jnp.add, grads, g)
         return (grads, num + n, den + d, new_stats), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     stats0 = {k: f32(0) for k in ("tokens", "entropy", "logratio_abs", "ratio_sum")}
-    stats0 |= {"ratio_max": f32(0), "seq_logprob": f32(0)}
+    stats0 |= {"ratio_max": f32(0), "seq_logprob": f32(0), "outside": f32(0)}
     init = (zeros, f32(0), f32(0), stats0)
     (grad_sum, num, den, stats), _ = jax.lax.scan(micro, init, batch)
     den = jnp.maximum(den, jnp.finfo(f32).tiny)
@@ -186,15 +204,25 @@ def train_step(
         "ratio_mean": stats["ratio_sum"] / tokens,
         "ratio_max": stats["ratio_max"],
         "logprob_seq_mean": stats["seq_logprob"] / num_seqs,
+        "outside_nucleus": stats["outside"] / tokens,
     }
     return params, opt_state, metrics
 
 
-def score(params, batch: Batch, frozen, *, graphdef, chunk_size: int = 128):
-    """log pi(y_t) of the completion tokens at temperature 1, [M, b, N] (0 off the mask)."""
+def score(
+    params,
+    batch: Batch,
+    frozen,
+    *,
+    graphdef,
+    chunk_size: int = 128,
+    scoring: Scoring = MODEL_SCORING,
+):
+    """log q_pi(y_t) of the completion tokens under ``scoring`` (default: the model at
+    temperature 1), [M, b, N] (0 off the mask)."""
 
     def one(_, mb):
-        logprobs_BxN, _ = completion_logprobs(graphdef, params, mb, chunk_size, frozen)
+        logprobs_BxN, _, _ = completion_scores(graphdef, params, mb, chunk_size, frozen, scoring)
         return None, logprobs_BxN * mb.loss_mask
 
     return jax.lax.scan(one, None, batch)[1]
@@ -268,6 +296,7 @@ def step_functions(
     chunk_size: int = 128,
     frozen_shardings=None,
     prompt_spec: PartitionSpec | None = None,
+    scoring: Scoring = MODEL_SCORING,
 ) -> StepFunctions:
     """The jitted step functions; an equal combination of arguments returns the same bundle
     (so nothing recompiles) while it is among the ``COMPILED_STEPS`` most recently used.
@@ -278,6 +307,8 @@ def step_functions(
     they are not used. ``data_spec`` / ``prompt_spec`` place the completion rows and the
     prompt rows of a `Batch` (`batch_spec`; ``prompt_spec`` None: ``data_spec``).
     ``loss_fn`` (default ``AsymRE()``) must be hashable: equal losses share a compiled step.
+    ``scoring`` (`llm.rl.logprobs.Scoring`) is the distribution pi is scored under: the
+    sampling temperature and top-p of the rollouts (default the model itself, T = 1).
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
     try:
@@ -288,8 +319,13 @@ def step_functions(
             f"compiled step; got {type(loss_fn).__name__}"
         ) from None
     opt_spec = opt_spec or OptSpec()
+    if not isinstance(scoring, Scoring):
+        raise TypeError(f"scoring must be a llm.rl.logprobs.Scoring, got {type(scoring).__name__}")
+    scoring = Scoring(float(scoring.temperature), float(scoring.top_p))
+    if not scoring.temperature > 0 or not 0 < scoring.top_p <= 1:
+        raise ValueError(f"scoring needs temperature > 0 and top_p in (0, 1], got {scoring}")
     if mesh is None:
-        return _compiled(graphdef, loss_fn, opt_spec, chunk_size, None)
+        return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, None)
     data_spec = PartitionSpec() if data_spec is None else data_spec
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract_params)
     placement = _Placement(
@@ -299,7 +335,7 @@ def step_functions(
         _flat(frozen_shardings or {}),
         (data_spec if prompt_spec is None else prompt_spec, data_spec),
     )
-    return _compiled(graphdef, loss_fn, opt_spec, chunk_size, placement)
+    return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, placement)
 
 
 def _copy(params):
@@ -307,12 +343,14 @@ def _copy(params):
 
 
 @functools.lru_cache(maxsize=COMPILED_STEPS)
-def _compiled(graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, placement) -> StepFunctions:
+def _compiled(
+    graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, scoring: Scoring, placement
+) -> StepFunctions:
     tx = make_optimizer(opt_spec)
     step = functools.partial(
-        train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size
+        train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size, scoring=scoring
     )
-    score_fn = functools.partial(score, graphdef=graphdef, chunk_size=chunk_size)
+    score_fn = functools.partial(score, graphdef=graphdef, chunk_size=chunk_size, scoring=scoring)
     if placement is not None:
         return _sharded_functions(tx, step, score_fn, placement)
     return StepFunctions(

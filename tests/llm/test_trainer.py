@@ -168,6 +168,8 @@ def test_bad_config_is_rejected(model_path, tmp_path):
         train(_cfg(model_path, tmp_path, micro_batches=3))
     with pytest.raises(ValueError, match="loss"):
         train(_cfg(model_path, tmp_path, loss="ppo"))
+    with pytest.raises(ValueError, match="learner_distribution.*grpo"):
+        train(_cfg(model_path, tmp_path, loss="grpo", learner_distribution="model"))
     assert jax.device_count() == 8
 
 
@@ -229,24 +231,35 @@ def test_dataset_and_eval_dataset_replace_the_task(model_path, tmp_path):
         train(_cfg(model_path, tmp_path), dataset=["not an example"])
 
 
+def _on_policy_row(model_path, tmp_path, **kw):
+    (row,) = train(_cfg(model_path, tmp_path, num_steps=1, **kw), reward_fn=letter_reward)
+    return row
+
+
+def test_on_policy_grpo_ratio_is_one_under_temperature_and_nucleus(model_path, tmp_path):
+    """The learner scores pi with the sampler's transform: on-policy pi/mu = 1 to rounding
+    at T = 0.7, top_p = 0.9 (no token outside pi's own nucleus)."""
+    row = _on_policy_row(model_path, tmp_path, loss="grpo", temperature=0.7, top_p=0.9)
+    assert row["logratio_abs"] < 1e-5 and row["outside_nucleus"] == 0.0
+    assert abs(row["ratio_mean"] - 1) < 1e-5 and row["ratio_max"] < 1 + 1e-5
+
+
 @pytest.mark.slow
-def test_grpo_ratio_is_against_the_sampling_distribution(model_path, tmp_path):
-    """At temperature 0.5 the behaviour log-probs are those of the tempered sampler, so even
-    on-policy (step 0) pi (temperature 1) / mu differs from 1; at temperature 1 it is 1."""
-    drift = {}
-    for temperature in (1.0, 0.5):
-        (row,) = train(
-            _cfg(
-                model_path,
-                tmp_path / str(temperature),
-                loss="grpo",
-                num_steps=1,
-                temperature=temperature,
-            ),
-            reward_fn=letter_reward,
-        )
-        drift[temperature] = row["logratio_abs"]
-    assert drift[1.0] < 1e-5 < 1e-2 < drift[0.5]
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+@pytest.mark.parametrize("loss", ["asymre", "grpo", "is_reinforce"])
+def test_on_policy_ratio_is_one_for_every_loss(model_path, tmp_path, loss, top_p):
+    row = _on_policy_row(model_path, tmp_path, loss=loss, temperature=0.7, top_p=top_p)
+    assert row["logratio_abs"] < 1e-5 and abs(row["ratio_mean"] - 1) < 1e-5, row
+
+
+@pytest.mark.slow
+def test_asymre_under_the_model_distribution_sees_the_temperature(model_path, tmp_path):
+    """learner_distribution="model" scores log pi at T = 1: on-policy at T = 0.5 the drift
+    metrics then measure the temperature, not staleness (the documented trade)."""
+    kw = dict(loss="asymre", temperature=0.5)
+    assert _on_policy_row(model_path, tmp_path / "s", **kw)["logratio_abs"] < 1e-5
+    model = _on_policy_row(model_path, tmp_path / "m", learner_distribution="model", **kw)
+    assert model["logratio_abs"] > 1e-2
 
 
 def test_no_compilation_after_the_first_step(model_path, tmp_path, caplog):

@@ -17,7 +17,7 @@ from llm.models.transformer import Transformer
 from llm.rl import train_step as update
 from llm.rl.batch import build_batch
 from llm.rl.checkpoint import abstract_like
-from llm.rl.logprobs import entropy_from_hidden
+from llm.rl.logprobs import MODEL_SCORING, Scoring, scores_from_hidden
 from llm.rl.losses import GRPO, AsymRE, ISReinforce
 from llm.rl.train_step import (
     COMPILED_STEPS,
@@ -146,10 +146,42 @@ def test_micro_batched_equals_full_batch(setup, spec):
     assert m_full["logratio_abs"] > 1e-3
 
 
-def test_on_policy_logratio_is_zero(setup):
-    _, metrics, _ = _run(setup)
-    assert metrics["logratio_abs"] < 1e-6
-    np.testing.assert_allclose(metrics["ratio_mean"], 1.0, atol=1e-6)
+def test_on_policy_logratio_is_zero_against_the_samplers_logprobs(setup):
+    """Behaviour log-probs from the sampler (G per prompt at T = 0.7, top_p = 0.9), the step
+    scoring the same params under the same transform: pi/mu = 1 to float32 rounding; scored
+    at T = 1 instead, the drift is the temperature's."""
+    prompts = setup["rows"][::G]
+    out = generate_from_state(
+        setup["graphdef"],
+        setup["params"],
+        prompts,
+        max_new_tokens=N,
+        temperature=0.7,
+        top_p=0.9,
+        eos_token_id=2,
+        key=jax.random.key(5),
+        num_samples=G,
+    )
+    host = build_batch(
+        setup["rows"],
+        np.asarray(out.tokens),
+        np.asarray(out.lengths),
+        setup["advantages"],
+        pad_token_id=0,
+        behaviour_logprobs_BxN=np.asarray(out.logprobs),
+        group_size=G,
+    )
+    drift = {}
+    for name, scoring in (("sampling", Scoring(0.7, 0.9)), ("model", MODEL_SCORING)):
+        fns = step_functions(setup["graphdef"], None, loss_fn=GRPO(), opt_spec=OPT, scoring=scoring)
+        params = _fresh(setup["params"])
+        batch = jax.tree.map(jnp.asarray, host)
+        _, _, metrics = fns.step(params, fns.init_opt(params), batch, hyperparams(**HYPER), {})
+        drift[name] = {k: float(v) for k, v in metrics.items()}
+    assert drift["sampling"]["logratio_abs"] < 1e-5
+    np.testing.assert_allclose(drift["sampling"]["ratio_mean"], 1.0, atol=1e-5)
+    assert drift["sampling"]["outside_nucleus"] == 0.0
+    assert drift["model"]["logratio_abs"] > 1e-2
 
 
 def test_non_finite_step_is_skipped(setup):
@@ -205,7 +237,7 @@ def test_build_batch_rejects_bad_shapes(setup):
         )
 
 
-def test_chunked_entropy_matches_full_softmax():
+def test_chunked_logprobs_and_entropy_match_full_softmax():
     rng = np.random.default_rng(1)
     h = jnp.asarray(rng.normal(size=(2, 7, 5)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
@@ -213,8 +245,14 @@ def test_chunked_entropy_matches_full_softmax():
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     expected = -(p * np.log(p)).sum(-1)
+    y = rng.integers(0, 11, size=(2, 7))
     for chunk in (1, 3, 7):
-        np.testing.assert_allclose(entropy_from_hidden(h, w, chunk), expected, rtol=1e-5)
+        lp, entropy, inside = scores_from_hidden(h, w, y, chunk, MODEL_SCORING)
+        np.testing.assert_allclose(entropy, expected, rtol=1e-5)
+        np.testing.assert_allclose(
+            lp, np.log(np.take_along_axis(p, y[..., None], -1))[..., 0], rtol=1e-5
+        )
+        assert bool(np.all(inside))
 
 
 def test_constant_normalization_divides_by_the_generation_budget(setup):
