@@ -29,7 +29,11 @@ KV cache (``KVCache``: k, v of [L, B, S, K, Dh]): a call with ``cache`` and
 ``cache_index = i`` writes the T new keys/values into slots [i, i + T) and query t (slot
 i + t) attends to slot j iff ``attention_mask[b, j] == 1`` and j <= i + t (and, on
 sliding-window layers, i + t - j < sliding_window). Left-padded rows keep their real tokens
-in consecutive slots, so slot distance is position distance there.
+in consecutive slots, so slot distance is position distance there. Which form the mask takes
+depends on the cache alone, never on ``cache_index``'s Python type: without a cache the
+causal rule (``attend(causal=True)``), with one the explicit [B, 1, T, S] slot mask, for a
+Python int, a NumPy int or a traced index alike (the same keys are visible either way; on
+CPU the logits are bit for bit those the causal rule gave at cache_index 0).
 """
 
 from __future__ import annotations
@@ -317,7 +321,10 @@ class Transformer(nnx.Module):
                 raise ValueError(
                     f"positions must have shape [B, T] = {(B, T)}, got {tuple(positions_BxT.shape)}"
                 )
-        causal = cache is None or (isinstance(cache_index, int) and cache_index == 0)
+        # Two separate forms, chosen by the cache alone: without one, query t is key t (the
+        # causal rule); with one, the [B, 1, T, S] slot mask, whatever cache_index is (a
+        # Python 0 and a traced 0 run the same program).
+        causal = cache is None
         cache_index, query_slot_T, S = query_slots(cfg, cache, cache_index, B, T)
         masks = visibility_masks(cfg, query_slot_T, S, attention_mask, B, causal, cache is not None)
 

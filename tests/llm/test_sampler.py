@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from llm import sampler
+from llm import sampler, sampler_args
 from llm.models.config import ModelConfig
 from llm.models.hf_io import load_hf
 from llm.models.tiny import make_tiny_checkpoint, random_model, tiny_config
@@ -352,6 +352,14 @@ def test_same_bucket_does_not_recompile_and_new_state_does_not_retrace(model, co
 def test_bucket_size():
     assert [sampler.bucket_size(n, 1) for n in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 16]
     assert sampler.bucket_size(3, 16) == 16 and sampler.bucket_size(17, 16) == 32
+
+
+def test_positions_are_checked_up_to_the_limit(model):
+    """prompt + max_new_tokens may reach max_position_embeddings, not pass it."""
+    config = model.config.replace(max_position_embeddings=20)
+    sampler_args.check_positions(config, 12, 8)  # exactly the limit
+    with pytest.raises(ValueError, match=r"\(13 tokens\) \+ max_new_tokens \(8\) = 21 .* = 20"):
+        sampler_args.check_positions(config, 13, 8)
 
 
 @pytest.mark.parametrize(
