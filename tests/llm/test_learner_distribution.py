@@ -11,17 +11,18 @@ from benchmarks.logprob_mismatch import DTYPES, SAMPLINGS, on_policy_mismatch
 from llm.models.tiny import FAMILIES
 from llm.token_sampling import distribution_logprobs, kept_vocab, sample_logits
 
-# measured on the CPU (docs/llm/trainer.md): float32 <= 3.1e-6 off the nucleus edge;
-# bfloat16 mostly identical, a few tokens one bfloat16 ulp of the logits apart (1.2e-2)
+# measured on the CPU (docs/llm/trainer.md): float32 <= 3.1e-6 off the nucleus edge and
+# 1.4e-3 at it (a token of mass ~1e-3 in one nucleus and not the other); bfloat16 mostly
+# agreeing to float32 rounding, a few tokens one bfloat16 rounding step of a logit apart (1.2e-2)
 MAX_OFF_EDGE = {"float32": 1e-5, "bfloat16": 5e-2}
-MEAN = {"float32": 1e-5, "bfloat16": 2e-3}
+MAX = {"float32": 2e-2, "bfloat16": 5e-2}
+MEAN = {"float32": 1e-4, "bfloat16": 2e-3}
 
 
 def _check_bounds(row, dtype):
     assert row["tokens"] > 50 and row["G"] > 1
     assert row["max_abs_off_edge"] < MAX_OFF_EDGE[dtype], row
-    assert row["mean_abs"] < MEAN[dtype], row
-    assert row["edge_tokens"] <= 0.05 * row["tokens"], row  # rounding at a threshold: rare
+    assert row["max_abs"] < MAX[dtype] and row["mean_abs"] < MEAN[dtype], row
 
 
 def _oracle_kept(scaled, top_p, top_k):
