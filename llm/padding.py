@@ -21,8 +21,8 @@ def bucket_size(n: int, minimum: int) -> int:
 
 def length_bucket(n: int, minimum: int = MIN_LENGTH_BUCKET) -> int:
     """Smallest ``k * 2**e / 8`` >= max(n, minimum) with k in 5..8 (quarter octaves), in
-    multiples of 16: at most 4 shapes per doubling, and never more than 25% padding past
-    ``minimum`` (a power of two would pad up to 100%).
+    multiples of 16: at most 4 shapes per doubling, under 16 tokens of padding up to 128 and
+    at most 25% past 64 tokens (a power of two would pad up to 100%).
 
     >>> [length_bucket(n) for n in (3, 16, 17, 33, 73, 100, 129, 300)]
     [16, 16, 32, 48, 80, 112, 160, 320]

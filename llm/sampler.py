@@ -2,9 +2,9 @@ r"""KV-cache sampler: ragged prompts in, completions and their log-probs out.
 
 Prompts (lists of token ids of different lengths) are left-padded into a static bucket
 ``[B', T']`` (the batch rounded up to a power of two, the prompt length to a quarter-octave
-bucket of `length_bucket`: at most 25% padding), so a new batch of another size in the same
-bucket reuses the compiled code. Two jitted,
-pure functions of ``(graphdef, state, ...)`` do the work:
+bucket of `length_bucket`: at most 25% padding past 64 tokens), so a new batch of another
+size in the same bucket reuses the compiled code. Two jitted, pure functions of
+``(graphdef, state, ...)`` do the work:
 
 * ``prefill``: one forward pass over the padded prompts that fills a preallocated KV cache
   of ``T' + max_new_tokens`` slots and samples the first new token;

@@ -1,6 +1,8 @@
 """The off-policy sweep pipeline (splits -> warm start -> lr choice -> runs -> report)."""
 
 import json
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from llm.experiments import report
 from llm.experiments.splits import SPLITS, disjoint_splits
 from llm.experiments.stats import bootstrap_ci, mean_ci
 from llm.sft import sft_batch
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_sft_batch_masks_exactly_the_completion_targets():
@@ -65,20 +69,84 @@ def test_collapse_step():
     assert report.collapse_step([0.4 + 0.01 * i for i in range(30)], 5) is None
 
 
-def test_run_specs_cover_the_claim():
-    """The pre-registered dose-response: delta_v in {-0.1, +0.1} x N in {1, 25, 50, 100}."""
+def _interval(mean):
+    return {
+        "bootstrap": {"mean": mean, "lo": mean - 0.1, "hi": mean + 0.1},
+        "t_over_seeds": {"mean": mean, "lo": mean - 0.2, "hi": mean + 0.2},
+    }
+
+
+# the fields two compared runs may differ in; everything else (lr, steps, P, G, temperature,
+# evaluation...) is shared by construction
+KNOBS = ("loss", "delta_v", "refresh_every")
+
+
+@pytest.mark.parametrize("name", sorted(sweep.PRESETS))
+def test_every_preset_can_test_the_claim(name):
+    """What the claim needs, derived from each preset's runs rather than restated: AsymRE
+    deltas of both signs at every stale N, an on-policy control, GRPO at the stale N; each
+    contrast between two configs that differ in one knob, through the real TrainConfigs; the
+    stale policy refreshed within the run; every pre-registered target computable."""
+    preset = sweep.PRESETS[name]
+    specs = sweep.run_specs(preset)
+    assert len({s.name for s in specs}) == len(specs)
+    asym = [s for s in specs if s.loss == "asymre"]
+    stale = sorted({s.refresh_every for s in asym if s.refresh_every > 1})
+    assert preset.refresh_every in stale
+    for n in stale:
+        dvs = [s.delta_v for s in asym if s.refresh_every == n]
+        assert min(dvs) < 0 <= max(dvs), f"N={n} needs delta_v of both signs, has {dvs}"
+        assert preset.num_steps // n >= 2, f"N={n} never refreshes the behaviour policy"
+    assert any(s.refresh_every == 1 for s in asym), "no on-policy control"
+    if preset.grpo:
+        assert [s.refresh_every for s in specs if s.loss == "grpo"] == [preset.refresh_every]
+
+    pairs = report.contrast_pairs(specs)
+    seed, lr = preset.seeds[0], 3e-4
+    for label, (a, b) in pairs.items():
+        changed = [k for k in KNOBS if getattr(a, k) != getattr(b, k)]
+        assert len(changed) == 1 or changed == ["loss", "delta_v"], (label, changed)
+        cfg_a, cfg_b = (
+            sweep.train_config(preset, "model", s, seed, lr, f"out/{s.name}").to_dict()
+            for s in (a, b)
+        )
+        differ = {k for k in cfg_a if cfg_a[k] != cfg_b[k]}
+        assert differ == set(changed) | {"out_dir"}, (label, differ)
+    for kind in ("δV=+0.1 minus δV=-0.1", "N=", "minus GRPO"):
+        assert any(kind in label for label in pairs), f"no {kind!r} contrast"
+
+    # every target the report pre-registers finds its runs among this preset's
+    configs = {
+        s.name: {
+            "loss": s.loss, "delta_v": s.delta_v, "refresh_every": s.refresh_every,
+            "collapsed_seeds": 0, "seeds": list(preset.seeds), "greedy_change": _interval(0.2),
+        }
+        for s in specs
+    }  # fmt: skip
+    contrasts = {label: {"greedy_auc": _interval(-0.5)} for label in pairs}
+    assert len(report.targets(preset, configs, contrasts)) == 4
+    # --quick runs the same configurations on the same splits
+    assert sweep.run_specs(preset.quick()) == specs
+    assert preset.quick().split_sizes == preset.split_sizes
+
+
+def test_tiny_arith_runs_are_the_pre_registered_ones():
+    """results/llm_tiny/README.md pre-registers the runs before any result: the preset must
+    still make exactly those (a changed preset would no longer be the registered study)."""
+    text = (REPO / "results" / "llm_tiny" / "README.md").read_text()
+    runs = re.search(
+        r"δV in \{(.+?)\} x N in \{(.+?)\}.+?GRPO at N = (\d+); seeds ([\d, ]+)", text, re.S
+    )
+    assert runs, "the README's **Runs.** sentence changed: update this parser with it"
+    dvs, ns = ({float(x) for x in g.split(",")} for g in runs.group(1, 2))
+    grpo_n, seeds = int(runs.group(3)), [int(x) for x in runs.group(4).split(",")]
     specs = sweep.run_specs(sweep.TINY_ARITH)
     asym = {(s.delta_v, s.refresh_every) for s in specs if s.loss == "asymre"}
-    assert asym == {(dv, n) for dv in (-0.1, 0.1) for n in (1, 25, 50, 100)}
-    assert any(
-        s.loss == "grpo" and s.refresh_every == sweep.TINY_ARITH.refresh_every for s in specs
-    )
-    assert len({s.name for s in specs}) == len(specs)
-    assert len(sweep.TINY_ARITH.seeds) >= 3
-    assert sweep.TINY_ARITH.num_steps // sweep.TINY_ARITH.refresh_every >= 3  # refreshes
-    quick = sweep.TINY_ARITH.quick()
-    assert len(quick.seeds) == 1 and quick.num_steps < sweep.TINY_ARITH.num_steps
-    assert quick.split_sizes == sweep.TINY_ARITH.split_sizes  # the same protocol
+    assert asym == {(dv, int(n)) for dv in dvs for n in ns}
+    assert [s.refresh_every for s in specs if s.loss == "grpo"] == [grpo_n]
+    assert list(sweep.TINY_ARITH.seeds) == seeds
+    total = re.search(r"(\d+) runs\.", text)
+    assert total and int(total.group(1)) == len(specs) * len(seeds)
 
 
 def test_contrast_pairs_are_the_ones_the_claim_needs():

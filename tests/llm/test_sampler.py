@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from llm import sampler, sampler_args
+from llm import sampler_args
 from llm.models.config import ModelConfig
 from llm.models.hf_io import load_hf
 from llm.models.tiny import make_tiny_checkpoint, random_model, tiny_config
@@ -260,6 +260,31 @@ def test_eos_stops_rows_and_sets_lengths_and_finished(model):
     assert np.asarray(stop.finished).all()
 
 
+def test_decode_loop_stops_when_every_row_has_ended(model):
+    """``steps``, the decoding steps the loop ran, is the longest row's length: 1 when every
+    row ends at its first token, under N_NEW when every row ends early, N_NEW when a row never
+    ends. (A loop that always ran N_NEW steps would give the same tokens: only the count
+    tells the early exit happened.)"""
+    free = np.asarray(generate(model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0).tokens)
+    row0 = set(free[0].tolist())
+    cases = {  # name: (EOS ids, (fewest, most) steps the loop may run)
+        "every row at its first token": ({int(t) for t in free[:, 0]}, (1, 1)),
+        "every row early": ({int(free[0, 2]), int(free[1, 0]), int(free[2, 1])}, (1, 3)),
+        "no row": (set(range(VOCAB)) - set(free.ravel().tolist()), (N_NEW, N_NEW)),
+        "all but row 0": ({int(t) for t in free[1:, 0]} - row0, (N_NEW, N_NEW)),
+    }
+    for name, (eos, (fewest, most)) in cases.items():
+        assert eos, f"{name}: the model's tokens leave no EOS id for this case"
+        hits = np.isin(free, sorted(eos))
+        lengths = np.where(hits.any(1), hits.argmax(1) + 1, N_NEW)  # greedy: free's prefix
+        out = generate(
+            model, PROMPTS_SMALL, max_new_tokens=N_NEW, temperature=0, eos_token_id=sorted(eos)
+        )
+        np.testing.assert_array_equal(out.lengths, lengths, err_msg=name)
+        assert int(out.steps) == lengths.max(), name
+        assert fewest <= int(out.steps) <= most, name
+
+
 @pytest.mark.slow
 def test_deterministic_for_a_key_and_different_across_keys(model):
     kwargs = dict(max_new_tokens=N_NEW, temperature=0.8, top_k=5, top_p=0.9)
@@ -347,11 +372,6 @@ def test_same_bucket_does_not_recompile_and_new_state_does_not_retrace(model, co
     # A batch of 9 is a new bucket (16): exactly one new program each.
     generate_from_state(graphdef, state, [[1]] * 9, eos_token_id=2, **kwargs)
     assert count_compiles["jit(_prefill)"] == count_compiles["jit(_decode)"] == 1, count_compiles
-
-
-def test_bucket_size():
-    assert [sampler.bucket_size(n, 1) for n in (1, 2, 3, 4, 5, 9)] == [1, 2, 4, 4, 8, 16]
-    assert sampler.bucket_size(3, 16) == 16 and sampler.bucket_size(17, 16) == 32
 
 
 def test_positions_are_checked_up_to_the_limit(model):
