@@ -31,7 +31,10 @@ checks every value against the column *Accepts* and the rules that relate severa
 with an error naming it.
 
 A resumed run (`--resume`) must use the same values, except for the fields marked
-*resumable* below, which do not change the maths.
+*resumable* below, which do not change the maths; under the cosine schedule `num_steps` and
+`schedule_steps` may change only while its horizon stays (`schedule_steps`, else
+`num_steps`). The checks run before anything is restored: see
+[Resuming](../llm/scale.md#resuming).
 """
 
 

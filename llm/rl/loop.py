@@ -28,9 +28,11 @@ ratio: the drift between pi and mu (|log pi - log mu|, ratio stats) is logged, n
 Everything derives from ``cfg.seed`` (``llm.rl.keys``): data order, sampling and evaluation
 keys, LoRA's initial adapters. Checkpoints (``llm.rl.checkpoint``) hold the whole
 ``RunState`` (with LoRA, the adapters but not the frozen base, which reloads from
-``model_path``) and the config, so ``resume=True`` continues bit-for-bit. Multi-process runs
-(``llm.distributed.initialize_distributed``) use one global mesh; every process computes the
-same host-side batch and feeds its own rows to its devices.
+``model_path``) and the config, so ``resume=True`` continues bit-for-bit; it checks the
+config against the checkpoint's before loading the model, and the model and the arrays'
+shapes before reading them, and steps past damaged checkpoints (``llm.rl.resume``).
+Multi-process runs (``llm.distributed.initialize_distributed``) use one global mesh; every
+process computes the same host-side batch and feeds its own rows to its devices.
 """
 
 from __future__ import annotations
@@ -45,14 +47,14 @@ import jax
 from tqdm.auto import tqdm
 
 from llm.data.datasets import BatchIterator
-from llm.errors import ConfigError
 from llm.models.export import export
 from llm.rl import evaluation
-from llm.rl.checkpoint import Checkpointer, restore_state, save_state
-from llm.rl.config import RESUME_MUTABLE, TrainConfig
+from llm.rl.checkpoint import Checkpointer, model_description, save_state
+from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn
 from llm.rl.metrics import MetricsWriter
 from llm.rl.pipeline import RolloutPipeline, pipelined_step
+from llm.rl.resume import check_saved_config, resume
 from llm.rl.schedule import learning_rate_fn
 from llm.rl.state import RunState, Setup, eval_key, init_run
 from llm.rl.tasks import run_examples
@@ -96,29 +98,14 @@ def save_checkpoint(ckpt: Checkpointer, setup: Setup, state: RunState) -> None:
     check_behaviour = setup.fns.all_finite if setup.rollout is None else setup.rollout.all_finite
     for mu in (state.behaviour, *(mu for _, mu in state.pending)):  # on their own devices
         finite = finite & to_host(check_behaviour(trainable(mu)))
-    save_state(ckpt, state, config=setup.cfg.to_dict(), finite=finite, split=setup.split)
-
-
-def _resume(ckpt: Checkpointer, setup: Setup, state: RunState) -> RunState:
-    state, meta = restore_state(ckpt, state, split=setup.split)
-    _check_resume_config(meta["config"], setup.cfg)
-    log.info("resumed from %s at step %d", ckpt.directory, state.step)
-    return state
-
-
-def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
-    current = cfg.to_dict()
-    diffs = {
-        k: (saved.get(k), v)
-        for k, v in current.items()
-        if k not in RESUME_MUTABLE and saved.get(k) != v
-    }
-    if diffs:
-        raise ConfigError(
-            "resume",
-            "cannot resume: the run config differs from the checkpoint's in "
-            + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diffs.items()),
-        )
+    save_state(
+        ckpt,
+        state,
+        config=setup.cfg.to_dict(),
+        finite=finite,
+        split=setup.split,
+        model=model_description(setup.model_config),
+    )
 
 
 def _log_lora(setup: Setup, state: RunState) -> None:
@@ -248,13 +235,17 @@ def train(
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
-    setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn)
-    _log_lora(setup, state)
-    train_ex, eval_ex = run_examples(cfg, dataset, eval_dataset)
-    evaluate_row, outputs, history = _row_evaluation(eval_ex, eval_fn), _Outputs(cfg), []
+    outputs, history = _Outputs(cfg.validate()), []
     try:
-        if cfg.resume and outputs.ckpt.latest_step() is not None:
-            state = _resume(outputs.ckpt, setup, state)
+        resuming = cfg.resume and outputs.ckpt.latest_step() is not None
+        if resuming:  # before the model loads: a changed config answers at once
+            check_saved_config(outputs.ckpt, cfg)
+        setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn)
+        _log_lora(setup, state)
+        train_ex, eval_ex = run_examples(cfg, dataset, eval_dataset)
+        evaluate_row = _row_evaluation(eval_ex, eval_fn)
+        if resuming:
+            state = resume(outputs.ckpt, setup, state)
         iterator = BatchIterator(train_ex, cfg.prompts_per_step, state=state.data)
         outputs.start(state.step)
         lr_fn, stop = learning_rate_fn(cfg), False

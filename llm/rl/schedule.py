@@ -1,16 +1,26 @@
 r"""The learning rate of each step, computed on the host (the jitted update takes it traced).
 
-For step t = 0 .. T - 1 (T = ``num_steps``), peak rate :math:`\eta`, W = ``warmup_steps``:
+For step t = 0, 1, ..., peak rate :math:`\eta`, W = ``warmup_steps`` and the horizon T
+(``schedule_steps``; None: ``num_steps``):
 
 .. math::
     \eta_t = \eta\,\frac{t + 1}{W} \quad (t < W), \qquad
     \eta_t = \eta_{\min} + (\eta - \eta_{\min})\,\tfrac12\bigl(1 + \cos(\pi p_t)\bigr),\quad
-    p_t = \frac{t - s}{T - 1 - s},\ s = \max(W - 1, 0) \quad (t \ge W, \text{cosine})
+    p_t = \min\Bigl(\frac{t - s}{T - 1 - s}, 1\Bigr),\ s = \max(W - 1, 0)
+    \quad (t \ge W, \text{cosine})
 
 with :math:`\eta_{\min} = \eta \cdot` ``min_lr_ratio``; "constant" keeps :math:`\eta` after
 the warmup. The warmup never uses 0 (every rollout is used) and ends on the peak at step
-W - 1; the cosine starts from the peak there and reaches :math:`\eta_{\min}` exactly at the
-last step T - 1.
+W - 1; the cosine starts from the peak there and reaches :math:`\eta_{\min}` exactly at step
+T - 1, and stays there for the steps past the horizon (a run with ``num_steps`` > T).
+
+The horizon belongs to the run. The cosine's rates depend on T (`HORIZON_SCHEDULES`), so a
+resumed cosine run must keep it: ``llm.rl.resume`` refuses a resume whose T differs from the
+checkpoint's. To change ``num_steps`` on resume and keep the rates the run had planned, set
+``schedule_steps`` to the old horizon (``--num-steps 10 --schedule-steps 6`` resumes a 6-step
+cosine run exactly and trains 4 more steps at the final rate; ``--num-steps 4
+--schedule-steps 6`` stops it early on its own curve). A constant schedule does not depend on
+T: ``num_steps`` may change freely.
 """
 
 from __future__ import annotations
@@ -20,7 +30,14 @@ from collections.abc import Callable
 
 from llm.rl.config import TrainConfig
 
-__all__ = ["learning_rate_fn", "learning_rate_schedule"]
+__all__ = [
+    "HORIZON_SCHEDULES",
+    "learning_rate_fn",
+    "learning_rate_schedule",
+    "schedule_horizon",
+]
+
+HORIZON_SCHEDULES = ("cosine",)  # the ``lr_schedule`` values whose rates depend on T
 
 
 def learning_rate_schedule(
@@ -31,7 +48,8 @@ def learning_rate_schedule(
     kind: str = "constant",
     min_lr_ratio: float = 0.0,
 ) -> Callable[[int], float]:
-    """``t -> learning rate of step t`` (0-based) as in the module docstring."""
+    """``t -> learning rate of step t`` (0-based) as in the module docstring; ``num_steps``
+    is the horizon T (steps t >= T get the rate of step T - 1)."""
     if kind not in ("constant", "cosine"):
         raise ValueError(f"kind must be 'constant' or 'cosine', got {kind!r}")
     if num_steps < 1 or warmup_steps < 0:
@@ -55,12 +73,18 @@ def learning_rate_schedule(
     return rate
 
 
+def schedule_horizon(num_steps: int, schedule_steps: int | None = None) -> int:
+    """The horizon T of a run: ``schedule_steps``, or ``num_steps`` when it is None."""
+    return int(num_steps if schedule_steps is None else schedule_steps)
+
+
 def learning_rate_fn(cfg: TrainConfig) -> Callable[[int], float]:
-    """The schedule of a run's config (``learning_rate``, ``num_steps``, ``warmup_steps``,
-    ``lr_schedule``, ``min_lr_ratio``)."""
+    """The schedule of a run's config (``learning_rate``, ``warmup_steps``, ``lr_schedule``,
+    ``min_lr_ratio`` and the horizon: ``schedule_steps`` or ``num_steps``)."""
+    horizon = schedule_horizon(cfg.num_steps, cfg.schedule_steps)
     return learning_rate_schedule(
         cfg.learning_rate,
-        cfg.num_steps,
+        max(horizon, 1),  # num_steps 0: no step asks for a rate
         warmup_steps=cfg.warmup_steps,
         kind=cfg.lr_schedule,
         min_lr_ratio=cfg.min_lr_ratio,
