@@ -1,12 +1,16 @@
 """Held-out evaluation's numbers (`llm.rl.evaluation`) and the step statistics' accuracy
-(`llm.rl.metrics.sample_stats`) on hand-made rewards with known correctness."""
+(`llm.rl.metrics.sample_stats`) on hand-made rewards with known correctness; which keys each
+problem's samples get, whatever the chunking (with a model: test_evaluation_keys.py)."""
 
+import jax
 import numpy as np
 import pytest
 
+from llm.data.datasets import Example
 from llm.data.rewards import VerifiableReward, arithmetic_reward
 from llm.rl import evaluation
 from llm.rl.metrics import sample_stats
+from llm.rl.rollouts import Sampling
 
 # 2 problems x 4 samples on the +1/-1 scale: problem 0 right twice, problem 1 never
 SAMPLED_NxK = np.array([[1.0, -1.0, -1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
@@ -65,3 +69,45 @@ def test_step_accuracy_counts_the_correct_samples():
     stats = sample_stats(*args, VerifiableReward(arithmetic_reward, scale="01").is_correct)
     assert stats["accuracy"] == 3 / 8
     assert "accuracy" not in sample_stats(*args, None)
+
+
+class _Renderer:
+    """Prompt ids: the question's index; completions: the sampled row's key, as text."""
+
+    def ids(self, question):
+        return [int(question)]
+
+    def decode(self, tokens, lengths):
+        return [" ".join(map(str, row)) for row in np.asarray(tokens)]
+
+
+def test_each_problem_gets_its_own_keys_whatever_the_chunk(monkeypatch):
+    """sample_rewards hands the sampler, chunk by chunk, exactly the keys
+    ``sample_keys(key, N, k)`` of the problems in the chunk, in order: the chunk cannot
+    change which key a sample draws from. (The sampler is replaced by one that echoes each
+    row's key data.)"""
+
+    def echo_sampler(graphdef, params, prompts, sampling, row_keys, num_samples):
+        assert row_keys.shape == (len(prompts) * num_samples,)
+        return np.asarray(jax.random.key_data(row_keys)), np.full(len(row_keys), 2)
+
+    monkeypatch.setattr(evaluation, "_sample", echo_sampler)
+    examples = [Example(str(n), "0") for n in range(7)]
+    seen = {}
+
+    def record(prompts, completions, answer, **columns):
+        seen.setdefault(chunk, []).extend(zip(prompts, completions, strict=True))
+        return [0.0] * len(prompts)
+
+    key, k = jax.random.key(3), 3
+    for chunk in (1, k, 2 * k, 5 * k, 256):
+        evaluation.sample_rewards(
+            None, None, examples, _Renderer(), record,
+            num_samples=k, sampling=Sampling(max_new_tokens=2), key=key, chunk=chunk,
+        )  # fmt: skip
+    expected = [
+        (str(n), " ".join(map(str, np.asarray(jax.random.key_data(row)))))
+        for n, row in zip(np.repeat(range(7), k), evaluation.sample_keys(key, 7, k), strict=True)
+    ]
+    assert all(rows == expected for rows in seen.values()), seen.keys()
+    assert len({c for _, c in expected}) == 7 * k

@@ -1,6 +1,7 @@
 """Evaluation samples are common random numbers: the same completions of the same problems
 whatever the chunking (`llm.rl.evaluation`) and whatever P and G the run trains with (through
-`llm.rl.loop.run_evaluation`, whose chunk follows the batch size)."""
+`llm.rl.loop.run_evaluation`, whose chunk follows the batch size). Slow: every chunking is
+new shapes to compile; the fast lane checks the keys each chunk gets (test_evaluation.py)."""
 
 import jax
 import pytest
@@ -72,6 +73,7 @@ def _evaluate(setup, params, examples, recorder, key, chunk):
     return recorder.sampled(len(examples))
 
 
+@pytest.mark.slow
 def test_chunking_does_not_change_the_samples(model_path, tmp_path, problems):
     setup, params, _ = _setup(model_path, tmp_path, prompts_per_step=2, samples_per_prompt=2)
     key = keys.evaluation_key(keys.base_key(0))
@@ -87,6 +89,7 @@ def test_chunking_does_not_change_the_samples(model_path, tmp_path, problems):
     assert _evaluate(setup, params, problems[:5], Recorder(), key, 256) == runs[256][: 5 * K]
 
 
+@pytest.mark.slow
 def test_runs_with_another_p_and_g_evaluate_the_same_completions(model_path, tmp_path, problems):
     """The loop's chunk is max(P * G, 64): 64 samples (16 problems) per chunk for P * G = 4,
     80 (20 problems) for P * G = 80; the samples are the same."""
