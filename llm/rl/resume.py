@@ -76,8 +76,20 @@ def _horizon_problem(saved: Mapping[str, Any], cfg: TrainConfig) -> str | None:
     )
 
 
+def _with_older_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` with the fields that older versions did not record set to what those
+    versions computed: they scored log pi at temperature 1 (``learner_distribution`` model),
+    which is the sampling distribution itself when they sampled at T = 1 without top-p."""
+    saved = dict(saved)
+    if "learner_distribution" not in saved and "temperature" in saved:
+        plain = saved["temperature"] == 1.0 and saved.get("top_p", 1.0) >= 1.0
+        saved["learner_distribution"] = "sampling" if plain else "model"
+    return saved
+
+
 def check_config(saved: Mapping[str, Any], cfg: TrainConfig) -> None:
     """ConfigError unless ``cfg`` may resume a checkpoint whose config is ``saved``."""
+    saved = _with_older_defaults(saved)
     diffs = [
         f"{k} (checkpoint {_saved(saved.get(k, _ABSENT))}, now {v!r})"
         for k, v in cfg.to_dict().items()

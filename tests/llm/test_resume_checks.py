@@ -18,7 +18,7 @@ from llm.rl import Checkpointer, init_run, loop, save_state
 from llm.rl.checkpoint import model_description
 from llm.rl.config import RESUME_MUTABLE
 from llm.rl.metrics import read_metrics
-from llm.rl.resume import check_arrays, check_model
+from llm.rl.resume import check_arrays, check_config, check_model
 from llm.trainer import TrainConfig, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -184,6 +184,18 @@ def test_check_model_skips_checkpoints_without_one_and_names_differences():
         check_model({"model_config": other}, config)
     runtime = config.replace(remat="layer", attention_impl="xla")  # how it runs: not checked
     check_model({"model_config": model_description(config)}, runtime)
+
+
+def test_a_checkpoint_older_than_learner_distribution_resumes_what_it_computed():
+    """Older versions scored log pi at T = 1: their checkpoints resume as "model", or as the
+    (identical) "sampling" when they sampled at T = 1 without top-p."""
+    plain = TrainConfig(model_path="m", temperature=1.0)
+    tempered = TrainConfig(model_path="m", temperature=0.7)
+    older = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k != "learner_distribution"}
+    check_config(older(plain), plain)
+    check_config(older(tempered), tempered.replace(learner_distribution="model"))
+    with pytest.raises(ConfigError, match=r"learner_distribution \(checkpoint 'model', now"):
+        check_config(older(tempered), tempered)
 
 
 def test_resume_accepts_changed_mutable_fields(copy_of_run):
