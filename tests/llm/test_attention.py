@@ -49,9 +49,29 @@ def _both(model, fn):
     return fused, reference
 
 
-# T = 5 < 8 = TINY_WINDOW < 19: windows longer and shorter than the sequence
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("lengths", [[19, 7, 12], [5, 3]])
+WINDOWED = ("mistral", "gemma3")  # the families with sliding-window layers
+
+
+def _fast_for(families, **params):
+    """Params of ``families``, slow (CI only) for the others: the fast lane keeps one plain
+    family and the windowed ones, the slow lane runs them all."""
+    return [
+        pytest.param(
+            *params.values(),
+            family,
+            id="-".join([*params, family]) if params else family,
+            marks=[] if family in families else [pytest.mark.slow],
+        )
+        for family in FAMILIES
+    ]
+
+
+# T = 5 < 8 = TINY_WINDOW < 19: windows longer and shorter than the sequence; the short one
+# only matters with a window (fast for the windowed families, slow for the others)
+@pytest.mark.parametrize(
+    "lengths,family",
+    _fast_for(FAMILIES, lengths0=[19, 7, 12]) + _fast_for(WINDOWED, lengths1=[5, 3]),
+)
 def test_fused_matches_einsum_reference_left_padded(family, lengths):
     model = random_model(tiny_config(family), seed=1)
     tokens, mask = _left_padded(np.random.default_rng(0), lengths, model.config.vocab_size)
@@ -64,7 +84,7 @@ def test_fused_matches_einsum_reference_left_padded(family, lengths):
     np.testing.assert_allclose(fused, reference, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", _fast_for(("llama", "gemma3")))  # gemma3: both layer kinds
 def test_fused_matches_einsum_reference_cache_prefill_and_decode(family):
     """Prefill at slot 0 (the causal form) then decode at traced slots (the dense form)."""
     model = random_model(tiny_config(family), seed=2)
@@ -199,6 +219,29 @@ def test_remat_gradients_equal_plain(family, remat):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_trainer_remat_option_reaches_the_model(tmp_path):
+    """TrainConfig.remat is set on every module of the model the trainer's step functions
+    run (the setup's graph); no compilation: test_trainer_remat_option_same_run (slow)."""
+    from llm.models.tiny import make_tiny_checkpoint
+    from llm.rl.state import make_setup
+    from llm.trainer import TrainConfig
+
+    path = str(make_tiny_checkpoint(tmp_path / "qwen2", "qwen2"))
+    for remat in ("none", "layer"):
+        cfg = TrainConfig(
+            model_path=path, task="arithmetic", task_kwargs={"num_examples": 16},
+            eval_prompts=0, mesh="fsdp=1", mesh_subset=True, out_dir=str(tmp_path / remat),
+            progress=False, tensorboard=False, remat=remat,
+        )  # fmt: skip
+        setup, params = make_setup(cfg)
+        model = nnx.merge(setup.graphdef, params)
+        configs = [getattr(m, "config", None) for _, m in nnx.iter_modules(model)]
+        configs = [c for c in configs if isinstance(c, ModelConfig)]
+        assert len(configs) > model.config.num_hidden_layers
+        assert {c.remat for c in configs} == {remat}
+
+
+@pytest.mark.slow
 def test_trainer_remat_option_same_run(tmp_path, count_compiles):
     """TrainConfig.remat reaches the trainer's model: same rewards, losses and grad norms."""
     from llm.models.tiny import make_tiny_checkpoint

@@ -116,6 +116,9 @@ def _assert_same_run(run_a, run_b):
         _assert_trees_equal(saved_a[step][0], saved_b[step][0])
 
 
+# slow (CI): each compiles a trainer of its own (evaluation and export; LoRA on 8 devices);
+# the fast lane's pipelined == synchronous checks share the base config's compilation
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -263,6 +266,7 @@ def test_staleness_beyond_one_step_holds_pending_mus_and_resumes_exactly(
     _assert_same_run(sync, (first[0] + second[0], second[1], first[2] | second[2], None))
 
 
+@pytest.mark.slow
 def test_staleness_beyond_the_window_with_lora_on_eight_devices(model_path, tmp_path, monkeypatch):
     """LoRA on fsdp=4, tp=2 with refresh_every = 2, max_staleness = 3: stopped with a pending
     copy of the adapters, the pipelined run resumes to the synchronous one."""

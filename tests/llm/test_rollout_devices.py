@@ -80,6 +80,9 @@ def _assert_same_rows(rows_a, rows_b):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
 
 
+# slow (CI): two trainers compiled per param (shared and split); the fast lane runs the split
+# trainer alone (test_resume_keeps_mu_on_the_rollout_devices)
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -119,9 +122,17 @@ def _flat(tree):
 
 def test_resume_keeps_mu_on_the_rollout_devices(model_path, tmp_path):
     """A checkpointed run stopped after step 1 resumes with mu restored onto the sampler's
-    devices and ends where the uninterrupted run ends."""
+    devices and ends where the uninterrupted run ends; the uninterrupted run keeps the params
+    on the first 6 devices, mu on the last 2, refreshed at steps 0 and 2 with the copy time
+    logged."""
     cfg = _cfg(model_path, tmp_path / "stopped", rollout_devices=2, checkpoint_every=1)
     whole = _run(cfg.replace(out_dir=str(tmp_path / "whole")))
+    learner, sampler = set(jax.devices()[:6]), set(jax.devices()[6:])
+    assert [(p, m) for p, m, _ in whole[2]] == [(learner, sampler)] * 4
+    assert _devices_of(whole[1].opt_state) == learner
+    copies = [row["behaviour_copy_time"] for row in whole[0]]
+    assert copies[0] > 0 and copies[2] > 0 and copies[1] == copies[3] == 0.0
+    assert [row["behaviour_version"] for row in whole[0]] == [0, 0, 2, 2]
     train(cfg, callback=lambda step, *_: step == 1)
     rows, state, seen = _run(cfg.replace(resume=True))
     assert [row["step"] for row in rows] == [2, 3]
@@ -183,6 +194,7 @@ def test_every_process_keeps_a_learner_device(r, per_process, message):
         split_per_process(r, per_process)
 
 
+@pytest.mark.slow
 def test_pending_mu_live_on_the_rollout_devices_and_resume(model_path, tmp_path):
     """refresh_every=1, max_staleness=2: the copy of step 1 waits in ``state.pending`` on the
     sampler's devices when the run stops after step 1, is restored there, and samples step 3
