@@ -1,9 +1,9 @@
 """Timers around the pieces of one ``rl_step`` (``bench_rl.bench_ours``'s split).
 
 ``instrumented(setup, clock)`` yields a copy of the trainer's setup whose update (the jitted
-step), refresh (the mu <- pi copy), reward function and completion decoding are wrapped by
-``clock``, and patches the sampler call of ``llm.rl.rollouts`` while active, so the real
-``rl_step`` code path runs. Each timed call ends with ``jax.block_until_ready`` (but the
+step), rollout engine (refresh: its ``sync``, the mu <- pi copy; rollout: its ``generate``),
+reward function and completion decoding are wrapped by ``clock``, so the real ``rl_step``
+code path runs. Each timed call ends with ``jax.block_until_ready`` (but the
 host-side reward pieces), so ``clock.now[name]`` is the blocked wall time of that piece in
 the current step; host overhead = step time - the sum of the pieces.
 """
@@ -37,26 +37,30 @@ class _Clock:
         return timed
 
 
+class _TimedEngine:
+    """The run's rollout engine with ``sync`` timed as the refresh and ``generate`` as the
+    rollout (`llm.rl.engine.RolloutEngine`)."""
+
+    def __init__(self, engine, clock: _Clock):
+        self.sync = clock.wrap("refresh", engine.sync)
+        self.generate = clock.wrap("rollout", engine.generate)
+
+
 @contextlib.contextmanager
 def instrumented(setup, clock: _Clock):
-    """A copy of ``setup`` whose pieces are timed by ``clock``; patches the sampler call of
-    ``llm.rl.rollouts`` while active (the real ``rl_step`` code path, plus blocking)."""
-    from llm.rl import rollouts
-
-    if not hasattr(rollouts, "generate_from_state"):
-        raise RuntimeError("llm.rl.rollouts.generate_from_state is gone: update instrumented")
+    """A copy of ``setup`` whose pieces are timed by ``clock``: its engine (refresh and
+    rollout), update and reward function; the renderer's decoding (the reward piece) is
+    timed while active (the real ``rl_step`` code path, plus blocking)."""
     renderer = setup.renderer
-    original_sampler, original_decode = rollouts.generate_from_state, renderer.decode
-    fns = setup.fns._replace(
-        step=clock.wrap("update", setup.fns.step), copy=clock.wrap("refresh", setup.fns.copy)
-    )
+    original_decode = renderer.decode
     timed_setup = dataclasses.replace(
-        setup, fns=fns, reward_fn=clock.wrap("reward", setup.reward_fn, block=False)
+        setup,
+        fns=setup.fns._replace(step=clock.wrap("update", setup.fns.step)),
+        engine=_TimedEngine(setup.engine, clock),
+        reward_fn=clock.wrap("reward", setup.reward_fn, block=False),
     )
-    rollouts.generate_from_state = clock.wrap("rollout", original_sampler)
     renderer.decode = clock.wrap("reward", original_decode, block=False)
     try:
         yield timed_setup
     finally:
-        rollouts.generate_from_state = original_sampler
         del renderer.decode  # back to the class's method

@@ -9,13 +9,13 @@ For each query t and head h (GQA: query head h reads key/value head h // G, G = 
 q is [B, T, H, E] and k, v are [B, S, K, E]; ``jax.nn.dot_product_attention`` takes K < H
 heads natively, so K and V are never repeated. Which keys are visible comes in two forms:
 
-* ``causal=True`` (query t sits in key slot t: no cache, or a cache written from slot 0):
+* ``causal=True`` (query t sits in key slot t: the model's calls without a cache):
   key s is visible iff s <= t, on sliding-window layers also t - s < window
   (transformers' rule 0 <= t - s < window, ``local_window_size=(window - 1, 0)``), and iff
   ``mask[b, 0, 0, s]`` when a key mask [B, 1, 1, S] (padding) is given. Nothing of size
   T x S is built by this code: the fused kernels skip what the rule hides.
-* ``causal=False``: ``mask`` [B, 1, T, S] says it all (decode and prefill at a cache offset;
-  the window is folded in by the caller).
+* ``causal=False``: ``mask`` [B, 1, T, S] says it all (every call with a cache: prefill and
+  decode; the window is folded in by the caller).
 
 A query that sees no key (a left pad) gets the uniform average of all S values, as the
 reference does; its output is never read.

@@ -11,13 +11,14 @@
 Modules: ``config`` (TrainConfig; each field declared once in ``config_fields``' `option`,
 checked by ``config_checks``, tabled for the docs by ``config_reference``), ``keys`` (every
 random key and seed of a run), ``schedule`` (the learning rate of step t), ``tasks`` (the
-configured examples), ``state`` (Setup, RunState), ``rollouts`` (sample and
-score), ``batch`` (the learner's Batch), ``transfer`` (host <-> device), ``losses`` (the loss
-plug-in contract; AsymRE, GRPO, ISReinforce), ``logprobs`` (teacher forcing), ``train_step``
-(the jitted step), ``step`` (one RL step), ``evaluation``, ``checkpoint``, ``metrics``,
-``loop`` (train), ``trainable`` (ParamSplit: all weights, or LoRA's adapters alone, train).
-No name exported here is also a submodule's (the function ``rollout`` lives in ``rollouts``),
-so ``import llm.rl.<module>`` and ``llm.rl.<name>`` never shadow each other.
+configured examples), ``state`` (Setup, RunState), ``engine`` (the rollout engine protocol
+and the dense sampler behind it), ``rollouts`` (sample and score), ``batch`` (the learner's
+Batch), ``transfer`` (host <-> device), ``losses`` (the loss plug-in contract; AsymRE, GRPO,
+ISReinforce), ``logprobs`` (teacher forcing), ``train_step`` (the jitted step), ``step``
+(one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train), ``trainable``
+(ParamSplit: all weights, or LoRA's adapters alone, train). No name exported here is also a
+submodule's (the function ``rollout`` lives in ``rollouts``), so ``import llm.rl.<module>``
+and ``llm.rl.<name>`` never shadow each other.
 """
 
 from llm.rl.checkpoint import Checkpointer, restore_state, save_state

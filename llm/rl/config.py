@@ -37,6 +37,7 @@ from llm.rl.config_fields import (
     option,
     option_of,
 )
+from llm.rl.engine import ENGINES
 from llm.rl.logprobs import LEARNER_DISTRIBUTIONS
 from llm.rl.losses import LOSSES
 
@@ -241,6 +242,11 @@ class TrainConfig:
         1.0, "training sampling temperature (1.0 in the paper).", range=POSITIVE
     )
     top_p: float = _rollout(1.0, "training nucleus mass.", range=Range(0, 1, low_open=True))
+    rollout_engine: str = _rollout(
+        "dense",
+        "what samples rollouts (llm.rl.engine; dense: the KV-cache sampler).",
+        choices=tuple(ENGINES),
+    )
     learner_distribution: str = _loss(
         "sampling",
         "log pi under: sampling (logits/temperature, top_p nucleus, as mu) or model (asymre).",

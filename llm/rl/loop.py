@@ -213,6 +213,7 @@ def train(
     loss_fn: LossFn | None = None,
     eval_fn: EvalFn | None = None,
     callback: Callback | None = None,
+    engine: Callable | None = None,
     return_state: bool = False,
 ):
     """Run the off-policy trainer; returns the per-step metrics rows (list of dicts).
@@ -231,6 +232,8 @@ def train(
         before the row is written (it may add keys to ``row``); returning True stops the
         run after this step: its row is written, a checkpoint saved (when checkpointing)
         and the export done as at the end. Params are pure dicts of arrays (copy to keep).
+      engine: a rollout engine factory, ``engine(ctx) -> RolloutEngine`` (`llm.rl.engine`),
+        instead of ``cfg.rollout_engine``'s.
       return_state: also return the final `RunState`.
     """
     if not isinstance(cfg, TrainConfig):
@@ -240,7 +243,7 @@ def train(
         resuming = cfg.resume and outputs.ckpt.latest_step() is not None
         if resuming:  # before the model loads: a changed config answers at once
             check_saved_config(outputs.ckpt, cfg)
-        setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn)
+        setup, state = init_run(cfg, loss_fn=loss_fn, reward_fn=reward_fn, engine=engine)
         _log_lora(setup, state)
         train_ex, eval_ex = run_examples(cfg, dataset, eval_dataset)
         evaluate_row = _row_evaluation(eval_ex, eval_fn)

@@ -1,6 +1,7 @@
 """Rollouts: sample G completions per prompt from the behaviour params and score them.
 
-`rollout` returns a `Rollout` of host arrays: the B = P * G completions, their lengths,
+`engine_rollout` (any `llm.rl.engine.RolloutEngine`; `rollout`: the dense sampler) returns
+a `Rollout` of host arrays: the B = P * G completions, their lengths,
 whether they ended with EOS, their log-probs under the distribution they were drawn from
 (the behaviour policy at the sampling temperature / top-p: what an importance ratio needs)
 and the rewards [P, G]. Row i is prompt i // G, sample i % G (prompt-major); each prompt is
@@ -20,8 +21,8 @@ import jax
 import numpy as np
 
 from llm.data.prompts import PromptRenderer
+from llm.rl.engine import DenseEngine
 from llm.rl.transfer import to_host
-from llm.sampler import generate_from_state
 
 
 class Sampling(NamedTuple):
@@ -46,26 +47,6 @@ class Rollout(NamedTuple):
     behaviour_version: int | None = None  # step at which the sampling params were refreshed
 
 
-def sample(
-    graphdef, params, prompts, sampling: Sampling, key, num_samples: int = 1
-) -> tuple[np.ndarray, ...]:
-    """(tokens [B, N], lengths [B], finished [B], logprobs [B, N]) on the host; B =
-    len(prompts) * num_samples, prompt-major (each prompt's prefill runs once)."""
-    out = generate_from_state(
-        graphdef,
-        params,
-        prompts,
-        max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-        eos_token_id=sampling.eos_token_id,
-        key=key,
-        pad_token_id=sampling.pad_token_id,
-        num_samples=num_samples,
-    )
-    return to_host(out.tokens), to_host(out.lengths), to_host(out.finished), to_host(out.logprobs)
-
-
 def score_completions(
     reward_fn: Callable, examples: Sequence, completions: Sequence[str], repeats: int
 ) -> np.ndarray:
@@ -88,6 +69,40 @@ def score_completions(
     return rewards
 
 
+def engine_rollout(
+    engine,
+    behaviour,
+    examples: Sequence,
+    renderer: PromptRenderer,
+    reward_fn: Callable,
+    *,
+    num_samples: int,
+    sampling: Sampling,
+    key: jax.Array,
+    version: int | None = None,
+) -> Rollout:
+    """Sample ``num_samples`` (G) completions of each of the P ``examples`` from the
+    ``behaviour`` params with ``engine`` (`llm.rl.engine.RolloutEngine`) and score them with
+    ``reward_fn``; the rollout carries ``version`` (the step whose refresh made mu)."""
+    distinct = renderer.repeat(examples, 1)
+    prompts = [list(p) for p in distinct for _ in range(num_samples)]
+    out = engine.generate(
+        behaviour, distinct, sampling, key, num_samples=num_samples, version=version or 0
+    )
+    tokens_BxN, lengths_B = to_host(out.tokens), to_host(out.lengths)
+    texts = renderer.decode(tokens_BxN, lengths_B)
+    rewards_B = score_completions(reward_fn, examples, texts, num_samples)
+    return Rollout(
+        prompts,
+        tokens_BxN,
+        lengths_B,
+        to_host(out.finished),
+        to_host(out.logprobs),
+        rewards_B.reshape(len(examples), num_samples),
+        version,
+    )
+
+
 def rollout(
     graphdef,
     behaviour_params,
@@ -99,20 +114,8 @@ def rollout(
     sampling: Sampling,
     key: jax.Array,
 ) -> Rollout:
-    """Sample ``num_samples`` (G) completions of each of the P ``examples`` from the behaviour
-    params and score them with ``reward_fn``; each prompt is prefilled once for its G."""
-    distinct = renderer.repeat(examples, 1)
-    prompts = [list(p) for p in distinct for _ in range(num_samples)]
-    tokens_BxN, lengths_B, finished_B, logprobs_BxN = sample(
-        graphdef, behaviour_params, distinct, sampling, key, num_samples=num_samples
-    )
-    texts = renderer.decode(tokens_BxN, lengths_B)
-    rewards_B = score_completions(reward_fn, examples, texts, num_samples)
-    return Rollout(
-        prompts,
-        tokens_BxN,
-        lengths_B,
-        finished_B,
-        logprobs_BxN,
-        rewards_B.reshape(len(examples), num_samples),
-    )
+    """`engine_rollout` with the dense KV-cache sampler (`llm.rl.engine.DenseEngine`) of
+    ``graphdef``: each prompt is prefilled once for its G samples."""
+    engine = DenseEngine(graphdef)
+    common = dict(num_samples=num_samples, sampling=sampling, key=key)
+    return engine_rollout(engine, behaviour_params, examples, renderer, reward_fn, **common)

@@ -36,6 +36,7 @@ from llm.data import rewards as rewards_lib
 from llm.data.datasets import IteratorState
 from llm.data.prompts import PromptRenderer
 from llm.data.tokenizer import load_tokenizer
+from llm.errors import ConfigError
 from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import param_shardings
@@ -44,6 +45,7 @@ from llm.rl import keys
 from llm.rl.batch import prompts_per_micro_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
+from llm.rl.engine import EngineContext, RolloutEngine, make_engine
 from llm.rl.logprobs import scoring_of
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
 from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
@@ -84,6 +86,7 @@ class Setup:
     sampling: Sampling
     split: ParamSplit = ParamSplit()  # which leaves train (LoRA: the adapters only)
     rollout: RolloutMesh | None = None  # the sampler's own devices (cfg.rollout_devices > 0)
+    engine: RolloutEngine | None = None  # what samples (llm.rl.engine; make_setup sets it)
 
 
 def builtin_reward(cfg: TrainConfig) -> rewards_lib.VerifiableReward:
@@ -131,6 +134,20 @@ def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, 
     )
 
 
+def _check_position_limit(cfg: TrainConfig, model_config) -> None:
+    """ConfigError unless a prompt of one token plus the longest completion fits the model's
+    ``max_position_embeddings`` (the sampler checks the real prompts)."""
+    limit = model_config.max_position_embeddings
+    for name in ("max_new_tokens", "eval_max_new_tokens"):
+        new = getattr(cfg, name) or 0
+        if limit is not None and new + 1 > limit:
+            raise ConfigError(
+                name,
+                f"must leave room for a prompt within the model's max_position_embeddings "
+                f"({limit}): at most {limit - 1}, got {new}",
+            )
+
+
 def make_setup(
     cfg: TrainConfig,
     model: nnx.Module | None = None,
@@ -138,6 +155,7 @@ def make_setup(
     *,
     loss_fn: LossFn | None = None,
     reward_fn: Callable | None = None,
+    engine: Callable[[EngineContext], RolloutEngine] | None = None,
 ) -> tuple[Setup, Any]:
     """(setup, params): the model from ``cfg.model_path`` (or ``model``, resharded onto the
     mesh), its tokenizer, the compiled step functions of ``loss_fn`` (default: the config's).
@@ -152,6 +170,7 @@ def make_setup(
         )
     else:
         model_config = model.config
+    _check_position_limit(cfg, model_config)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
     model = _with_lora(cfg, model)
     set_runtime_options(model, remat=cfg.remat)
@@ -184,6 +203,9 @@ def make_setup(
         sampling=Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos, pad),
         split=split,
         rollout=rollout,
+        engine=make_engine(
+            cfg.rollout_engine, EngineContext(graphdef, split, fns.copy, rollout), engine
+        ),
     )
     return setup, params
 
@@ -198,7 +220,7 @@ def init_state(setup: Setup, params, *, data: IteratorState | None = None) -> Ru
     return RunState(
         params=params,
         opt_state=fns.init_opt(trainable),
-        behaviour=behaviour_copy(setup, params),
+        behaviour=behaviour_copy(setup, params, version=0),
         reference=reference,
         step=0,
         data=data if data is not None else IteratorState(seed=setup.cfg.seed),
@@ -207,25 +229,24 @@ def init_state(setup: Setup, params, *, data: IteratorState | None = None) -> Ru
 
 
 def init_run(cfg: TrainConfig, model=None, tokenizer=None, **plugins) -> tuple[Setup, RunState]:
-    """`make_setup` then `init_state`: everything step 0 needs. ``plugins``: loss_fn, reward_fn."""
+    """`make_setup` then `init_state`: everything step 0 needs. ``plugins``: loss_fn,
+    reward_fn, engine (a factory of `llm.rl.engine.EngineContext` -> `RolloutEngine`)."""
     cfg.validate()
     setup, params = make_setup(cfg, model, tokenizer, **plugins)
     return setup, init_state(setup, params)
 
 
-def behaviour_copy(setup: Setup, params):
-    """Behaviour params from ``params``: a copy on the learner's mesh, or put onto the
-    rollout mesh (``setup.rollout``); with LoRA only the adapters are copied, the frozen base
-    is shared (on the learner's mesh) or placed there once (`llm.rl.rollout_devices`)."""
-    trainable, frozen = setup.split.split(params)
-    if setup.rollout is not None:
-        return setup.rollout.place(trainable)
-    return merge_params(setup.fns.copy(trainable), frozen)
+def behaviour_copy(setup: Setup, params, *, version: int):
+    """Behaviour params of the refresh at step ``version`` from ``params``: the engine's
+    ``sync`` (the dense engine: a copy on the learner's mesh, or put onto the rollout mesh,
+    ``setup.rollout``; with LoRA only the adapters are copied, the frozen base is shared on
+    the learner's mesh or placed there once, `llm.rl.rollout_devices`)."""
+    return setup.engine.sync(params, version)
 
 
 def refresh_behaviour(setup: Setup, state: RunState) -> RunState:
     """The behaviour params become a copy of the trained params (`behaviour_copy`)."""
-    return state._replace(behaviour=behaviour_copy(setup, state.params))
+    return state._replace(behaviour=behaviour_copy(setup, state.params, version=state.step))
 
 
 def step_key(state: RunState) -> jax.Array:

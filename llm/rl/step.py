@@ -27,7 +27,7 @@ from llm.data.verifiable import correctness
 from llm.rl.batch import build_batch
 from llm.rl.metrics import sample_stats
 from llm.rl.rollout_devices import timed_copy
-from llm.rl.rollouts import Rollout, rollout
+from llm.rl.rollouts import Rollout, engine_rollout
 from llm.rl.state import RunState, Setup, behaviour_copy, step_key
 from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
@@ -103,7 +103,7 @@ def refresh(setup: Setup, state: RunState) -> tuple[RunState, float]:
     cfg, step = setup.cfg, state.step
     if step % cfg.refresh_every:
         return state, 0.0
-    mu, seconds = timed_copy(functools.partial(behaviour_copy, setup), state.params)
+    mu, seconds = timed_copy(functools.partial(behaviour_copy, setup, version=step), state.params)
     if behaviour_version(cfg, step) == step:
         return state._replace(behaviour=mu), seconds
     return state._replace(pending=(*state.pending, (step, mu))), seconds
@@ -122,11 +122,11 @@ def install_behaviour(cfg, state: RunState) -> RunState:
 def behaviour_rollout(
     setup: Setup, behaviour, examples: Sequence, key, *, version: int, renderer=None
 ) -> Rollout:
-    """`rollout` of ``examples`` x G from ``behaviour`` (refreshed at step ``version``, which
-    the rollout carries) with the config's sampling and ``key`` (``renderer``: another copy
-    of ``setup.renderer`` for a producer thread)."""
-    ro = rollout(
-        setup.graphdef,
+    """`engine_rollout` of ``examples`` x G from ``behaviour`` (refreshed at step ``version``,
+    which the rollout carries) by the run's engine with the config's sampling and ``key``
+    (``renderer``: another copy of ``setup.renderer`` for a producer thread)."""
+    return engine_rollout(
+        setup.engine,
         behaviour,
         examples,
         renderer if renderer is not None else setup.renderer,
@@ -134,8 +134,8 @@ def behaviour_rollout(
         num_samples=setup.cfg.samples_per_prompt,
         sampling=setup.sampling,
         key=key,
+        version=int(version),
     )
-    return ro._replace(behaviour_version=int(version))
 
 
 def learn(

@@ -76,12 +76,11 @@ def _bench_module(name: str):
         sys.path.remove(str(BENCH))
 
 
-def test_bench_rl_clock_times_each_piece_once_and_leaves_the_host_time(monkeypatch):
+def test_bench_rl_clock_times_each_piece_once_and_leaves_the_host_time():
     """Pieces of known length (sleeps) in rl_step's order, with known host work between
     them: each piece is timed at least its length, and total - pieces (bench_rl's host time)
     at least the host work, so no piece is missed, double counted or swallows host time."""
     clock_mod = _bench_module("bench_rl_clock")
-    from llm.rl import rollouts
 
     sleeps = {"refresh": 0.02, "rollout": 0.03, "decode": 0.01, "reward_fn": 0.01, "update": 0.04}
     host_s = 0.05
@@ -98,21 +97,24 @@ def test_bench_rl_clock_times_each_piece_once_and_leaves_the_host_time(monkeypat
 
     class Fns(NamedTuple):
         step: Any
-        copy: Any
+
+    class Engine(NamedTuple):
+        sync: Any
+        generate: Any
 
     @dataclasses.dataclass(frozen=True)
     class Setup:
         renderer: Any
         fns: Fns
+        engine: Engine
         reward_fn: Any
 
-    sampler = piece("rollout")
-    monkeypatch.setattr(rollouts, "generate_from_state", sampler)
-    setup = Setup(Renderer(), Fns(piece("update"), piece("refresh")), piece("reward_fn"))
+    engine = Engine(piece("refresh"), piece("rollout"))
+    setup = Setup(Renderer(), Fns(piece("update")), engine, piece("reward_fn"))
 
     def step(s):  # rl_step's order: refresh, rollout, decode, reward, host work, update
-        s.fns.copy()
-        rollouts.generate_from_state()
+        s.engine.sync()
+        s.engine.generate()
         s.renderer.decode()
         s.reward_fn()
         time.sleep(host_s)
@@ -124,12 +126,10 @@ def test_bench_rl_clock_times_each_piece_once_and_leaves_the_host_time(monkeypat
         step(timed)
         total = time.perf_counter() - start
         pieces = {k: clock.now[k] for k in clock_mod.PIECES}
-        step(setup)  # the plain setup's fns stay untimed (sampler, decode: patched for both)
-        assert {k: clock.now[k] for k in ("refresh", "update")} == {
-            k: pieces[k] for k in ("refresh", "update")
-        }
-    assert rollouts.generate_from_state is sampler  # restored after
-    assert "decode" not in vars(setup.renderer)
+        step(setup)  # the plain setup's engine and fns stay untimed (decode: timed for both)
+        untouched = ("refresh", "rollout", "update")
+        assert {k: clock.now[k] for k in untouched} == {k: pieces[k] for k in untouched}
+    assert setup.engine is engine and "decode" not in vars(setup.renderer)  # restored after
     for k in ("refresh", "rollout", "update"):
         assert pieces[k] >= sleeps[k], k
     assert pieces["reward"] >= sleeps["decode"] + sleeps["reward_fn"]
