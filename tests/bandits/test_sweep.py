@@ -110,6 +110,8 @@ def test_bad_sweep_inputs(problem):
         sweep(problem, V=[0.1], crn="yes", steps_per_round=2)
 
 
+@pytest.mark.slow  # a preset's grid and figures; the fast lane: test_cli_custom_grid and
+# tests/bandits/test_plateau.py::test_preset_runs_small
 def test_cli_preset_writes_figures_data_and_table(tmp_path, capsys):
     assert main(["--preset", "paper-limit", "--small", "--out", str(tmp_path)]) == 0
     for name in ("paper_limit.png", "paper_limit.npz", "paper_limit.json"):

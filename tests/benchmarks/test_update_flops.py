@@ -24,6 +24,7 @@ def _run(args, timeout):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # a benchmark run in a subprocess (20-80 s on 2 cores)
 def test_toy_run_reports_flops_rate_and_window_ratios(tmp_path):
     out = tmp_path / "flops.json"
     args = [

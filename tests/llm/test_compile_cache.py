@@ -56,6 +56,49 @@ def _run(env):
 HIT = "EVENT /jax/compilation_cache/cache_hits"
 
 
+@pytest.fixture
+def jax_cache_config():
+    """The test may change JAX's cache settings: they are restored afterwards."""
+    import jax
+
+    names = (
+        "jax_enable_compilation_cache",
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+    )
+    saved = {name: getattr(jax.config, name) for name in names}
+    yield jax.config
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+def test_enable_sets_jax_config_once_and_off_disables(clean_env, jax_cache_config, capsys):
+    """In this process (the cross-process read: test_second_process_reads_the_cache, slow)."""
+    from llm.compile_cache import enable_compilation_cache
+
+    config = jax_cache_config
+    with pytest.raises(ValueError, match="min_compile_seconds must be >= 0"):
+        enable_compilation_cache("/nonexistent/never-made", min_compile_seconds=-1)
+    clean_env.setenv(ENV, "off")
+    assert enable_compilation_cache() is None
+    assert config.jax_enable_compilation_cache is False
+    assert capsys.readouterr().err == ""
+
+
+def test_enable_with_a_folder_is_idempotent(tmp_path, jax_cache_config, capsys):
+    from llm.compile_cache import enable_compilation_cache
+
+    config = jax_cache_config
+    folder = enable_compilation_cache(tmp_path / "cache", min_compile_seconds=0.25)
+    assert folder == tmp_path / "cache" and folder.is_dir()
+    assert config.jax_enable_compilation_cache is True
+    assert config.jax_compilation_cache_dir == str(folder)
+    assert config.jax_persistent_cache_min_compile_time_secs == 0.25
+    assert enable_compilation_cache(tmp_path / "cache") == folder  # idempotent
+    assert capsys.readouterr().err.count("JAX compilation cache: ") == 1  # printed once
+
+
+@pytest.mark.slow  # three fresh processes importing jax
 def test_second_process_reads_the_cache(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), **{ENV: str(tmp_path / "cache")})
     first = _run(env)
