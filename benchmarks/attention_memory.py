@@ -37,7 +37,8 @@ from lora_memory import abstract_batch, abstract_model  # noqa: E402
 from llm.compile_cache import enable_compilation_cache  # noqa: E402
 from llm.models.lora import LORA_TARGETS, LoRASpec  # noqa: E402
 from llm.models.tiny import tiny_config  # noqa: E402
-from llm.rl.train_step import hyperparams, step_functions  # noqa: E402
+from llm.rl.optimizer import hyperparams  # noqa: E402
+from llm.rl.train_step import step_functions  # noqa: E402
 from llm.rl.trainable import ParamSplit  # noqa: E402
 
 GiB = 2**30

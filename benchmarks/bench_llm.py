@@ -97,7 +97,8 @@ def trainer_update(model, batch: int, prompt_len: int, new_tokens: int, **kwargs
 
     from llm.rl.batch import build_batch
     from llm.rl.losses import AsymRE
-    from llm.rl.train_step import hyperparams, step_functions
+    from llm.rl.optimizer import hyperparams
+    from llm.rl.train_step import step_functions
 
     micro_batches, chunk = kwargs.get("micro_batches", 1), kwargs.get("chunk_size", 128)
     rng = np.random.default_rng(kwargs.get("seed", 0))

@@ -31,7 +31,8 @@ from llm.models.lora import LORA_TARGETS, LoRASpec, add_lora
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
 from llm.rl.batch import Batch
-from llm.rl.train_step import hyperparams, step_functions
+from llm.rl.optimizer import hyperparams
+from llm.rl.train_step import step_functions
 from llm.rl.trainable import ParamSplit
 
 GiB = 2**30

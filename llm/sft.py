@@ -7,7 +7,7 @@ mean negative log-likelihood of the completion tokens only,
     L(theta) = - (1 / sum_i |y_i|) * sum_i sum_t log pi_theta(y_it | x_i, y_i,<t),
 
 minimised in a jitted, pure step over (params, optimizer state) with the RL trainer's
-optimizer (`llm.rl.train_step.make_optimizer`: clipped AdamW, the learning rate a traced input
+optimizer (`llm.rl.optimizer.make_optimizer`: clipped AdamW, the learning rate a traced input
 set with `optax.tree_utils.tree_set`, so nothing here depends on how optax nests its state).
 Prompts are rendered by `llm.data.prompts.PromptRenderer` and every `eval_every` steps the
 accuracy of the model's own completions on held-out problems is measured by

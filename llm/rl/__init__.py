@@ -26,6 +26,7 @@ from llm.rl.config import TrainConfig
 from llm.rl.evaluation import evaluate
 from llm.rl.losses import GRPO, AsymRE, ISReinforce, loss_from_config
 from llm.rl.metrics import MetricsWriter
+from llm.rl.optimizer import hyperparams, make_optimizer
 from llm.rl.rollouts import Rollout, Sampling, rollout
 from llm.rl.state import (
     RunState,
@@ -38,7 +39,6 @@ from llm.rl.state import (
     step_key,
 )
 from llm.rl.step import rl_step, update
-from llm.rl.train_step import hyperparams, make_optimizer
 from llm.rl.trainable import ParamSplit, merge_params
 
 __all__ = [

@@ -30,8 +30,10 @@ from llm.rl.config_checks import coerce, read_mapping, unknown_message, validate
 from llm.rl.config_fields import (
     AT_LEAST_ONE,
     FINITE,
+    GROUPS,
     NONNEGATIVE,
     POSITIVE,
+    RESUME_MUTABLE,
     UNIT_INTERVAL,
     Range,
     option,
@@ -58,36 +60,6 @@ TASKS = ("arithmetic", "gsm8k", "math500", "table", "jsonl")
 SCHEDULES = ("constant", "cosine")
 DTYPE_NAMES = tuple(DTYPES)
 AT_LEAST_ZERO = NONNEGATIVE  # for an int field: "an integer >= 0"
-
-# Fields that may change between a run and its resumption (they do not alter the maths).
-RESUME_MUTABLE = (
-    "num_steps",
-    "out_dir",
-    "resume",
-    "progress",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "eval_every",
-    "export_hf",
-    "tensorboard",
-    "log_every",
-    "pipeline_depth",
-    "remat",
-    "schedule_steps",  # the horizon it sets (or num_steps) is checked: llm.rl.resume
-)
-
-# group -> its title in `--help` and the docs, in the order of the fields.
-GROUPS = {
-    "model": "Model",
-    "data": "Data",
-    "reward": "Reward and prompts",
-    "loss": "Loss",
-    "rollout": "Steps and sampling",
-    "optimizer": "Optimizer and learning rate",
-    "devices": "Memory and devices",
-    "evaluation": "Evaluation",
-    "run": "Run: seed, outputs, checkpoints",
-}
 
 
 def _group(name: str):

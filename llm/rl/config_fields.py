@@ -8,7 +8,8 @@ and its `Option` (``dataclasses.fields(...)[i].metadata["option"]``) is read by 
 that needs more than the name, type and default: the command line builds its flags and help
 from it (`llm.train`), `check_options` validates every field against it, and
 `llm.rl.config_reference` writes the reference table of the docs from it. Checks that relate
-several fields stay code (`llm.rl.config_checks`).
+several fields stay code (`llm.rl.config_checks`). The option groups' titles (``GROUPS``)
+and the fields a resumed run may change (``RESUME_MUTABLE``) live here too.
 
 A `Range` is an interval of numbers, ``low <= x <= high`` with either side optional or open;
 NaN is always outside it, and so are the infinities unless ``finite=False``. Its text
@@ -32,6 +33,36 @@ from collections.abc import Sequence
 from typing import Any
 
 from llm.errors import ConfigError
+
+# Fields that may change between a run and its resumption (they do not alter the maths).
+RESUME_MUTABLE = (
+    "num_steps",
+    "out_dir",
+    "resume",
+    "progress",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_every",
+    "export_hf",
+    "tensorboard",
+    "log_every",
+    "pipeline_depth",
+    "remat",
+    "schedule_steps",  # the horizon it sets (or num_steps) is checked: llm.rl.resume
+)
+
+# group -> its title in `--help` and the docs, in the order of the fields.
+GROUPS = {
+    "model": "Model",
+    "data": "Data",
+    "reward": "Reward and prompts",
+    "loss": "Loss",
+    "rollout": "Steps and sampling",
+    "optimizer": "Optimizer and learning rate",
+    "devices": "Memory and devices",
+    "evaluation": "Evaluation",
+    "run": "Run: seed, outputs, checkpoints",
+}
 
 
 def show(value: Any) -> str:

@@ -53,12 +53,12 @@ from llm.rl.checkpoint import Checkpointer, model_description, save_state
 from llm.rl.config import TrainConfig
 from llm.rl.losses import LossFn
 from llm.rl.metrics import MetricsWriter
+from llm.rl.optimizer import optimizer_moments
 from llm.rl.pipeline import RolloutPipeline, pipelined_step
 from llm.rl.resume import check_saved_config, resume
 from llm.rl.schedule import learning_rate_fn
 from llm.rl.state import RunState, Setup, eval_key, init_run
 from llm.rl.tasks import run_examples
-from llm.rl.train_step import optimizer_moments
 from llm.rl.transfer import to_host
 
 __all__ = ["Callback", "EvalFn", "TrainConfig", "run_evaluation", "save_checkpoint", "train"]
@@ -223,17 +223,15 @@ def train(
       dataset, eval_dataset: training / held-out examples (`llm.data.Example` or dicts with
         prompt and answer) instead of ``cfg.task``'s.
       reward_fn: ``fn(prompts, completions, answer=..., **columns) -> floats`` instead of the
-        task's; accuracy is reported when it says what is correct (``is_correct``,
-        `llm.data.verifiable`).
-      loss_fn: a loss plug-in (``llm.rl.losses``) instead of ``cfg.loss``'s.
+        task's; accuracy is reported when it has ``is_correct`` (`llm.data.verifiable`).
+      loss_fn, engine: a loss plug-in (``llm.rl.losses``) / a rollout engine factory
+        (``ctx -> RolloutEngine``, `llm.rl.engine`) instead of the config's.
       eval_fn: ``eval_fn(setup, state) -> dict | None`` after every update (``state.step``
         updates done; return None on steps it skips); the dict joins the step's row.
       callback: ``callback(step, params, behaviour_params, row)`` after the evaluation and
         before the row is written (it may add keys to ``row``); returning True stops the
         run after this step: its row is written, a checkpoint saved (when checkpointing)
         and the export done as at the end. Params are pure dicts of arrays (copy to keep).
-      engine: a rollout engine factory, ``engine(ctx) -> RolloutEngine`` (`llm.rl.engine`),
-        instead of ``cfg.rollout_engine``'s.
       return_state: also return the final `RunState`.
     """
     if not isinstance(cfg, TrainConfig):

@@ -48,9 +48,10 @@ from llm.rl.config import TrainConfig
 from llm.rl.engine import EngineContext, RolloutEngine, make_engine
 from llm.rl.logprobs import scoring_of
 from llm.rl.losses import LossFn, advantages_fn, loss_from_config
+from llm.rl.optimizer import OptSpec
 from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
 from llm.rl.rollouts import Sampling
-from llm.rl.train_step import OptSpec, StepFunctions, batch_spec, step_functions
+from llm.rl.train_step import StepFunctions, batch_spec, step_functions
 from llm.rl.trainable import ParamSplit, merge_params
 
 

@@ -26,10 +26,10 @@ import numpy as np
 from llm.data.verifiable import correctness
 from llm.rl.batch import build_batch
 from llm.rl.metrics import sample_stats
+from llm.rl.optimizer import hyperparams
 from llm.rl.rollout_devices import timed_copy
 from llm.rl.rollouts import Rollout, engine_rollout
 from llm.rl.state import RunState, Setup, behaviour_copy, step_key
-from llm.rl.train_step import hyperparams
 from llm.rl.trainable import merge_params
 from llm.rl.transfer import batch_to_global, to_host
 

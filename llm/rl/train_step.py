@@ -16,11 +16,8 @@ nucleus, so that on-policy pi/mu = 1. The behaviour log-probs are the sampler's 
 distribution the tokens were drawn from); :func:`score` recomputes log-probs under other
 params (the frozen reference of a KL term), under the same ``scoring``.
 
-The update is ``optax.apply_if_finite(chain(clip_by_global_norm, adamw))`` under
-``optax.inject_hyperparams``: the learning rate, weight decay and clipping norm are traced
-inputs of the step (changing them never recompiles), and a non-finite loss or gradient
-leaves params and moments unchanged without a second copy of either (params and optimizer
-state are donated); ``notfinite_count`` in the optimizer state counts such steps in a row.
+The update is `llm.rl.optimizer.make_optimizer`'s clipped AdamW under
+``optax.apply_if_finite``, with the learning rate, weight decay and clipping norm traced.
 
 Frozen weights (LoRA, :mod:`llm.rl.trainable`): ``params`` are the trainable leaves and
 ``frozen`` the others (``{}`` in full fine-tuning). The step differentiates with respect to
@@ -50,79 +47,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from llm.rl.batch import Batch
 from llm.rl.logprobs import MODEL_SCORING, Scoring, completion_scores
 from llm.rl.losses import AsymRE
+from llm.rl.optimizer import OptSpec, make_optimizer
 
 DATA_AXIS = "fsdp"
-
-
-class OptSpec(NamedTuple):
-    """Static AdamW constants; lr, weight decay and the clip norm are traced hyperparams."""
-
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-
-
-def clip_by_global_norm_f32(max_norm) -> optax.GradientTransformation:
-    """``optax.clip_by_global_norm`` for any mix of dtypes: g <- g * min(1, max_norm / |g|),
-    with |g| and the factor in float32 and each leaf keeping its dtype (optax's promotes a
-    bfloat16 leaf against a float32 ``max_norm`` and then fails in ``lax.select``)."""
-
-    def update_fn(updates, state, params=None):
-        del params
-        norm = optax.tree.norm(jax.tree.map(lambda g: g.astype(jnp.float32), updates))
-        keep = norm < max_norm
-
-        def clip(g):  # optax's formula, in float32: bit-identical to it for float32 leaves
-            return jnp.where(keep, g, ((g.astype(jnp.float32) / norm) * max_norm).astype(g.dtype))
-
-        return jax.tree.map(clip, updates), state
-
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-
-def _keep_dtypes(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``tx`` with each update in its param's dtype and each state leaf in its own dtype: the
-    float32 hyperparams (lr, b1, ...) promote a bfloat16 update or moment to float32, and
-    ``apply_if_finite``'s two branches must agree on dtypes."""
-
-    def update_fn(updates, state, params):
-        new_updates, new_state = tx.update(updates, state, params)
-        new_updates = jax.tree.map(lambda u, p: u.astype(p.dtype), new_updates, params)
-        return new_updates, jax.tree.map(lambda n, o: n.astype(o.dtype), new_state, state)
-
-    return optax.GradientTransformation(tx.init, update_fn)
-
-
-def _adamw_clipped(learning_rate, weight_decay, max_grad_norm, *, b1, b2, eps):
-    return _keep_dtypes(
-        optax.chain(
-            clip_by_global_norm_f32(max_grad_norm),
-            optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
-        )
-    )
-
-
-def make_optimizer(spec: OptSpec | None = None) -> optax.GradientTransformation:
-    """clip_by_global_norm + AdamW with (learning_rate, weight_decay, max_grad_norm) injected,
-    under ``optax.apply_if_finite`` (a non-finite gradient leaves params and moments as they
-    were; the trainer, not optax, decides when to give up)."""
-    spec = spec or OptSpec()
-    factory = functools.partial(_adamw_clipped, b1=spec.b1, b2=spec.b2, eps=spec.eps)
-    # float32 hyperparams whatever the params' dtype (bfloat16 would round b2 = 0.999 to 1)
-    inner = optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
-        learning_rate=0.0, weight_decay=0.0, max_grad_norm=jnp.inf
-    )
-    return optax.apply_if_finite(inner, max_consecutive_errors=2**31 - 1)
-
-
-def hyperparams(learning_rate: float, weight_decay: float, max_grad_norm: float) -> dict:
-    """The traced per-step hyperparameters (max_grad_norm 0 = no clipping)."""
-    norm = max_grad_norm if max_grad_norm > 0 else float("inf")
-    return {  # numpy scalars: no device dispatch on the host, same avals as jnp's
-        "learning_rate": np.float32(learning_rate),
-        "weight_decay": np.float32(weight_decay),
-        "max_grad_norm": np.float32(norm),
-    }
 
 
 def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
@@ -130,6 +57,40 @@ def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
     if getattr(loss_fn, "needs_reference", False):
         return loss_fn(*args, ref_logprobs=mb.ref_logprobs)
     return loss_fn(*args)
+
+
+_STATS = ("tokens", "entropy", "logratio_abs", "ratio_sum", "ratio_max", "seq_logprob", "outside")
+
+
+def _add_stats(stats: dict, scores, mb: Batch) -> dict:
+    """``stats`` (sums over the completion tokens, `_STATS`) plus one micro-batch's: entropy,
+    |log pi - log mu|, pi/mu, sequence log-probs, tokens outside pi's nucleus."""
+    logprobs_BxN, entropy_BxN, inside_BxN = scores
+    m = mb.loss_mask
+    logratio_BxN = (logprobs_BxN - mb.behaviour_logprobs) * m
+    ratio_BxN = jnp.exp(logratio_BxN)
+    return {
+        "tokens": stats["tokens"] + m.sum(),
+        "entropy": stats["entropy"] + (entropy_BxN * m).sum(),
+        "logratio_abs": stats["logratio_abs"] + jnp.abs(logratio_BxN).sum(),
+        "ratio_sum": stats["ratio_sum"] + (ratio_BxN * m).sum(),
+        "ratio_max": jnp.maximum(stats["ratio_max"], jnp.max(jnp.where(m > 0, ratio_BxN, 0))),
+        "seq_logprob": stats["seq_logprob"] + (logprobs_BxN * m).sum(),
+        "outside": stats["outside"] + jnp.where(inside_BxN, 0.0, m).sum(),
+    }
+
+
+def _drift_metrics(stats: dict, num_seqs: int) -> dict:
+    """The step's per-token means of the `_add_stats` sums (``num_seqs`` sequences)."""
+    tokens = jnp.maximum(stats["tokens"], 1.0)
+    return {
+        "entropy": stats["entropy"] / tokens,
+        "logratio_abs": stats["logratio_abs"] / tokens,
+        "ratio_mean": stats["ratio_sum"] / tokens,
+        "ratio_max": stats["ratio_max"],
+        "logprob_seq_mean": stats["seq_logprob"] / num_seqs,
+        "outside_nucleus": stats["outside"] / tokens,
+    }
 
 
 def train_step(
@@ -162,26 +123,12 @@ def train_step(
             return n, (d, scores)
 
         (n, (d, scores)), g = jax.value_and_grad(numerator, has_aux=True)(params)
-        logprobs_BxN, entropy_BxN, inside_BxN = scores
-        m = mb.loss_mask
-        logratio_BxN = (logprobs_BxN - mb.behaviour_logprobs) * m
-        ratio_BxN = jnp.exp(logratio_BxN)
-        new_stats = {
-            "tokens": stats["tokens"] + m.sum(),
-            "entropy": stats["entropy"] + (entropy_BxN * m).sum(),
-            "logratio_abs": stats["logratio_abs"] + jnp.abs(logratio_BxN).sum(),
-            "ratio_sum": stats["ratio_sum"] + (ratio_BxN * m).sum(),
-            "ratio_max": jnp.maximum(stats["ratio_max"], jnp.max(jnp.where(m > 0, ratio_BxN, 0))),
-            "seq_logprob": stats["seq_logprob"] + (logprobs_BxN * m).sum(),
-            "outside": stats["outside"] + jnp.where(inside_BxN, 0.0, m).sum(),
-        }
+        new_stats = _add_stats(stats, scores, mb)
         grads = jax.tree.map(jnp.add, grads, g)
         return (grads, num + n, den + d, new_stats), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    stats0 = {k: f32(0) for k in ("tokens", "entropy", "logratio_abs", "ratio_sum")}
-    stats0 |= {"ratio_max": f32(0), "seq_logprob": f32(0), "outside": f32(0)}
-    init = (zeros, f32(0), f32(0), stats0)
+    init = (zeros, f32(0), f32(0), {k: f32(0) for k in _STATS})
     (grad_sum, num, den, stats), _ = jax.lax.scan(micro, init, batch)
     den = jnp.maximum(den, jnp.finfo(f32).tiny)
     loss = num / den
@@ -192,20 +139,9 @@ def train_step(
     opt_state.inner_state.hyperparams.update(hyper)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    tokens = jnp.maximum(stats["tokens"], 1.0)
-    num_seqs = batch.advantages.size
-    metrics = {
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "finite": opt_state.last_finite,
-        "nonfinite_streak": opt_state.notfinite_count,
-        "entropy": stats["entropy"] / tokens,
-        "logratio_abs": stats["logratio_abs"] / tokens,
-        "ratio_mean": stats["ratio_sum"] / tokens,
-        "ratio_max": stats["ratio_max"],
-        "logprob_seq_mean": stats["seq_logprob"] / num_seqs,
-        "outside_nucleus": stats["outside"] / tokens,
-    }
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": opt_state.last_finite}
+    metrics["nonfinite_streak"] = opt_state.notfinite_count
+    metrics |= _drift_metrics(stats, batch.advantages.size)
     return params, opt_state, metrics
 
 
@@ -231,11 +167,6 @@ def score(
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def optimizer_moments(opt_state):
-    """The parameter-shaped part of the optimizer state (not the injected hyperparams)."""
-    return opt_state.inner_state.inner_state
 
 
 # ----------------------------------------------------------------------------- compiled bundle

@@ -20,7 +20,7 @@ from llm.models.hf_io import load_hf
 from llm.models.lora import add_lora
 from llm.models.peft_io import load_peft_adapter
 from llm.models.tiny import make_tiny_checkpoint
-from llm.rl.train_step import optimizer_moments
+from llm.rl.optimizer import optimizer_moments
 from llm.train import main
 from llm.trainer import TrainConfig, train
 

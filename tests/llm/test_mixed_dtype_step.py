@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from llm.models.tiny import make_tiny_checkpoint
-from llm.rl.train_step import (
+from llm.rl.optimizer import (
     clip_by_global_norm_f32,
     hyperparams,
     make_optimizer,

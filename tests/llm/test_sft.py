@@ -11,7 +11,7 @@ import llm.sft
 from llm.experiments.presets import SMOKE
 from llm.models.tiny import tiny_config
 from llm.models.transformer import Transformer
-from llm.rl.train_step import hyperparams, make_optimizer
+from llm.rl.optimizer import hyperparams, make_optimizer
 from llm.sft import SFTConfig, run_sft, sft_step
 
 SMALL = dict(SMOKE.sft["model"])  # the smoke preset's warm-start model (a copy)

@@ -19,13 +19,8 @@ from llm.rl.batch import build_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.logprobs import MODEL_SCORING, Scoring, scores_from_hidden
 from llm.rl.losses import GRPO, AsymRE, ISReinforce
-from llm.rl.train_step import (
-    COMPILED_STEPS,
-    OptSpec,
-    batch_spec,
-    hyperparams,
-    step_functions,
-)
+from llm.rl.optimizer import OptSpec, hyperparams
+from llm.rl.train_step import COMPILED_STEPS, batch_spec, step_functions
 from llm.sampler import generate_from_state
 
 P, G, N = 2, 4, 6
