@@ -60,7 +60,9 @@ class RecordingEngine:
 
 
 def test_a_plugged_in_engine_serves_every_refresh_and_rollout(model_path, tmp_path):
-    cfg = _cfg(model_path, tmp_path)
+    """... and the learner scores pi under the sampling transform: at step 0 (on-policy)
+    GRPO's ratio is 1 at T = 0.7, top_p = 0.9."""
+    cfg = _cfg(model_path, tmp_path, loss="grpo", temperature=0.7, top_p=0.9)
     log = {"sync": [], "generate": []}
     rows = train(cfg, engine=lambda ctx: RecordingEngine(ctx, log))
     plain = train(cfg.replace(out_dir=str(tmp_path / "plain")))
@@ -69,6 +71,8 @@ def test_a_plugged_in_engine_serves_every_refresh_and_rollout(model_path, tmp_pa
     assert [r["behaviour_version"] for r in rows] == log["generate"]
     for mine, theirs in zip(rows, plain, strict=True):  # the same samples, the same updates
         assert mine["loss"] == theirs["loss"] and mine["reward_mean"] == theirs["reward_mean"]
+    assert rows[0]["logratio_abs"] < 1e-5 and abs(rows[0]["ratio_mean"] - 1) < 1e-5
+    assert rows[0]["outside_nucleus"] == 0
 
 
 def test_dense_engine_is_the_sampler():

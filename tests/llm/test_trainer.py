@@ -236,6 +236,7 @@ def _on_policy_row(model_path, tmp_path, **kw):
     return row
 
 
+@pytest.mark.slow
 def test_on_policy_grpo_ratio_is_one_under_temperature_and_nucleus(model_path, tmp_path):
     """The learner scores pi with the sampler's transform: on-policy pi/mu = 1 to rounding
     at T = 0.7, top_p = 0.9 (no token outside pi's own nucleus)."""

@@ -141,6 +141,7 @@ def test_micro_batched_equals_full_batch(setup, spec):
     assert m_full["logratio_abs"] > 1e-3
 
 
+@pytest.mark.slow
 def test_on_policy_logratio_is_zero_against_the_samplers_logprobs(setup):
     """Behaviour log-probs from the sampler (G per prompt at T = 0.7, top_p = 0.9), the step
     scoring the same params under the same transform: pi/mu = 1 to float32 rounding; scored
