@@ -133,6 +133,7 @@ def test_cli_custom_grid(tmp_path, capsys):
     assert "final_reward_mean" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two fresh processes importing jax
 def test_module_entry_point_runs_cleanly_and_library_import_stays_light():
     run = subprocess.run(
         [sys.executable, "-W", "error::RuntimeWarning", "-m", "bandits.sweep", "--help"],

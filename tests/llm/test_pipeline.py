@@ -161,6 +161,7 @@ def test_pipelined_run_is_the_synchronous_run(model_path, tmp_path, monkeypatch,
     assert {e[1] for e in piped[3] if e[0] == "sample"} == {"rollout_0"}
 
 
+@pytest.mark.slow  # the fast lane stops and resumes a pipelined run in the two tests below
 def test_resume_after_a_stop_with_rollouts_in_flight(model_path, tmp_path, monkeypatch):
     """Stopped after 3 updates (the rollout of step 3 in flight, dropped), resumed to 5:
     the uninterrupted synchronous run's rows, state and checkpoints."""

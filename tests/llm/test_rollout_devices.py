@@ -10,7 +10,9 @@ import pytest
 from llm import train as cli
 from llm.errors import ConfigError
 from llm.models.tiny import make_tiny_checkpoint
+from llm.rl import init_run
 from llm.rl.rollout_devices import split_devices, split_per_process
+from llm.rl.state import refresh_behaviour
 from llm.rl.step import TIMING_KEYS
 from llm.trainer import TrainConfig, train
 
@@ -120,6 +122,24 @@ def _flat(tree):
     ]
 
 
+def test_the_run_starts_with_mu_on_the_rollout_devices(model_path, tmp_path):
+    """rollout_devices=2: the params and moments on the first 6 devices, mu (the behaviour
+    copy `init_run` makes) on the last 2; LoRA: only the adapters are copied there, the
+    frozen base is placed there once. No step compiles (the runs: the tests below, slow)."""
+    learner, sampler = set(jax.devices()[:6]), set(jax.devices()[6:])
+    for extra in ({}, {"lora_rank": 4}):
+        setup, state = init_run(_cfg(model_path, tmp_path, rollout_devices=2, **extra))
+        assert _devices_of(state.params) == _devices_of(state.opt_state) == learner
+        assert _devices_of(state.behaviour) == sampler
+        again = refresh_behaviour(setup, state).behaviour
+        assert _devices_of(again) == sampler
+        if extra:  # the same frozen base arrays after a refresh
+            base = lambda mu: [x for path, x in _flat(mu) if "lora" not in path]  # noqa: E731
+            first, second = base(state.behaviour), base(again)
+            assert first and all(x is y for x, y in zip(first, second, strict=True))
+
+
+@pytest.mark.slow
 def test_resume_keeps_mu_on_the_rollout_devices(model_path, tmp_path):
     """A checkpointed run stopped after step 1 resumes with mu restored onto the sampler's
     devices and ends where the uninterrupted run ends; the uninterrupted run keeps the params
