@@ -117,13 +117,9 @@ class DenseEngine:
             self.graphdef,
             behaviour,
             prompts,
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-            eos_token_id=sampling.eos_token_id,
             key=key,
-            pad_token_id=sampling.pad_token_id,
             num_samples=num_samples,
+            **sampling.generate_kwargs(),
         )
         return EngineOutput(out.tokens, out.logprobs, out.lengths, out.finished, int(version))
 

@@ -90,18 +90,14 @@ def sample_keys(key: jax.Array, num_problems: int, num_samples: int) -> jax.Arra
 
 
 def _sample(graphdef, params, prompts, sampling: Sampling, row_keys, num_samples: int):
-    """(tokens, lengths) on the host: `llm.rl.rollouts.sample`'s call with per-row keys."""
+    """(tokens, lengths) on the host: the sampler with per-row keys."""
     out = generate_from_state(
         graphdef,
         params,
         prompts,
-        max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-        eos_token_id=sampling.eos_token_id,
         row_keys=row_keys,
-        pad_token_id=sampling.pad_token_id,
         num_samples=num_samples,
+        **sampling.generate_kwargs(),
     )
     return to_host(out.tokens), to_host(out.lengths)
 

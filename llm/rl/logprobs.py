@@ -87,12 +87,7 @@ LEARNER_DISTRIBUTIONS = ("sampling", "model")  # TrainConfig.learner_distributio
 def scoring_of(cfg) -> Scoring:
     """The `Scoring` of a `TrainConfig`: the rollouts' temperature and top-p when
     ``learner_distribution`` is "sampling" (the default), the model itself when "model"."""
-    if cfg.learner_distribution not in LEARNER_DISTRIBUTIONS:
-        raise ValueError(
-            f"learner_distribution must be one of {LEARNER_DISTRIBUTIONS}, "
-            f"got {cfg.learner_distribution!r}"
-        )
-    if cfg.learner_distribution == "model":
+    if cfg.learner_distribution == "model":  # the choices are checked by TrainConfig
         return MODEL_SCORING
     return Scoring(float(cfg.temperature), float(cfg.top_p))
 
@@ -129,27 +124,17 @@ def scores_from_hidden(hidden_BxNxD, unembedding_DxV, targets_BxN, chunk_size, s
     return tuple(jnp.moveaxis(x, 0, 1).reshape(B, -1)[:, :N] for x in outs)
 
 
-def completion_logprobs(
-    graphdef, params, mb: Batch, chunk_size: int, frozen=None, scoring: Scoring = MODEL_SCORING
-):
-    """Per-token log q_pi and entropy of q_pi (float32, [b, N]) of the completion slots, pi
-    the model of ``params`` merged with the ``frozen`` ones and q_pi its ``scoring``
-    transform (`Scoring`: the sampling temperature and nucleus; default the model itself).
-
-    The [b, N, V] logits are never materialised: both come from the final hidden states in
-    one pass, ``chunk_size`` positions at a time (rematerialised in the backward pass).
-    """
-    logprobs_BxN, entropy_BxN, _ = completion_scores(
-        graphdef, params, mb, chunk_size, frozen, scoring
-    )
-    return logprobs_BxN, entropy_BxN
-
-
 def completion_scores(
     graphdef, params, mb: Batch, chunk_size: int, frozen=None, scoring: Scoring = MODEL_SCORING
 ):
-    """`completion_logprobs` plus ``inside`` [b, N] (bool): False on tokens outside the
-    nucleus of pi's own logits (always True when ``scoring.top_p`` is 1)."""
+    """(log q_pi, entropy of q_pi, inside), [b, N] each, of the completion slots: pi the
+    model of ``params`` merged with the ``frozen`` ones, q_pi its ``scoring`` transform
+    (`Scoring`: the sampling temperature and nucleus; default the model itself), ``inside``
+    False on tokens outside the nucleus of pi's own logits (always True when top_p is 1).
+
+    The [b, N, V] logits are never materialised: all three come from the final hidden states
+    in one pass, ``chunk_size`` positions at a time (rematerialised in the backward pass).
+    """
     model = nnx.merge(graphdef, merge_params(params, frozen or {}))
     N = mb.loss_mask.shape[-1]
     chunk_size = min(chunk_size, N)

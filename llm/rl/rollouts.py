@@ -34,6 +34,17 @@ class Sampling(NamedTuple):
     eos_token_id: Sequence[int] | int | None = None
     pad_token_id: int = 0
 
+    def generate_kwargs(self) -> dict:
+        """The keyword arguments of `llm.sampler.generate_from_state` for this sampling
+        (top-p off when greedy)."""
+        return dict(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p if self.temperature > 0 else 1.0,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+
 
 class Rollout(NamedTuple):
     """One step's samples on the host; B = P * G rows, prompt-major (row i: prompt i // G)."""
