@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from llm.experiments.stats import mean_ci
-
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+from llm.experiments.stats import mean_ci, t_quantile
 
 
 def auc(steps, values_TxN) -> np.ndarray:
@@ -34,14 +32,28 @@ def auc(steps, values_TxN) -> np.ndarray:
 
 
 def t_over_seeds(scores_SxN) -> dict[str, float] | None:
-    """Seed-clustered 95 % t interval of the mean (None with one seed)."""
+    """Seed-clustered 95 % t interval of the mean (None with one seed): the exact Student t
+    quantile for s - 1 degrees of freedom, whatever the number of seeds s."""
     per_seed = np.asarray(scores_SxN, np.float64).mean(axis=1)
     s = len(per_seed)
     if s < 2:
         return None
-    half = _T975.get(s - 1, 1.96) * per_seed.std(ddof=1) / math.sqrt(s)
+    half = t_quantile(0.975, s - 1) * per_seed.std(ddof=1) / math.sqrt(s)
     m = float(per_seed.mean())
     return {"mean": m, "lo": m - half, "hi": m + half}
+
+
+def mechanism(rows: list[dict], refresh_every: int) -> dict[str, list[float]]:
+    """|log pi/mu| (`logratio_abs`) and the truncated fraction at each window's last step
+    (behaviour age N - 1: the policy furthest from its behaviour policy), and the last row's
+    truncated fraction. On-policy (N = 1) every step is a window end with |log pi/mu| = 0."""
+    ends = [r for r in rows if r["behaviour_age"] == refresh_every - 1]
+    return {
+        "steps": [r["step"] for r in ends],
+        "logratio_abs": [float(r["logratio_abs"]) for r in ends],
+        "truncated_frac": [float(r["truncated_frac"]) for r in ends],
+        "truncated_frac_last": float(rows[-1]["truncated_frac"]),
+    }
 
 
 def intervals(scores_SxN) -> dict[str, Any]:
