@@ -46,7 +46,7 @@ from llm.models.attention import attend, visibility_masks
 from llm.models.cache import KVCache, init_cache, positions_from_mask, query_slots
 from llm.models.config import ModelConfig
 from llm.models.families import FULL, SLIDING
-from llm.models.lora import lora_delta
+from llm.models.layers import MLP, RMSNorm, _param, _plus_lora
 from llm.models.rope import apply_rope, rope_angles
 
 __all__ = [
@@ -60,44 +60,6 @@ __all__ = [
 
 _F32 = jnp.float32
 RUNTIME_OPTIONS = ("attention_impl", "remat")
-
-
-def _param(rngs: nnx.Rngs | None, init: str, shape, axes, config: ModelConfig) -> nnx.Param:
-    dtype = config.jnp_param_dtype
-    if init == "normal":
-        value = config.initializer_range * jax.random.normal(rngs.params(), shape, _F32)
-        value = value.astype(dtype)
-    elif init == "ones":
-        value = jnp.ones(shape, dtype)
-    else:
-        value = jnp.zeros(shape, dtype)
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
-
-
-def _plus_lora(module: nnx.Module, name: str, x, y, dtype):
-    """y plus the LoRA update of ``module``'s weight ``name`` on input x (y without one)."""
-    delta = lora_delta(module, name, x, dtype)
-    return y if delta is None else y + delta
-
-
-class RMSNorm(nnx.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, statistics in float32.
-
-    Gemma (``config.norm_plus_one``): * (1 + weight) in float32, weight initialised at 0.
-    """
-
-    def __init__(self, dim: int, config: ModelConfig):
-        self.eps = config.rms_norm_eps
-        self.plus_one = config.norm_plus_one
-        init = "zeros" if self.plus_one else "ones"
-        self.weight = _param(None, init, (dim,), ("norm",), config)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(_F32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        if self.plus_one:
-            return (normed * (1.0 + self.weight[...].astype(_F32))).astype(x.dtype)
-        return normed.astype(x.dtype) * self.weight[...].astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -126,10 +88,11 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(Dh, config)
             self.k_norm = RMSNorm(Dh, config)
 
-    def __call__(self, x_BxTxD, cos, sin, mask, kv=None, layer=0, cache_index=None, causal=True):
+    def project(self, x_BxTxD, cos, sin):
+        """(q [B, T, H, Dh], k, v [B, T, K, Dh]) of x: projections, LoRA, biases, qk norms and
+        RoPE, in the compute dtype (what every attention of this layer starts from)."""
         cfg = self.config
         dt = cfg.jnp_compute_dtype
-        B, T, _ = x_BxTxD.shape
         q_BxTxHxE = jnp.einsum("btd,dhe->bthe", x_BxTxD, self.q[...].astype(dt))
         k_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.k[...].astype(dt))
         v_BxTxKxE = jnp.einsum("btd,dke->btke", x_BxTxD, self.v[...].astype(dt))
@@ -144,9 +107,22 @@ class Attention(nnx.Module):
         if cfg.use_qk_norm:
             q_BxTxHxE = self.q_norm(q_BxTxHxE)
             k_BxTxKxE = self.k_norm(k_BxTxKxE)
-        q_BxTxHxE = apply_rope(q_BxTxHxE, cos, sin)
-        k_BxTxKxE = apply_rope(k_BxTxKxE, cos, sin)
+        return apply_rope(q_BxTxHxE, cos, sin), apply_rope(k_BxTxKxE, cos, sin), v_BxTxKxE
 
+    def output(self, out_BxTxHxE):
+        """The output projection [B, T, D] of the attended values [B, T, H, Dh]."""
+        cfg = self.config
+        dt = cfg.jnp_compute_dtype
+        out_BxTxD = jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(dt))
+        out_BxTxD = _plus_lora(self, "o", out_BxTxHxE, out_BxTxD, dt)
+        if cfg.attention_out_bias:
+            out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)
+        return out_BxTxD
+
+    def __call__(self, x_BxTxD, cos, sin, mask, kv=None, layer=0, cache_index=None, causal=True):
+        cfg = self.config
+        dt = cfg.jnp_compute_dtype
+        q_BxTxHxE, k_BxTxKxE, v_BxTxKxE = self.project(x_BxTxD, cos, sin)
         if kv is not None:  # write the T new entries into slots [i, i + T), read all S
             k_all, v_all = kv
             zero = jnp.zeros((), jnp.int32)
@@ -168,47 +144,7 @@ class Attention(nnx.Module):
             window=self.window if causal else None,
             requested=cfg.attention_impl,
         )
-        out_BxTxD = jnp.einsum("bthe,hed->btd", out_BxTxHxE, self.o[...].astype(dt))
-        out_BxTxD = _plus_lora(self, "o", out_BxTxHxE, out_BxTxD, dt)
-        if cfg.attention_out_bias:
-            out_BxTxD = out_BxTxD + self.o_bias[...].astype(dt)
-        return out_BxTxD, kv
-
-
-class MLP(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-        D, F = config.hidden_size, config.intermediate_size
-        self.config = config
-        self.gate = _param(rngs, "normal", (D, F), ("embed", "mlp"), config)
-        self.up = _param(rngs, "normal", (D, F), ("embed", "mlp"), config)
-        self.down = _param(rngs, "normal", (F, D), ("mlp", "embed"), config)
-        if config.mlp_bias:
-            self.gate_bias = _param(None, "zeros", (F,), ("mlp",), config)
-            self.up_bias = _param(None, "zeros", (F,), ("mlp",), config)
-            self.down_bias = _param(None, "zeros", (D,), ("norm",), config)
-
-    def __call__(self, x_BxTxD):
-        dt = self.config.jnp_compute_dtype
-        # One einsum over the stacked gate/up weights: XLA:CPU's backward pass for two
-        # separate dots wrote the activation gradient transposed twice (benchmarks/RESULTS.md).
-        # Stacking (not concatenating) keeps a tp-sharded "mlp" axis sharded.
-        gate_up_Dx2xF = jnp.stack([self.gate[...], self.up[...]], axis=1).astype(dt)
-        gate_up_BxTx2xF = jnp.einsum("btd,dcf->btcf", x_BxTxD, gate_up_Dx2xF)
-        if self.config.mlp_bias:
-            bias_2xF = jnp.stack([self.gate_bias[...], self.up_bias[...]]).astype(dt)
-            gate_up_BxTx2xF = gate_up_BxTx2xF + bias_2xF
-        gate_BxTxF, up_BxTxF = gate_up_BxTx2xF[:, :, 0], gate_up_BxTx2xF[:, :, 1]
-        gate_BxTxF = _plus_lora(self, "gate", x_BxTxD, gate_BxTxF, dt)
-        up_BxTxF = _plus_lora(self, "up", x_BxTxD, up_BxTxF, dt)
-        if self.config.hidden_act == "silu":
-            act_BxTxF = jax.nn.silu(gate_BxTxF) * up_BxTxF
-        else:  # Gemma's GeGLU: gelu, tanh approximation
-            act_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True) * up_BxTxF
-        out_BxTxD = jnp.einsum("btf,fd->btd", act_BxTxF, self.down[...].astype(dt))
-        out_BxTxD = _plus_lora(self, "down", act_BxTxF, out_BxTxD, dt)
-        if self.config.mlp_bias:
-            out_BxTxD = out_BxTxD + self.down_bias[...].astype(dt)
-        return out_BxTxD
+        return self.output(out_BxTxHxE), kv
 
 
 class Block(nnx.Module):
@@ -226,16 +162,22 @@ class Block(nnx.Module):
             self.mlp_post_norm = RMSNorm(config.hidden_size, config)
 
     def __call__(self, x_BxTxD, cos, sin, mask, kv=None, layer=0, cache_index=None, causal=True):
-        attn_BxTxD, kv = self.attn(
-            self.attn_norm(x_BxTxD), cos, sin, mask, kv, layer, cache_index, causal
-        )
+        def attention(attn, n_BxTxD):
+            return attn(n_BxTxD, cos, sin, mask, kv, layer, cache_index, causal)
+
+        return self.with_attention(x_BxTxD, attention)
+
+    def with_attention(self, x_BxTxD, attention):
+        """The layer with ``attention(self.attn, normed x) -> (out [B, T, D], aux)`` as its
+        attention branch; returns (y, aux). Other caches (`llm.ragged`) plug in here."""
+        attn_BxTxD, aux = attention(self.attn, self.attn_norm(x_BxTxD))
         if self.sandwich:
             attn_BxTxD = self.attn_post_norm(attn_BxTxD)
         h_BxTxD = x_BxTxD + attn_BxTxD
         mlp_BxTxD = self.mlp(self.mlp_norm(h_BxTxD))
         if self.sandwich:
             mlp_BxTxD = self.mlp_post_norm(mlp_BxTxD)
-        return h_BxTxD + mlp_BxTxD, kv
+        return h_BxTxD + mlp_BxTxD, aux
 
 
 _REMAT_POLICIES = {"layer": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
