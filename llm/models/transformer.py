@@ -227,6 +227,22 @@ class Transformer(nnx.Module):
             return self.embed[...].astype(dt).T
         return self.lm_head[...].astype(dt)
 
+    def embed_tokens(self, tokens_BxT) -> jax.Array:
+        """The input embeddings [B, T, D] in the compute dtype (Gemma's times sqrt(D))."""
+        embed_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0)
+        if self.config.embed_scale is not None:  # Gemma: in the weights' dtype, as HF
+            embed_BxTxD = embed_BxTxD * jnp.asarray(self.config.embed_scale, embed_BxTxD.dtype)
+        return embed_BxTxD.astype(self.config.jnp_compute_dtype)
+
+    def rope_by_kind(self, positions_BxT) -> dict:
+        """{layer kind: (cos, sin)} at ``positions_BxT`` (Gemma's local layers: their own theta)."""
+        cfg = self.config
+        ropes = {FULL: rope_angles(cfg, positions_BxT)}
+        ropes[SLIDING] = ropes[FULL]
+        if SLIDING in cfg.all_layer_types and cfg.rope_local_theta is not None:
+            ropes[SLIDING] = rope_angles(cfg, positions_BxT, local=True)
+        return ropes
+
     def hidden_states(self, tokens_BxT, positions=None, attention_mask=None) -> jax.Array:
         """Final normed hidden states [B, T, D] in the compute dtype (no cache).
 
@@ -270,15 +286,8 @@ class Transformer(nnx.Module):
         cache_index, query_slot_T, S = query_slots(cfg, cache, cache_index, B, T)
         masks = visibility_masks(cfg, query_slot_T, S, attention_mask, B, causal, cache is not None)
 
-        dt = cfg.jnp_compute_dtype
-        embed_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0)
-        if cfg.embed_scale is not None:  # Gemma: times sqrt(D), in the weights' dtype as HF
-            embed_BxTxD = embed_BxTxD * jnp.asarray(cfg.embed_scale, embed_BxTxD.dtype)
-        x_BxTxD = embed_BxTxD.astype(dt)
-        ropes = {FULL: rope_angles(cfg, positions_BxT)}
-        ropes[SLIDING] = ropes[FULL]
-        if SLIDING in cfg.all_layer_types and cfg.rope_local_theta is not None:  # Gemma's
-            ropes[SLIDING] = rope_angles(cfg, positions_BxT, local=True)
+        x_BxTxD = self.embed_tokens(tokens_BxT)
+        ropes = self.rope_by_kind(positions_BxT)
         kv = None if cache is None else (cache.k, cache.v)
         x_BxTxD, kv = self._layers(x_BxTxD, ropes, masks, kv, cache_index, causal)
         h_BxTxD = self.final_norm(x_BxTxD)

@@ -1,0 +1,251 @@
+r"""The ragged sampler: a shared prompt cache, history windows, and a batch that shrinks.
+
+`generate_ragged` takes the arguments of `llm.sampler.generate_from_state` and returns the
+same `GenerateOutput`; the draws are the dense sampler's (same per-row keys, same
+`llm.token_sampling` draw), only the cost follows the live tokens:
+
+* **Prefill once per prompt, shared.** The P prompts are prefilled into a `PromptCache`
+  that the G rows of a prompt all read (no [B, T'] copy): KV memory P T' + B W instead of
+  B (T' + N).
+* **Attend to what is written.** Each row's own tokens live in a history window of W slots
+  (32, 64, ... up to N); a decode chunk is compiled once per window and attends to W
+  slots, not T' + N; the window doubles when the rows reach it.
+* **Rows that stop costing.** A chunk also stops when at most half its rows are live;
+  the live rows are then gathered into the next power-of-two batch (the prompt keys they
+  read are gathered with them, one row per prompt from then on), and the finished rows'
+  outputs are put aside in their original order.
+
+Each row's tokens depend only on its key, its prompt and the params (the dense sampler's
+contract), so reordering and dropping rows changes no completion. The attention sums its
+keys in another order than the dense cache's softmax (`llm.ragged.attention`), so
+log-probs agree to float rounding and tokens are the same unless a draw falls within that
+rounding of a boundary (tests/llm/test_ragged.py compares them on every family).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llm.models.transformer import positions_from_mask
+from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
+from llm.ragged.forward import HistoryCache, PromptCache, decode_logits, empty_history, prefill
+from llm.sampler import MIN_BATCH_BUCKET, GenerateOutput, _draw, _record, _step_keys
+from llm.sampler_args import (
+    check_positions,
+    eos_array,
+    row_keys_of,
+    static_of,
+    validate_prompts,
+)
+
+MIN_WINDOW = 32  # the first history window; then doubled up to max_new_tokens
+
+
+class _Rows(NamedTuple):
+    """The decoding rows (field names shared with `llm.sampler`'s carry for `_record`)."""
+
+    step: jax.Array  # index of the next token to draw (the same for every row)
+    last_B: jax.Array
+    positions_B: jax.Array
+    done_B: jax.Array
+    tokens_BxN: jax.Array
+    logprobs_BxN: jax.Array
+    lengths_B: jax.Array
+    finished_B: jax.Array
+    keys_B: jax.Array
+    ids_B: jax.Array  # each row's index in the output (num_rows for filler rows)
+    eos_E: jax.Array
+    pad_id: jax.Array
+
+
+def windows(max_new_tokens: int) -> list[int]:
+    """The history windows: MIN_WINDOW doubled until max_new_tokens (the last is N)."""
+    out, w = [], MIN_WINDOW
+    while w < max_new_tokens:
+        out.append(w)
+        w *= 2
+    return out + [max_new_tokens]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "num_samples", "window"))
+def _start(
+    graphdef, state, tokens_PxT, mask_PxT, ids_B, filler_B, consts, *, static, num_samples, window
+):
+    eos_E, pad_id, keys_B, temperature, top_p = consts
+    model = nnx.merge(graphdef, state)
+    positions_PxT = positions_from_mask(mask_PxT)
+    dtype = static.cache_dtype
+    logits_PxV, prompt = prefill(model, tokens_PxT, mask_PxT, positions_PxT, dtype)
+    B, N = ids_B.shape[0], static.max_new_tokens
+    history = empty_history(model.config, B, window, dtype)
+    first_BxV = jnp.repeat(logits_PxV, num_samples, axis=0)
+    tokens_B, logprobs_B = _draw(
+        first_BxV, _step_keys(keys_B, jnp.int32(0)), temperature, top_p, static
+    )
+    rows = _Rows(
+        step=jnp.int32(1),
+        last_B=tokens_B,
+        positions_B=jnp.repeat(positions_PxT[:, -1] + 1, num_samples),
+        done_B=filler_B,
+        tokens_BxN=jnp.full((B, N), pad_id, jnp.int32),
+        logprobs_BxN=jnp.zeros((B, N), jnp.float32),
+        lengths_B=jnp.zeros((B,), jnp.int32),
+        finished_B=jnp.zeros((B,), bool),
+        keys_B=keys_B,
+        ids_B=ids_B,
+        eos_E=eos_E,
+        pad_id=pad_id,
+    )
+    return _record(rows, 0, tokens_B, logprobs_B), prompt, history
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2, 4))
+def _decode(graphdef, state, rows: _Rows, prompt, history, sampling, limit, stop_live, *, static):
+    """Decode until ``limit`` tokens are drawn, every row is done, or at most ``stop_live``
+    rows are live."""
+    temperature, top_p = sampling
+    model = nnx.merge(graphdef, state)
+
+    def cond(carry):
+        r, _ = carry
+        live = jnp.sum(~r.done_B)
+        return (r.step < limit) & (live > 0) & (live > stop_live)
+
+    def body(carry):
+        r, h = carry
+        logits_BxV, h = decode_logits(model, r.last_B, r.positions_B, prompt, h, r.step - 1)
+        tokens_B, logprobs_B = _draw(
+            logits_BxV, _step_keys(r.keys_B, r.step), temperature, top_p, static
+        )
+        r = _record(r._replace(positions_B=r.positions_B + 1), r.step, tokens_B, logprobs_B)
+        return r._replace(step=r.step + 1), h
+
+    return jax.lax.while_loop(cond, body, (rows, history))
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "group"))
+def _compact(r: _Rows, prompt: PromptCache, history: HistoryCache, *, rows: int, group: int):
+    """The first ``rows`` rows by (live first, then original order); each keeps its prompt's
+    keys (gathered: one prompt entry per row)."""
+    keep_R = jnp.argsort(r.done_B, stable=True)[:rows]
+    take = functools.partial(jnp.take, indices=keep_R, axis=0)
+    per_row = {
+        f: take(getattr(r, f)) for f in _Rows._fields if f not in ("step", "eos_E", "pad_id")
+    }
+    prompt_R = keep_R // group
+    prompt = PromptCache(
+        *(tuple(jnp.take(x, prompt_R, axis=0) for x in part) for part in (prompt.k, prompt.v)),
+        jnp.take(prompt.mask, prompt_R, axis=0),
+        jnp.take(prompt.positions, prompt_R, axis=0),
+    )
+    history = HistoryCache(*(tuple(take(x) for x in part) for part in history))
+    return r._replace(**per_row), prompt, history
+
+
+@functools.partial(jax.jit, static_argnames=("window",))
+def _grow(history: HistoryCache, *, window: int) -> HistoryCache:
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, window - x.shape[1]), (0, 0), (0, 0)))  # noqa: E731
+    return HistoryCache(*(tuple(pad(x) for x in part) for part in history))
+
+
+@jax.jit
+def _put_aside(out, r: _Rows):
+    """The rows' outputs written into ``out`` (tokens, logprobs, lengths, finished) at ids."""
+    fields = (r.tokens_BxN, r.logprobs_BxN, r.lengths_B, r.finished_B)
+    return tuple(o.at[r.ids_B].set(x) for o, x in zip(out, fields, strict=True))
+
+
+def _schedule(r: _Rows, batch: int, min_rows: int) -> tuple[int, int, int]:
+    """(step, live rows, the batch to continue with) after a chunk: the live rows' bucket
+    once at most half the rows are live."""
+    step, live = jax.device_get((r.step, jnp.sum(~r.done_B)))
+    new_batch = batch
+    if live <= batch // 2 and batch > min_rows:
+        new_batch = bucket_size(int(live), min_rows)
+    return int(step), int(live), new_batch
+
+
+def generate_ragged(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eos_token_id: int | Sequence[int] | None = None,
+    key: jax.Array | None = None,
+    pad_token_id: int = 0,
+    cache_dtype: Any = None,
+    min_batch_bucket: int = MIN_BATCH_BUCKET,
+    min_length_bucket: int = MIN_LENGTH_BUCKET,
+    num_samples: int = 1,
+    row_keys: jax.Array | None = None,
+) -> GenerateOutput:
+    """`llm.sampler.generate_from_state`'s call and output, decoded as the module says."""
+    config = nnx.merge(graphdef, state).config
+    prompts = validate_prompts(prompts, config.vocab_size)
+    static = static_of(config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype)
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    longest = max(len(p) for p in prompts)
+    check_positions(config, longest, static.max_new_tokens)
+    G, N = int(num_samples), static.max_new_tokens
+    num_rows = len(prompts) * G
+    prompt_batch = bucket_size(len(prompts), 1)
+    batch = prompt_batch * G
+    keys_B = row_keys_of(key, row_keys, num_rows, batch, static.greedy)
+    tokens_PxT, mask_PxT = pad_prompts(
+        prompts, prompt_batch, length_bucket(longest, min_length_bucket), pad_token_id
+    )
+    ids_B = np.minimum(np.arange(batch), num_rows).astype(np.int32)
+    sampling = (jnp.float32(temperature if not static.greedy else 1.0), jnp.float32(top_p))
+    consts = (eos_array(eos_token_id), np.int32(pad_token_id), keys_B, *sampling)
+    window_list = windows(N)
+    rows, prompt, history = _start(
+        graphdef,
+        state,
+        tokens_PxT,
+        mask_PxT,
+        ids_B,
+        ids_B == num_rows,
+        consts,
+        static=static,
+        num_samples=G,
+        window=window_list[0],
+    )
+    out = (
+        jnp.full((num_rows + 1, N), pad_token_id, jnp.int32),
+        jnp.zeros((num_rows + 1, N), jnp.float32),
+        jnp.zeros((num_rows + 1,), jnp.int32),
+        jnp.zeros((num_rows + 1,), bool),
+    )
+    group, window = G, 0
+    min_rows = max(1, int(min_batch_bucket))
+    while True:
+        limit = min(N, window_list[window] + 1)
+        stop_live = batch // 2 if batch > min_rows else -1
+        rows, history = _decode(
+            graphdef, state, rows, prompt, history, sampling, limit, stop_live, static=static
+        )
+        step, live, new_batch = _schedule(rows, batch, min_rows)
+        if step >= N or live == 0:
+            break
+        if new_batch < batch:
+            out = _put_aside(out, rows)
+            rows, prompt, history = _compact(rows, prompt, history, rows=new_batch, group=group)
+            batch, group = new_batch, 1
+        if step == limit and limit == window_list[window] + 1:
+            window += 1
+            history = _grow(history, window=window_list[window])
+    out = _put_aside(out, rows)
+    tokens, logprobs, lengths, finished = (x[:num_rows] for x in out)
+    return GenerateOutput(tokens, logprobs, lengths, finished, steps=jnp.int32(step))
