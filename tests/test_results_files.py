@@ -90,3 +90,40 @@ def test_per_run_files_under_results_are_not_ignored():
     with pytest.raises(AssertionError, match="ignored by git"):
         _not_ignored([ROOT / "runs" / "a" / "metrics.jsonl"])  # the scratch folder is
     _not_ignored([RESULTS / "x" / "runs" / "a" / "seed0" / "metrics.jsonl"])
+
+
+@pytest.mark.skipif(
+    not (RESULTS / "llm_tiny_phase" / "summary.json").is_file(), reason="no phase-diagram summary"
+)
+def test_tiny_phase_summary_is_backed_by_committed_runs():
+    """Every cell's primary metric (greedy AUC) and collapse steps from its per-run files;
+    the registered grid (19 cells x 3 seeds) complete, none left out."""
+    from llm.experiments.report import collapse_step
+
+    out = RESULTS / "llm_tiny_phase"
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cells"]) == 19 and not summary["runs_not_used (incomplete seed)"]
+    files = []
+    for name, cell in summary["cells"].items():
+        assert cell["seeds"] == [0, 1, 2], name
+        evals = {}
+        for seed in cell["seeds"]:
+            run_dir = out / "runs" / name / f"seed{seed}"
+            files += [run_dir / "metrics.jsonl", run_dir / "evals.npz"]
+            assert all(f.is_file() for f in files[-2:]), f"{run_dir} lacks its files"
+            evals[seed] = load_evals(run_dir / "evals.npz")
+            assert sorted(evals[seed]) == list(range(0, 301, 5))
+            rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows] == list(range(300)), (name, seed)
+            step = collapse_step([r["accuracy"] for r in rows], 10)
+            assert step == cell["per_seed"][str(seed)]["collapse_step"], (name, seed)
+        auc = [real_report.per_problem(evals[s])["greedy_auc"] for s in cell["seeds"]]
+        assert real_report.t_over_seeds(auc) == pytest.approx(
+            cell["greedy_auc"]["t_over_seeds"], abs=1e-12
+        ), name  # the verdicts' interval (the bootstrap beside it is slow to redo)
+    for answer in summary["lr_question"]:
+        part = "phase" if answer["lr"] == 1e-4 else "lr"
+        for arm, steps in answer["collapse_steps"].items():
+            cell = summary["cells"][f"{part}/lr{answer['lr']:g}/asymre_dv{float(arm):+.2f}_N25"]
+            assert steps == [cell["per_seed"][str(s)]["collapse_step"] for s in cell["seeds"]]
+    _not_ignored(files)
