@@ -17,7 +17,10 @@ its prompt (`llm.rl.keys`), never on the other rows: inside a refresh window mu 
 an engine may reorder, compact or refill rows freely (DESIGN.md, Rollout engines).
 
 `DenseEngine` is the KV-cache sampler of `llm.sampler` (``rollout_engine: dense``), on the
-learner's devices or on ``rollout_devices`` of its own (`llm.rl.rollout_devices`). Another
+learner's devices or on ``rollout_devices`` of its own (`llm.rl.rollout_devices`).
+`RaggedEngine` (``rollout_engine: ragged``) draws the same completions with `llm.ragged`:
+one prompt cache shared by its G rows, attention over the written slots only, and a batch
+that shrinks to its live rows; its cost follows the live tokens, not the longest row. Another
 engine plugs in through ``ENGINES`` (a name for the config) or ``init_run(cfg,
 engine=factory)``, a factory called with the `EngineContext` of the run.
 
@@ -39,6 +42,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 
+from llm.ragged import generate_ragged
 from llm.rl.rollout_devices import RolloutMesh
 from llm.rl.trainable import ParamSplit, merge_params
 from llm.sampler import generate_from_state
@@ -96,6 +100,7 @@ class DenseEngine:
     split: ParamSplit = ParamSplit()
     copy: Callable | None = None  # None: the params themselves (a caller-made copy)
     rollout: RolloutMesh | None = None
+    sampler = staticmethod(generate_from_state)  # a class constant, not a field
 
     @classmethod
     def from_context(cls, ctx: EngineContext) -> DenseEngine:
@@ -113,7 +118,7 @@ class DenseEngine:
         return merge_params(self.copy(trainable), frozen)
 
     def generate(self, behaviour, prompts, sampling, key, *, num_samples: int, version: int):
-        out = generate_from_state(
+        out = self.sampler(
             self.graphdef,
             behaviour,
             prompts,
@@ -124,8 +129,18 @@ class DenseEngine:
         return EngineOutput(out.tokens, out.logprobs, out.lengths, out.finished, int(version))
 
 
+@dataclasses.dataclass(frozen=True)
+class RaggedEngine(DenseEngine):
+    """The dense engine's draws at the cost of the live tokens (`llm.ragged.sampler`): the
+    same tokens, lengths and EOS flags, log-probs equal to float rounding (the attention adds
+    the prompt and the history in another order)."""
+
+    sampler = staticmethod(generate_ragged)
+
+
 ENGINES: dict[str, Callable[[EngineContext], RolloutEngine]] = {
     "dense": DenseEngine.from_context,
+    "ragged": RaggedEngine.from_context,
 }
 
 

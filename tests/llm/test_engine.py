@@ -8,7 +8,14 @@ import pytest
 
 from llm.errors import ConfigError
 from llm.models.tiny import make_tiny_checkpoint
-from llm.rl.engine import DenseEngine, EngineContext, EngineOutput, RolloutEngine, make_engine
+from llm.rl.engine import (
+    DenseEngine,
+    EngineContext,
+    EngineOutput,
+    RaggedEngine,
+    RolloutEngine,
+    make_engine,
+)
 from llm.rl.rollouts import Sampling
 from llm.rl.step import behaviour_version
 from llm.sampler import generate_from_state
@@ -73,6 +80,13 @@ def test_a_plugged_in_engine_serves_every_refresh_and_rollout(model_path, tmp_pa
         assert mine["loss"] == theirs["loss"] and mine["reward_mean"] == theirs["reward_mean"]
     assert rows[0]["logratio_abs"] < 1e-5 and abs(rows[0]["ratio_mean"] - 1) < 1e-5
     assert rows[0]["outside_nucleus"] == 0
+    # the ragged engine: the same completions; mu's log-probs to float rounding, which
+    # GRPO's ratio carries into the loss (to ~1e-6), so the updates agree to rounding
+    ragged = train(cfg.replace(rollout_engine="ragged", out_dir=str(tmp_path / "ragged")))
+    for mine, theirs in zip(ragged, plain, strict=True):
+        assert mine["reward_mean"] == theirs["reward_mean"]
+        assert mine["completion_len"] == theirs["completion_len"]
+        np.testing.assert_allclose(mine["loss"], theirs["loss"], rtol=1e-4, atol=1e-6)
 
 
 def test_dense_engine_is_the_sampler():
@@ -99,7 +113,8 @@ def test_dense_engine_is_the_sampler():
 def test_make_engine_names_what_is_wrong():
     ctx = EngineContext(graphdef=None, split=None, copy=None)
     assert isinstance(make_engine("dense", ctx), DenseEngine)
-    with pytest.raises(ValueError, match="rollout_engine must be one of dense, got 'vllm'"):
+    assert isinstance(make_engine("ragged", ctx), RaggedEngine)
+    with pytest.raises(ValueError, match="must be one of dense, ragged, got 'vllm'"):
         make_engine("vllm", ctx)
     with pytest.raises(TypeError, match="sync.*generate.*got object"):
         make_engine("dense", ctx, factory=lambda ctx: object())
