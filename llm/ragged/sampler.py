@@ -172,6 +172,29 @@ def _schedule(r: _Rows, batch: int, min_rows: int) -> tuple[int, int, int]:
     return int(step), int(live), new_batch
 
 
+def _chunks(graphdef, state, rows, prompt, history, sampling, out, *, static, group, min_rows):
+    """Decode chunk after chunk (module docstring) until every row is done or N tokens are
+    drawn; returns (outputs with every row put aside, the step reached)."""
+    N, batch = static.max_new_tokens, rows.ids_B.shape[0]
+    window_list, window = windows(N), 0
+    while True:
+        limit = min(N, window_list[window] + 1)
+        stop_live = batch // 2 if batch > min_rows else -1
+        rows, history = _decode(
+            graphdef, state, rows, prompt, history, sampling, limit, stop_live, static=static
+        )
+        step, live, new_batch = _schedule(rows, batch, min_rows)
+        if step >= N or live == 0:
+            return _put_aside(out, rows), step
+        if new_batch < batch:
+            out = _put_aside(out, rows)
+            rows, prompt, history = _compact(rows, prompt, history, rows=new_batch, group=group)
+            batch, group = new_batch, 1
+        if step == limit and limit == window_list[window] + 1:
+            window += 1
+            history = _grow(history, window=window_list[window])
+
+
 def generate_ragged(
     graphdef: nnx.GraphDef,
     state: nnx.State,
@@ -199,53 +222,27 @@ def generate_ragged(
     longest = max(len(p) for p in prompts)
     check_positions(config, longest, static.max_new_tokens)
     G, N = int(num_samples), static.max_new_tokens
-    num_rows = len(prompts) * G
-    prompt_batch = bucket_size(len(prompts), 1)
-    batch = prompt_batch * G
-    keys_B = row_keys_of(key, row_keys, num_rows, batch, static.greedy)
+    num_rows, prompt_batch = len(prompts) * G, bucket_size(len(prompts), 1)
+    keys_B = row_keys_of(key, row_keys, num_rows, prompt_batch * G, static.greedy)
     tokens_PxT, mask_PxT = pad_prompts(
         prompts, prompt_batch, length_bucket(longest, min_length_bucket), pad_token_id
     )
-    ids_B = np.minimum(np.arange(batch), num_rows).astype(np.int32)
+    ids_B = np.minimum(np.arange(prompt_batch * G), num_rows).astype(np.int32)
     sampling = (jnp.float32(temperature if not static.greedy else 1.0), jnp.float32(top_p))
     consts = (eos_array(eos_token_id), np.int32(pad_token_id), keys_B, *sampling)
-    window_list = windows(N)
     rows, prompt, history = _start(
-        graphdef,
-        state,
-        tokens_PxT,
-        mask_PxT,
-        ids_B,
-        ids_B == num_rows,
-        consts,
-        static=static,
-        num_samples=G,
-        window=window_list[0],
-    )
+        graphdef, state, tokens_PxT, mask_PxT, ids_B, ids_B == num_rows, consts,
+        static=static, num_samples=G, window=windows(N)[0],
+    )  # fmt: skip
     out = (
-        jnp.full((num_rows + 1, N), pad_token_id, jnp.int32),
+        jnp.full((num_rows + 1, N), pad_token_id, jnp.int32),  # + 1: the filler rows' sink
         jnp.zeros((num_rows + 1, N), jnp.float32),
         jnp.zeros((num_rows + 1,), jnp.int32),
         jnp.zeros((num_rows + 1,), bool),
     )
-    group, window = G, 0
-    min_rows = max(1, int(min_batch_bucket))
-    while True:
-        limit = min(N, window_list[window] + 1)
-        stop_live = batch // 2 if batch > min_rows else -1
-        rows, history = _decode(
-            graphdef, state, rows, prompt, history, sampling, limit, stop_live, static=static
-        )
-        step, live, new_batch = _schedule(rows, batch, min_rows)
-        if step >= N or live == 0:
-            break
-        if new_batch < batch:
-            out = _put_aside(out, rows)
-            rows, prompt, history = _compact(rows, prompt, history, rows=new_batch, group=group)
-            batch, group = new_batch, 1
-        if step == limit and limit == window_list[window] + 1:
-            window += 1
-            history = _grow(history, window=window_list[window])
-    out = _put_aside(out, rows)
+    out, step = _chunks(
+        graphdef, state, rows, prompt, history, sampling, out,
+        static=static, group=G, min_rows=max(1, int(min_batch_bucket)),
+    )  # fmt: skip
     tokens, logprobs, lengths, finished = (x[:num_rows] for x in out)
     return GenerateOutput(tokens, logprobs, lengths, finished, steps=jnp.int32(step))
