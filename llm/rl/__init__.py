@@ -13,18 +13,19 @@ checked by ``config_checks``, tabled for the docs by ``config_reference``), ``ke
 random key and seed of a run), ``schedule`` (the learning rate of step t), ``tasks`` (the
 configured examples), ``state`` (Setup, RunState), ``engine`` (the rollout engine protocol
 and the dense sampler behind it), ``rollouts`` (sample and score), ``batch`` (the learner's
-Batch), ``transfer`` (host <-> device), ``losses`` (the loss plug-in contract; AsymRE, GRPO,
-ISReinforce), ``logprobs`` (teacher forcing), ``train_step`` (the jitted step), ``step``
-(one RL step), ``evaluation``, ``checkpoint``, ``metrics``, ``loop`` (train), ``trainable``
-(ParamSplit: all weights, or LoRA's adapters alone, train). No name exported here is also a
-submodule's (the function ``rollout`` lives in ``rollouts``), so ``import llm.rl.<module>``
-and ``llm.rl.<name>`` never shadow each other.
+Batch), ``transfer`` (host <-> device), ``losses`` (the per-token loss contract and its
+registry; AsymRE, GRPO, ISReinforce, CISPO, TOPR), ``logprobs`` (teacher forcing),
+``train_step`` (the jitted step), ``step`` (one RL step), ``evaluation``, ``checkpoint``,
+``metrics``, ``loop`` (train), ``trainable`` (ParamSplit: all weights, or LoRA's adapters
+alone, train). No name exported here is also a submodule's (the function ``rollout`` lives
+in ``rollouts``), so ``import llm.rl.<module>`` and ``llm.rl.<name>`` never shadow each
+other.
 """
 
 from llm.rl.checkpoint import Checkpointer, restore_state, save_state
 from llm.rl.config import TrainConfig
 from llm.rl.evaluation import evaluate
-from llm.rl.losses import GRPO, AsymRE, ISReinforce, loss_from_config
+from llm.rl.losses import CISPO, GRPO, TOPR, AsymRE, ISReinforce, loss_from_config, register_loss
 from llm.rl.metrics import MetricsWriter
 from llm.rl.optimizer import hyperparams, make_optimizer
 from llm.rl.rollouts import Rollout, Sampling, rollout
@@ -42,7 +43,9 @@ from llm.rl.step import rl_step, update
 from llm.rl.trainable import ParamSplit, merge_params
 
 __all__ = [
+    "CISPO",
     "GRPO",
+    "TOPR",
     "AsymRE",
     "Checkpointer",
     "ISReinforce",
@@ -63,6 +66,7 @@ __all__ = [
     "make_setup",
     "merge_params",
     "refresh_behaviour",
+    "register_loss",
     "restore_state",
     "rl_step",
     "rollout",

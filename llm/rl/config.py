@@ -41,7 +41,7 @@ from llm.rl.config_fields import (
 )
 from llm.rl.engine import ENGINES
 from llm.rl.logprobs import LEARNER_DISTRIBUTIONS
-from llm.rl.losses import LOSSES
+from llm.rl.losses import LOSS_REGISTRY, LOSSES, default_normalization
 
 __all__ = [
     "GROUPS",
@@ -146,17 +146,20 @@ class TrainConfig:
     )
     loss: str = _loss(
         "asymre",
-        "asymre, grpo (PPO-clipped ratio) or is_reinforce (truncated IS weights).",
+        "asymre, grpo (PPO-clipped ratio), is_reinforce (truncated IS weights), cispo (capped "
+        "token IS weight, MiniMax-M1) or topr (IS weight on negatives only, tapered).",
         choices=LOSSES,
     )
     delta_v: float = _loss(
         -0.1,
-        "AsymRE baseline shift: V = mean of the G rewards of a prompt + delta_v.",
+        "AsymRE / IS-REINFORCE / TOPR baseline shift: V = mean of the G rewards of a prompt + "
+        "delta_v.",
         range=FINITE,
     )
     normalization: str | None = _loss(
         None,
-        "loss normalisation (None: sequence for asymre/is_reinforce, sequence_mean for grpo).",
+        "loss normalisation (None: the loss's own: sequence_mean for grpo, token for cispo, "
+        "else sequence).",
         choices=NORMALIZATIONS,
     )
     grpo_epsilon: float = _loss(
@@ -175,12 +178,13 @@ class TrainConfig:
     )
     leave_one_out: bool = _loss(
         False,
-        "AsymRE / IS-REINFORCE: baseline from the other G - 1 rewards of the prompt (RLOO) "
+        "AsymRE / IS-REINFORCE / TOPR: baseline from the other G - 1 rewards of the prompt (RLOO) "
         "instead of all G.",
     )
     advantage_scale: str = _loss(
         "none",
-        "AsymRE / IS-REINFORCE advantage scale: none, or group_std (divide by the group's std).",
+        "AsymRE / IS-REINFORCE / TOPR advantage scale: none, or group_std (divide by the "
+        "group's std).",
         choices=SCALES,
     )
     is_truncation: float = _loss(
@@ -192,6 +196,11 @@ class TrainConfig:
         "sequence",
         "IS-REINFORCE weight level: one weight per sequence or per token.",
         choices=IS_LEVELS,
+    )
+    cispo_eps_high: float = _loss(
+        1.0,
+        "CISPO: cap the token IS weight pi/mu at 1 + this (M1's eps_high^IS; no lower cap).",
+        range=Range(low=0, finite=False, note="inf: no cap"),
     )
     refresh_every: int = _loss(
         1,
@@ -368,9 +377,9 @@ class TrainConfig:
 
     @property
     def loss_normalization(self) -> str:
-        if self.normalization is not None:
-            return self.normalization
-        return "sequence_mean" if self.loss == "grpo" else "sequence"
+        if self.normalization is not None or self.loss not in LOSS_REGISTRY:
+            return self.normalization or "sequence"
+        return default_normalization(self.loss)
 
     @property
     def reward_name(self) -> str:

@@ -3,11 +3,12 @@
 Two halves: turning raw values (config files, `key=value` strings, Python callers) into a
 field's type (`read_mapping`, `coerce`, `check_type`), and the whole-config checks behind
 `TrainConfig.validate` (`validate_config`): every field's type, then every field's own
-choices and range as declared by `option()` (`llm.rl.config_fields.check_options`), then the
-checks that relate several fields (the options one loss alone reads, the data columns,
-LoRA, the micro-batch split, the mesh syntax and the paths), in that order, so the first
-bad field is the one reported. Every problem is a ConfigError naming the field. The config
-object is passed in; this module does not import `llm.rl.config`.
+choices and range as declared by `option()` (`check_declared_options`; a loss registered
+after import is a choice of ``loss`` too), then the checks that relate several fields (the
+options one loss alone reads, the data columns, LoRA, the micro-batch split, the mesh syntax
+and the paths), in that order, so the first bad field is the one reported. Every problem is
+a ConfigError naming the field. The config object is passed in; this module does not import
+`llm.rl.config`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ import yaml  # PyYAML, installed with transformers (YAML also reads JSON)
 
 from llm.errors import ConfigError
 from llm.models.sharding import parse_mesh_spec
-from llm.rl.config_fields import check_options, kind, show
+from llm.rl.config_fields import (
+    check_option,
+    check_options,  # noqa: F401 (llm.plan imports it here)
+    kind,
+    show,
+)
+from llm.rl.losses import LOSS_REGISTRY
 
 if TYPE_CHECKING:
     from llm.rl.config import TrainConfig
@@ -192,34 +199,45 @@ def check_columns(cfg: TrainConfig) -> None:
     _need(cfg, "answer_field", not both, "must differ from prompt_field")
 
 
+# Options that some losses read (their ``options``) and the others refuse unless left at the
+# default: a value there would be silently ignored. grpo_epsilon, is_truncation, is_level and
+# delta_v were never held to this, so configs that set them under another loss keep loading.
+NEUTRAL_UNLESS_READ = (
+    "kl_beta",
+    "grpo_epsilon_high",
+    "leave_one_out",
+    "advantage_scale",
+    "cispo_eps_high",
+)
+
+
+def _neutral(value: Any) -> str:
+    """A default as the messages say it: none, false, 0."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def check_loss_options(cfg: TrainConfig) -> None:
-    """The options that only some losses read keep their neutral value under the others."""
-    grpo = cfg.loss == "grpo"
-    _need(cfg, "kl_beta", grpo or cfg.kl_beta == 0, f"must be 0 with loss={cfg.loss} (grpo only)")
+    """The options that only some losses read keep their neutral value under the others
+    (read from each registered loss's ``options``); a loss that reads pi/mu needs pi under
+    mu's sampling transform."""
+    if cfg.loss not in LOSS_REGISTRY:
+        return  # the choices check names it
+    loss = LOSS_REGISTRY[cfg.loss]
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for name in NEUTRAL_UNLESS_READ:
+        readers = [n for n, c in LOSS_REGISTRY.items() if name in c.options.values()]
+        if cfg.loss in readers or getattr(cfg, name) == defaults[name]:
+            continue
+        expected = f"must be {_neutral(defaults[name])} with loss={cfg.loss}"
+        _need(cfg, name, False, f"{expected} ({' / '.join(readers)} only)")
     _need(
         cfg,
         "learner_distribution",
-        cfg.loss == "asymre" or cfg.learner_distribution == "sampling",
+        not loss.uses_ratio or cfg.learner_distribution == "sampling",
         f"must be sampling with loss={cfg.loss}: its ratio pi/mu needs pi under mu's "
         "temperature and top_p",
-    )
-    _need(
-        cfg,
-        "grpo_epsilon_high",
-        grpo or cfg.grpo_epsilon_high is None,
-        f"must be none with loss={cfg.loss} (grpo only)",
-    )
-    _need(
-        cfg,
-        "leave_one_out",
-        not (grpo and cfg.leave_one_out),
-        "must be false with loss=grpo (asymre / is_reinforce only)",
-    )
-    _need(
-        cfg,
-        "advantage_scale",
-        not grpo or cfg.advantage_scale == "none",
-        "must be none with loss=grpo (GRPO always divides by the group std)",
     )
 
 
@@ -262,10 +280,19 @@ def check_paths(cfg: TrainConfig) -> None:
     )
 
 
+def check_declared_options(cfg: TrainConfig) -> None:
+    """Each field's declared choices and range (`llm.rl.config_fields.check_option`); ``loss``
+    may also name a loss registered after import (`llm.rl.losses.register_loss`)."""
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if not (field.name == "loss" and value in LOSS_REGISTRY):
+            check_option(field, value)
+
+
 def validate_config(cfg: TrainConfig) -> None:
     """Every check of `TrainConfig.validate`, in order; ConfigError at the first bad field."""
     check_types(cfg)
-    check_options(cfg)
+    check_declared_options(cfg)
     check_columns(cfg)
     check_loss_options(cfg)
     check_batch(cfg)

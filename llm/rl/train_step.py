@@ -3,13 +3,15 @@ r"""The jitted pieces of one off-policy update: pure functions of (params, opt_s
 A batch holds B = P * G sampled sequences (prompt + completion, left-padded prompts), split
 into M micro-batches of b = B / M rows: every array is [M, b, ...]. The model reads the
 whole sequence; log-probs are taken on the N completion slots only, and the loss plug-in
-(:mod:`llm.rl.losses`) returns (numerator, denominator) per micro-batch inside a
-``lax.scan``, divided once:
+(:mod:`llm.rl.losses`, the per-token contract) returns each micro-batch's share
+:math:`L_k = \sum_{it} w_{it} \ell_{it}` inside a ``lax.scan``. The weights w come from the
+loss's normalisation with global denominators (`llm.rl.losses.loss_weights` of the whole
+step's mask, so sharded rows sum globally too) and each completion's advantage is broadcast
+over its tokens explicitly, so
 
-.. math::  L = \frac{\sum_k N_k}{\sum_k D_k}, \qquad
-           \nabla L = \frac{\sum_k \nabla N_k}{\sum_k D_k}
+.. math::  L = \sum_k L_k, \qquad \nabla L = \sum_k \nabla L_k
 
-which is exactly the full-batch loss and gradient (D never depends on the parameters).
+is exactly the full-batch loss and gradient.
 The log-probs come from :mod:`llm.rl.logprobs` (teacher forcing on a shared prompt cache),
 under ``scoring`` (`llm.rl.logprobs.Scoring`): pi's logits with the sampler's temperature and
 nucleus, so that on-policy pi/mu = 1. The behaviour log-probs are the sampler's (the
@@ -46,17 +48,26 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.rl.batch import Batch
 from llm.rl.logprobs import MODEL_SCORING, Scoring, completion_scores
-from llm.rl.losses import AsymRE
+from llm.rl.losses import AsymRE, broadcast_advantages, step_weights
 from llm.rl.optimizer import OptSpec, make_optimizer
 
 DATA_AXIS = "fsdp"
 
 
-def _loss_terms(loss_fn, logprobs_BxN, mb: Batch):
-    args = (logprobs_BxN, mb.behaviour_logprobs, mb.advantages, mb.loss_mask)
+def _loss_terms(loss_fn, logprobs_BxN, mb: Batch, w_BxN):
+    """The micro-batch's share of the loss, sum_it w_it l_it (one scalar)."""
+    adv_BxN = broadcast_advantages(mb.advantages, mb.loss_mask)
+    args = (logprobs_BxN, mb.behaviour_logprobs, adv_BxN, w_BxN)
     if getattr(loss_fn, "needs_reference", False):
-        return loss_fn(*args, ref_logprobs=mb.ref_logprobs)
-    return loss_fn(*args)
+        out = loss_fn(*args, ref_logprobs=mb.ref_logprobs)
+    else:
+        out = loss_fn(*args)
+    if isinstance(out, tuple) or jnp.ndim(out) != 0:
+        raise TypeError(
+            "loss_fn must return one scalar, sum_it w_it l_it (the per-token contract of "
+            f"llm.rl.losses; no (numerator, denominator) pair), got {type(out).__name__}"
+        )
+    return out
 
 
 _STATS = ("tokens", "entropy", "logratio_abs", "ratio_sum", "ratio_max", "seq_logprob", "outside")
@@ -114,26 +125,25 @@ def train_step(
     extended by the token (`llm.token_sampling.distribution_logprobs`)."""
     f32 = jnp.float32
 
-    def micro(carry, mb: Batch):
-        grads, num, den, stats = carry
+    def micro(carry, xs):
+        grads, total, stats = carry
+        mb, w_BxN = xs
 
-        def numerator(p):
+        def share(p):
             scores = completion_scores(graphdef, p, mb, chunk, frozen, scoring)
-            n, d = _loss_terms(loss_fn, scores[0], mb)
-            return n, (d, scores)
+            return _loss_terms(loss_fn, scores[0], mb, w_BxN), scores
 
-        (n, (d, scores)), g = jax.value_and_grad(numerator, has_aux=True)(params)
+        (n, scores), g = jax.value_and_grad(share, has_aux=True)(params)
         new_stats = _add_stats(stats, scores, mb)
         grads = jax.tree.map(jnp.add, grads, g)
-        return (grads, num + n, den + d, new_stats), None
+        return (grads, total + n, new_stats), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    init = (zeros, f32(0), f32(0), {k: f32(0) for k in _STATS})
-    (grad_sum, num, den, stats), _ = jax.lax.scan(micro, init, batch)
-    den = jnp.maximum(den, jnp.finfo(f32).tiny)
-    loss = num / den
+    init = (zeros, f32(0), {k: f32(0) for k in _STATS})
+    weights = step_weights(loss_fn, batch.loss_mask)  # [M, b, N], the step's denominators
+    (grad_sum, loss, stats), _ = jax.lax.scan(micro, init, (batch, weights))
     # a non-finite loss poisons the gradient, so apply_if_finite skips the step
-    scale = jnp.where(jnp.isfinite(loss), 1.0 / den, jnp.nan)
+    scale = jnp.where(jnp.isfinite(loss), 1.0, jnp.nan)
     grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grad_sum)
     grad_norm = optax.tree.norm(grads)
     opt_state.inner_state.hyperparams.update(hyper)

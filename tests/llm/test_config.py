@@ -94,7 +94,11 @@ def test_defaults_and_shipped_configs_validate(model_dir, tmp_path):
         (dict(refresh_every=0), "refresh_every", "must be an integer >= 1, got 0"),
         (dict(seed=-1), "seed", "must be an integer >= 0, got -1"),
         (dict(eval_max_new_tokens=0), "eval_max_new_tokens", "must be an integer >= 1"),
-        (dict(loss="ppo"), "loss", "must be one of asymre, grpo, is_reinforce, got 'ppo'"),
+        (
+            dict(loss="ppo"),
+            "loss",
+            "must be one of asymre, grpo, is_reinforce, cispo, topr, got 'ppo'",
+        ),
         (dict(task="gsm9k"), "task", "(did you mean 'gsm8k'?)"),
         (dict(dtype="fp32"), "dtype", "must be one of float32, bfloat16, float16"),
         (dict(compute_dtype="half"), "compute_dtype", "(or none), got 'half'"),

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-PACKAGES = ["asymre_jax", "bandits", "llm", "llm.data", "llm.models", "llm.rl"]
+PACKAGES = ["asymre_jax", "bandits", "llm", "llm.data", "llm.models", "llm.rl", "llm.rl.losses"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -8,7 +8,6 @@ import jax
 import numpy as np
 import pytest
 
-import asymre_jax
 from llm.data.datasets import BatchIterator, Example, make_arithmetic_examples
 from llm.data.verifiable import correctness
 from llm.models.tiny import make_tiny_checkpoint
@@ -21,7 +20,7 @@ from llm.rl import (
     step_key,
     update,
 )
-from llm.rl.losses import AsymRE
+from llm.rl.losses import LOSSES, AsymRE
 from llm.rl.metrics import read_metrics, sample_stats
 from llm.rl.schedule import learning_rate_fn
 from llm.rl.step import TIMING_KEYS
@@ -187,9 +186,23 @@ def test_grpo_comparator_runs_off_policy(model_path, tmp_path):
         assert abs(row["adv_mean"]) < 1e-5
 
 
-def plain_asymre(logprobs, behaviour_logprobs, advantages, mask):
-    """A user loss with the plug-in contract (no .advantages: AsymRE's are used)."""
-    return asymre_jax.asymre_loss_terms(logprobs, advantages, mask)
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["cispo", "topr"])
+def test_off_policy_relatives_train(model_path, tmp_path, loss):
+    """CISPO and TOPR from the config, off-policy (mu refreshed every 3 steps): finite
+    updates that move pi away from mu."""
+    history = train(
+        _cfg(model_path, tmp_path, loss=loss, num_steps=3, refresh_every=3),
+        reward_fn=letter_reward,
+    )
+    assert history[0]["logratio_abs"] < 1e-6 < history[2]["logratio_abs"]
+    assert all(r["skipped"] == 0 and np.isfinite(r["loss"]) for r in history)
+
+
+def plain_asymre(logprobs_BxN, behaviour_logprobs_BxN, adv_BxN, w_BxN):
+    """A user loss with the per-token contract (no .advantages: AsymRE's are used; no
+    .normalization: "sequence" weights)."""
+    return -(w_BxN * adv_BxN * logprobs_BxN).sum()
 
 
 @pytest.mark.slow
@@ -247,7 +260,7 @@ def test_on_policy_grpo_ratio_is_one_under_temperature_and_nucleus(model_path, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("top_p", [1.0, 0.9])
-@pytest.mark.parametrize("loss", ["asymre", "grpo", "is_reinforce"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_on_policy_ratio_is_one_for_every_loss(model_path, tmp_path, loss, top_p):
     row = _on_policy_row(model_path, tmp_path, loss=loss, temperature=0.7, top_p=top_p)
     assert row["logratio_abs"] < 1e-5 and abs(row["ratio_mean"] - 1) < 1e-5, row

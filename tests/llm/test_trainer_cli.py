@@ -171,10 +171,13 @@ def fake_model(tmp_path):
         ),
         (
             ["--loss", "asymer"],
-            "--loss: must be one of asymre, grpo, is_reinforce, got 'asymer' "
+            "--loss: must be one of asymre, grpo, is_reinforce, cispo, topr, got 'asymer' "
             "(did you mean 'asymre'?)",
         ),
-        (["--loss", "ppo"], "--loss: must be one of asymre, grpo, is_reinforce, got 'ppo'"),
+        (
+            ["--loss", "ppo"],
+            "--loss: must be one of asymre, grpo, is_reinforce, cispo, topr, got 'ppo'",
+        ),
         (
             ["--advantage-scale", "std"],
             "--advantage-scale: must be one of none, group_std, got 'std'",
@@ -198,12 +201,13 @@ def fake_model(tmp_path):
         ),
         (
             ["--leave-one-out", "--loss", "grpo"],
-            "--leave-one-out: must be false with loss=grpo (asymre / is_reinforce only), got True",
+            "--leave-one-out: must be false with loss=grpo (asymre / is_reinforce / topr only), "
+            "got True",
         ),
         (
             ["--advantage-scale", "group_std", "--loss", "grpo"],
-            "--advantage-scale: must be none with loss=grpo (GRPO always divides by the group "
-            "std), got 'group_std'",
+            "--advantage-scale: must be none with loss=grpo (asymre / is_reinforce / topr "
+            "only), got 'group_std'",
         ),
         (
             ["--task-kwargs", "{digits: 2}"],

@@ -18,7 +18,7 @@ from llm.rl import train_step as update
 from llm.rl.batch import build_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.logprobs import MODEL_SCORING, Scoring, scores_from_hidden
-from llm.rl.losses import GRPO, AsymRE, ISReinforce
+from llm.rl.losses import CISPO, GRPO, TOPR, AsymRE, ISReinforce, loss_weights
 from llm.rl.optimizer import OptSpec, hyperparams
 from llm.rl.train_step import COMPILED_STEPS, batch_spec, step_functions
 from llm.sampler import generate_from_state
@@ -127,8 +127,14 @@ def test_sharded_step_matches_unsharded(setup):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "spec",
-    [AsymRE(), GRPO(epsilon_high=0.3), ISReinforce(level="token", normalization="token")],
-    ids=["asymre", "grpo", "is_reinforce"],
+    [
+        AsymRE(),
+        GRPO(epsilon_high=0.3),
+        ISReinforce(level="token", normalization="token"),
+        CISPO(eps_high=0.02),
+        TOPR(normalization="sequence_mean"),
+    ],
+    ids=["asymre", "grpo", "is_reinforce", "cispo", "topr"],
 )
 def test_micro_batched_equals_full_batch(setup, spec):
     # a behaviour policy different from pi, so the ratios (GRPO/IS) are not all 1
@@ -253,15 +259,27 @@ def test_chunked_logprobs_and_entropy_match_full_softmax():
 
 def test_constant_normalization_divides_by_the_generation_budget(setup):
     """Dr. GRPO's constant is B * max_new_tokens, whatever the padded prompt bucket."""
-    loss_fn = AsymRE(normalization="constant")
     for prompt_len in (3, 40):  # prompt buckets of 16 and 64
         rows = [list(range(6, 6 + prompt_len))] * (P * G)
         host = build_batch(
-            rows, setup["completions"], setup["lengths"], setup["advantages"], pad_token_id=0
-        )
-        mb = jax.tree.map(lambda x: jnp.asarray(x[0]), host)
-        _, den = update._loss_terms(loss_fn, jnp.zeros((P * G, N)), mb)
-        assert float(den) == P * G * N
+            rows, setup["completions"], setup["lengths"], setup["advantages"], pad_token_id=0,
+            micro_batches=2,
+        )  # fmt: skip
+        w = loss_weights(host.loss_mask, "constant")
+        np.testing.assert_allclose(w, host.loss_mask / (P * G * N))
+
+
+def test_a_loss_with_the_old_numerator_denominator_contract_is_refused(setup):
+    host = build_batch(
+        setup["rows"], setup["completions"], setup["lengths"], setup["advantages"], pad_token_id=0
+    )
+    mb = jax.tree.map(lambda x: jnp.asarray(x[0]), host)
+    w = loss_weights(mb.loss_mask, "sequence")
+    old = lambda lp, mu, adv, mask: (lp.sum(), 1.0)  # (numerator, denominator)
+    with pytest.raises(TypeError, match="loss_fn must return one scalar"):
+        update._loss_terms(old, jnp.zeros((P * G, N)), mb, w)
+    n = update._loss_terms(AsymRE(), -jnp.ones((P * G, N)), mb, w)
+    np.testing.assert_allclose(n, (setup["advantages"][:, None] * host.loss_mask[0]).sum() / 8)
 
 
 @pytest.mark.slow
@@ -352,8 +370,8 @@ def test_step_functions_rejects_an_unhashable_loss(setup):
     class MutableLoss:  # eq without frozen: unhashable
         scale: float = 1.0
 
-        def __call__(self, logprobs, behaviour_logprobs, advantages, mask):
-            return AsymRE()(logprobs, behaviour_logprobs, advantages, mask)
+        def __call__(self, logprobs_BxN, behaviour_logprobs_BxN, adv_BxN, w_BxN):
+            return AsymRE()(logprobs_BxN, behaviour_logprobs_BxN, adv_BxN, w_BxN)
 
     with pytest.raises(TypeError, match="loss_fn must be hashable"):
         step_functions(setup["graphdef"], None, loss_fn=MutableLoss())
