@@ -13,9 +13,26 @@ with rotary positions counted from the first real prompt token (as in the sample
 teacher forcing reproduces the sampler's log-probs; the loss mask [B, N] is 1 on the
 completion tokens (EOS included).
 
+Live tokens only. The sampler stops early, so the model reads only the first
+
+    N' = min(N, length_bucket(max_i len_i))
+
+completion slots of the whole batch (``completion_width``; the same N' for every
+micro-batch, so the batch stays one [M, b, N'] array and one scan). Slots t >= N' lie past
+every row's end: under causal attention they never reach an earlier position, and their mask
+is 0, so the log-probs of slots < N' and the loss are those of the full N slots. The
+loss-side arrays (mask, behaviour and reference log-probs) keep all N = ``max_new_tokens``
+slots, with zeros past N' (`llm.rl.logprobs.completion_scores` pads pi's log-probs the same
+way): a loss sees exactly the [b, N] inputs it saw before, so "constant" still divides by
+B * max_new_tokens, whatever N'. The transformer's cost falls from L/g + N to L/g + N'
+positions per row; N' takes at most four values per doubling of the longest completion
+(quarter octaves of at least ``MIN_LENGTH_BUCKET``), so each compiles once.
+
 >>> p, g = prompts_per_micro_batch(rows=8, group_size=4)
 >>> (p, g)
 (2, 4)
+>>> [completion_width(n, 512) for n in (1, 17, 150, 500)]
+[16, 32, 160, 512]
 """
 
 from __future__ import annotations
@@ -25,20 +42,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from llm.padding import length_bucket, pad_prompts
+from llm.padding import MIN_LENGTH_BUCKET, length_bucket, pad_prompts
 
 
 class Batch(NamedTuple):
     """One step's sequences as [M, ...] arrays: M micro-batches of b completion rows whose
     prompts are stored once per group of g rows that share one (p = b / g prompt rows).
 
-    L = padded prompt length (left padding), N = completion slots. Row i of a micro-batch
-    continues prompt row i // g; g = 1 stores one prompt per row.
+    L = padded prompt length (left padding), N = completion slots (max_new_tokens), N' <= N
+    the slots the model reads (`completion_width`). Row i of a micro-batch continues prompt
+    row i // g; g = 1 stores one prompt per row.
     """
 
     prompt_tokens: Any  # int32 [M, p, L] left-padded prompts
     prompt_mask: Any  # int32 [M, p, L], 0 on left padding
-    completions: Any  # int32 [M, b, N] sampled tokens (pad after the end)
+    completions: Any  # int32 [M, b, N'] sampled tokens (pad after the end), N' <= N live slots
     loss_mask: Any  # float32 [M, b, N], 1 on completion tokens (EOS included)
     advantages: Any  # float32 [M, b]
     behaviour_logprobs: Any  # float32 [M, b, N], log mu(y_t) of the sampler (0 off the mask)
@@ -60,15 +78,25 @@ def prompts_per_micro_batch(rows: int, group_size: int) -> tuple[int, int]:
     return rows // g, g
 
 
+def completion_width(longest: int, slots: int, minimum: int = MIN_LENGTH_BUCKET) -> int:
+    """N' = min(slots, length_bucket(longest)): the completion slots the model reads when the
+    longest completion of the batch has ``longest`` tokens (of ``slots`` = max_new_tokens)."""
+    if not 0 <= longest <= slots:
+        raise ValueError(f"the longest completion ({longest}) must be in [0, {slots}] slots")
+    return min(int(slots), length_bucket(longest, minimum))
+
+
 def _check_rows(prompts, shape_BxN, lengths_B, advantages_B, behaviour_BxN, micro_batches, G):
-    """ValueError unless every per-row input has the B rows of the completions [B, N], M and G
-    divide B, and each group of G consecutive rows shares one prompt."""
+    """ValueError unless every per-row input has the B rows of the completions [B, N], every
+    length fits N, M and G divide B, and each group of G consecutive rows shares one prompt."""
     B, N = shape_BxN
     if len(prompts) != B or np.shape(lengths_B) != (B,) or np.shape(advantages_B) != (B,):
         raise ValueError(
             f"prompts ({len(prompts)}), lengths {np.shape(lengths_B)} and advantages "
             f"{np.shape(advantages_B)} must all have B = {B} rows like completions [B, N]"
         )
+    if B and not 0 <= np.min(lengths_B) <= np.max(lengths_B) <= N:
+        raise ValueError(f"lengths_B must be in [0, N = {N}], got {np.asarray(lengths_B)}")
     if behaviour_BxN is not None and np.shape(behaviour_BxN) != (B, N):
         raise ValueError(
             f"behaviour_logprobs_BxN must have shape [B, N] = {(B, N)}, "
@@ -87,6 +115,14 @@ def _check_rows(prompts, shape_BxN, lengths_B, advantages_B, behaviour_BxN, micr
             )
 
 
+def _widen(x_BxW: np.ndarray, width: int, fill) -> np.ndarray:
+    """``x_BxW`` cut or right-padded with ``fill`` to ``width`` columns."""
+    B, W = x_BxW.shape
+    if W >= width:
+        return x_BxW[:, :width]
+    return np.concatenate([x_BxW, np.full((B, width - W), fill, x_BxW.dtype)], axis=1)
+
+
 def build_batch(
     prompts: Sequence[Sequence[int]],
     completions_BxN: np.ndarray,
@@ -97,30 +133,34 @@ def build_batch(
     micro_batches: int = 1,
     behaviour_logprobs_BxN: np.ndarray | None = None,
     group_size: int = 1,
+    max_new_tokens: int | None = None,
+    trim: bool = True,
 ) -> Batch:
     """A host `Batch` of [M, ...] numpy arrays (behaviour log-probs zero if None).
 
     ``group_size`` G: rows come in consecutive groups of G that continue the same prompt
     (a rollout's layout); the train step then reads each prompt once per group.
+    ``max_new_tokens``: the N slots of the loss-side arrays, the generation budget
+    "constant" divides by (default: the completions' width, which must not exceed it).
+    ``trim``: the model reads only ``completion_width`` slots (False: all N).
     """
     completions_BxN = np.asarray(completions_BxN, np.int32)
-    B, N = completions_BxN.shape
-    _check_rows(
-        prompts,
-        (B, N),
-        lengths_B,
-        advantages_B,
-        behaviour_logprobs_BxN,
-        micro_batches,
-        group_size,
-    )
+    B, W = completions_BxN.shape
+    _check_rows(prompts, (B, W), lengths_B, advantages_B, behaviour_logprobs_BxN,
+                micro_batches, group_size)  # fmt: skip
+    N = W if max_new_tokens is None else int(max_new_tokens)
+    if N < W:
+        raise ValueError(f"max_new_tokens={N} is less than the completions' width {W}")
+    lengths_B = np.asarray(lengths_B)
+    live = completion_width(int(lengths_B.max(initial=0)), N) if trim else N
     if behaviour_logprobs_BxN is None:
-        behaviour_logprobs_BxN = np.zeros((B, N), np.float32)
+        behaviour_logprobs_BxN = np.zeros((B, W), np.float32)
     _, g = prompts_per_micro_batch(B // micro_batches, group_size)
     shared = [prompts[i] for i in range(0, B, g)]
     L = length_bucket(max(len(p) for p in prompts))
     prompt_tokens, prompt_mask = pad_prompts(shared, len(shared), L, pad_token_id)
-    loss_mask_BxN = (np.arange(N)[None, :] < np.asarray(lengths_B)[:, None]).astype(np.float32)
+    loss_mask_BxN = (np.arange(N)[None, :] < lengths_B[:, None]).astype(np.float32)
+    behaviour_BxN = _widen(np.asarray(behaviour_logprobs_BxN, np.float32), N, 0.0)
 
     def split(x):
         return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
@@ -128,9 +168,9 @@ def build_batch(
     return Batch(
         prompt_tokens=split(prompt_tokens),
         prompt_mask=split(prompt_mask),
-        completions=split(completions_BxN),
+        completions=split(_widen(completions_BxN, live, np.int32(pad_token_id))),
         loss_mask=split(loss_mask_BxN),
         advantages=split(np.asarray(advantages_B, np.float32)),
-        behaviour_logprobs=split(np.asarray(behaviour_logprobs_BxN, np.float32) * loss_mask_BxN),
+        behaviour_logprobs=split(behaviour_BxN * loss_mask_BxN),
         ref_logprobs=split(np.zeros((B, N), np.float32)),
     )

@@ -1,15 +1,16 @@
 r"""Log-probs of sampled completions under the trained params, by teacher forcing.
 
 For a `Batch` micro-batch of b completion rows continuing p prompts (g = b / p rows each),
-each prompt runs once into a KV cache of L + N slots, the cache is repeated for its g rows,
-and the N completion slots are read on top of it: the final hidden states h_t [b, N, D]
-predict y_t. Then, with W the unembedding [D, V],
+each prompt runs once into a KV cache of L + N' slots, the cache is repeated for its g rows,
+and the N' live completion slots (N' <= N, the batch's length bucket) are read on top of
+it: the final hidden states h_t [b, N', D] predict y_t. Then, with W the unembedding [D, V],
 
 .. math::  \log \pi(y_t) = (h_t W)_{y_t} - \log \sum_v \exp (h_t W)_v, \qquad
            H_t = \log Z_t - \sum_v \mathrm{softmax}(h_t W)_v (h_t W)_v
 
-computed ``chunk_size`` positions at a time, so the [b, N, V] logits are never materialised
-(rematerialised in the backward pass; the entropy H carries no gradient).
+computed ``chunk_size`` positions at a time, so the [b, N', V] logits are never materialised
+(rematerialised in the backward pass; the entropy H carries no gradient). The N - N' slots
+past every completion's end are masked: their log-prob and entropy are 0, never computed.
 
 The learner scores tokens under the distribution the sampler drew them from (`Scoring`):
 the logits divided by the sampling temperature and, with top-p, renormalised on the nucleus
@@ -32,7 +33,8 @@ from llm.token_sampling import distribution_logprobs
 
 
 def hidden_of_completions(model, mb: Batch):
-    """Final hidden states [b, N, D] that predict the N completion tokens: the prompt's last
+    """Final hidden states [b, N, D] that predict the N = ``mb.completions.shape[-1]`` slots
+    the model reads (the live N' of `llm.rl.batch.completion_width`): the prompt's last
     position for y_0, then y_0 .. y_{N-2} fed on top of the prompt's keys and values.
 
     Each prompt runs once into a KV cache of L + N slots, which is repeated for its g
@@ -134,11 +136,19 @@ def completion_scores(
 
     The [b, N, V] logits are never materialised: all three come from the final hidden states
     in one pass, ``chunk_size`` positions at a time (rematerialised in the backward pass).
+    The model reads the N' live slots of ``mb.completions`` (`llm.rl.batch.completion_width`);
+    the N - N' slots past every completion's end are filled with (0, 0, True).
     """
     model = nnx.merge(graphdef, merge_params(params, frozen or {}))
-    N = mb.loss_mask.shape[-1]
-    chunk_size = min(chunk_size, N)
+    live, N = mb.completions.shape[-1], mb.loss_mask.shape[-1]
+    if live > N:
+        raise ValueError(f"completions have {live} slots, more than the loss mask's N = {N}")
     hidden_BxNxD = hidden_of_completions(model, mb)
-    return scores_from_hidden(
-        hidden_BxNxD, model.unembedding(), mb.completions, chunk_size, scoring
+    scores = scores_from_hidden(
+        hidden_BxNxD, model.unembedding(), mb.completions, min(chunk_size, live), scoring
+    )
+    fills = (0.0, 0.0, True)  # past every completion's end: masked log-prob, entropy, inside
+    return tuple(
+        jnp.pad(x, [(0, 0), (0, N - live)], constant_values=fill)
+        for x, fill in zip(scores, fills, strict=True)
     )

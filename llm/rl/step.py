@@ -70,6 +70,7 @@ def update(
         micro_batches=cfg.micro_batches,
         behaviour_logprobs_BxN=ro.logprobs_BxN,
         group_size=ro.rewards_PxG.shape[1],
+        max_new_tokens=cfg.max_new_tokens,  # "constant"'s budget, whatever the live slots
     )
     batch = batch_to_global(host_batch, fns.batch_sharding)
     if state.reference is not None:
