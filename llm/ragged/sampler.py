@@ -35,7 +35,14 @@ from flax import nnx
 
 from llm.models.transformer import positions_from_mask
 from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
-from llm.ragged.forward import HistoryCache, PromptCache, decode_logits, empty_history, prefill
+from llm.ragged.forward import (
+    HistoryCache,
+    PromptCache,
+    decode_logits,
+    empty_history,
+    prefill,
+    stack_layers,
+)
 from llm.sampler import MIN_BATCH_BUCKET, GenerateOutput, _draw, _record, _step_keys
 from llm.sampler_args import (
     check_positions,
@@ -103,11 +110,13 @@ def _start(
         eos_E=eos_E,
         pad_id=pad_id,
     )
-    return _record(rows, 0, tokens_B, logprobs_B), prompt, history
+    return _record(rows, 0, tokens_B, logprobs_B), prompt, history, stack_layers(model)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2, 4))
-def _decode(graphdef, state, rows: _Rows, prompt, history, sampling, limit, stop_live, *, static):
+def _decode(
+    graphdef, state, rows: _Rows, prompt, history, layers, sampling, limit, stop_live, *, static
+):
     """Decode until ``limit`` tokens are drawn, every row is done, or at most ``stop_live``
     rows are live."""
     temperature, top_p = sampling
@@ -120,7 +129,7 @@ def _decode(graphdef, state, rows: _Rows, prompt, history, sampling, limit, stop
 
     def body(carry):
         r, h = carry
-        logits_BxV, h = decode_logits(model, r.last_B, r.positions_B, prompt, h, r.step - 1)
+        logits_BxV, h = decode_logits(model, layers, r.last_B, r.positions_B, prompt, h, r.step - 1)
         tokens_B, logprobs_B = _draw(
             logits_BxV, _step_keys(r.keys_B, r.step), temperature, top_p, static
         )
@@ -141,18 +150,19 @@ def _compact(r: _Rows, prompt: PromptCache, history: HistoryCache, *, rows: int,
     }
     prompt_R = keep_R // group
     prompt = PromptCache(
-        *(tuple(jnp.take(x, prompt_R, axis=0) for x in part) for part in (prompt.k, prompt.v)),
+        jnp.take(prompt.k, prompt_R, axis=1),
+        jnp.take(prompt.v, prompt_R, axis=1),
         jnp.take(prompt.mask, prompt_R, axis=0),
         jnp.take(prompt.positions, prompt_R, axis=0),
     )
-    history = HistoryCache(*(tuple(take(x) for x in part) for part in history))
+    history = HistoryCache(*(jnp.take(x, keep_R, axis=1) for x in history))
     return r._replace(**per_row), prompt, history
 
 
 @functools.partial(jax.jit, static_argnames=("window",))
 def _grow(history: HistoryCache, *, window: int) -> HistoryCache:
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, window - x.shape[1]), (0, 0), (0, 0)))  # noqa: E731
-    return HistoryCache(*(tuple(pad(x) for x in part) for part in history))
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, window - x.shape[2]), (0, 0), (0, 0)))  # noqa: E731
+    return HistoryCache(*(pad(x) for x in history))
 
 
 @jax.jit
@@ -172,17 +182,19 @@ def _schedule(r: _Rows, batch: int, min_rows: int) -> tuple[int, int, int]:
     return int(step), int(live), new_batch
 
 
-def _chunks(graphdef, state, rows, prompt, history, sampling, out, *, static, group, min_rows):
+def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows):
     """Decode chunk after chunk (module docstring) until every row is done or N tokens are
     drawn; returns (outputs with every row put aside, the step reached)."""
+    rows, prompt, history, layers = start
     N, batch = static.max_new_tokens, rows.ids_B.shape[0]
     window_list, window = windows(N), 0
     while True:
         limit = min(N, window_list[window] + 1)
         stop_live = batch // 2 if batch > min_rows else -1
         rows, history = _decode(
-            graphdef, state, rows, prompt, history, sampling, limit, stop_live, static=static
-        )
+            graphdef, state, rows, prompt, history, layers, sampling, limit, stop_live,
+            static=static,
+        )  # fmt: skip
         step, live, new_batch = _schedule(rows, batch, min_rows)
         if step >= N or live == 0:
             return _put_aside(out, rows), step
@@ -230,7 +242,7 @@ def generate_ragged(
     ids_B = np.minimum(np.arange(prompt_batch * G), num_rows).astype(np.int32)
     sampling = (jnp.float32(temperature if not static.greedy else 1.0), jnp.float32(top_p))
     consts = (eos_array(eos_token_id), np.int32(pad_token_id), keys_B, *sampling)
-    rows, prompt, history = _start(
+    start = _start(
         graphdef, state, tokens_PxT, mask_PxT, ids_B, ids_B == num_rows, consts,
         static=static, num_samples=G, window=windows(N)[0],
     )  # fmt: skip
@@ -241,7 +253,7 @@ def generate_ragged(
         jnp.zeros((num_rows + 1,), bool),
     )
     out, step = _chunks(
-        graphdef, state, rows, prompt, history, sampling, out,
+        graphdef, state, start, sampling, out,
         static=static, group=G, min_rows=max(1, int(min_batch_bucket)),
     )  # fmt: skip
     tokens, logprobs, lengths, finished = (x[:num_rows] for x in out)
