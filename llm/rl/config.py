@@ -225,7 +225,8 @@ class TrainConfig:
     top_p: float = _rollout(1.0, "training nucleus mass.", range=Range(0, 1, low_open=True))
     rollout_engine: str = _rollout(
         "dense",
-        "what samples rollouts (llm.rl.engine; dense: the KV-cache sampler).",
+        "what samples rollouts (llm.rl.engine; dense: the KV-cache sampler; ragged: the same "
+        "draws, shared prompt cache, cost of the live tokens).",
         choices=tuple(ENGINES),
     )
     learner_distribution: str = _loss(
