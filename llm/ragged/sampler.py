@@ -8,12 +8,13 @@ same `GenerateOutput`; the draws are the dense sampler's (same per-row keys, sam
   that the G rows of a prompt all read (no [B, T'] copy): KV memory P T' + B W instead of
   B (T' + N).
 * **Attend to what is written.** Each row's own tokens live in a history window of W slots
-  (32, 64, ... up to N); a decode chunk is compiled once per window and attends to W
-  slots, not T' + N; the window doubles when the rows reach it.
+  (32, 64, ... up to N); a decode chunk is compiled once per (batch bucket, window), its
+  layers as one scan, and attends to W slots, not T' + N; the window doubles when the rows
+  reach it.
 * **Rows that stop costing.** A chunk also stops when at most half its rows are live;
   the live rows are then gathered into the next power-of-two batch (the prompt keys they
-  read are gathered with them, one row per prompt from then on), and the finished rows'
-  outputs are put aside in their original order.
+  read are gathered with them, one prompt entry per row from then on: B' (T' + W) slots),
+  and the finished rows' outputs are put aside in their original order.
 
 Each row's tokens depend only on its key, its prompt and the params (the dense sampler's
 contract), so reordering and dropping rows changes no completion. The attention sums its
