@@ -47,11 +47,9 @@ from llm.models.transformer import KVCache, init_cache, positions_from_mask
 from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
 from llm.sampler_args import (
     Static,
-    check_positions,
+    checked_call,
     eos_array,
     row_keys_of,
-    static_of,
-    validate_prompts,
 )
 from llm.token_sampling import sample_logits
 
@@ -235,13 +233,9 @@ def generate_from_state(
     own cache: the graphdef and the sampling mode are static arguments, the rest are shapes).
     """
     config = nnx.merge(graphdef, state).config  # a few ms: no copy of the arrays
-    prompts = validate_prompts(prompts, config.vocab_size)
-    static = static_of(config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype)
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    sampling_args = (temperature, top_p, top_k, pad_token_id, cache_dtype)
+    prompts, static, G = checked_call(config, prompts, num_samples, max_new_tokens, *sampling_args)
     longest = max(len(p) for p in prompts)
-    check_positions(config, longest, static.max_new_tokens)
-    G = int(num_samples)
     # Prefill P' >= P prompts, shared into the B' rows of the call on the repeated prompts:
     # rows b < P * G keep their index (so their key), the decode its shape; the rest: filler.
     num_rows = len(prompts) * G

@@ -99,6 +99,17 @@ def check_positions(config, longest: int, max_new_tokens: int) -> None:
         )
 
 
+def checked_call(config, prompts, num_samples, max_new_tokens, *sampling):
+    """(prompts as int lists, `Static`, G) of a sampler call, every argument checked;
+    ``sampling`` = (temperature, top_p, top_k, pad_token_id, cache_dtype)."""
+    prompts = validate_prompts(prompts, config.vocab_size)
+    static = static_of(config, max_new_tokens, *sampling)
+    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    check_positions(config, max(len(p) for p in prompts), static.max_new_tokens)
+    return prompts, static, int(num_samples)
+
+
 @functools.partial(jax.jit, static_argnames="rows")
 def _fold_in_rows(key: jax.Array, *, rows: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(rows))

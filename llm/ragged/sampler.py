@@ -46,11 +46,9 @@ from llm.ragged.forward import (
 )
 from llm.sampler import MIN_BATCH_BUCKET, GenerateOutput, _draw, _record, _step_keys
 from llm.sampler_args import (
-    check_positions,
+    checked_call,
     eos_array,
     row_keys_of,
-    static_of,
-    validate_prompts,
 )
 
 MIN_WINDOW = 32  # the first history window; then doubled up to max_new_tokens
@@ -228,13 +226,10 @@ def generate_ragged(
 ) -> GenerateOutput:
     """`llm.sampler.generate_from_state`'s call and output, decoded as the module says."""
     config = nnx.merge(graphdef, state).config
-    prompts = validate_prompts(prompts, config.vocab_size)
-    static = static_of(config, max_new_tokens, temperature, top_p, top_k, pad_token_id, cache_dtype)
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    sampling_args = (temperature, top_p, top_k, pad_token_id, cache_dtype)
+    prompts, static, G = checked_call(config, prompts, num_samples, max_new_tokens, *sampling_args)
     longest = max(len(p) for p in prompts)
-    check_positions(config, longest, static.max_new_tokens)
-    G, N = int(num_samples), static.max_new_tokens
+    N = static.max_new_tokens
     num_rows, prompt_batch = len(prompts) * G, bucket_size(len(prompts), 1)
     keys_B = row_keys_of(key, row_keys, num_rows, prompt_batch * G, static.greedy)
     tokens_PxT, mask_PxT = pad_prompts(
