@@ -9,9 +9,9 @@ compiling is two thirds of the fast lane's time and -O0 cuts the whole lane's CP
 third (549 -> 372 CPU-s, 943 tests, 2 cores). XLA's own HLO passes (fusion, layout,
 simplification) run as usual and the programs compute the same thing; float results may
 differ from an -O2 build in the last bits, which no test compares: every bit-for-bit check
-compares two programs of one process, or two subprocesses of the same flags (subprocesses
-that set XLA_FLAGS themselves run at the default -O2). Set XLA_FLAGS to run the tests
-otherwise (keep --xla_force_host_platform_device_count=8).
+compares two programs of one process, or two subprocesses of the same flags (the
+subprocesses that set XLA_FLAGS themselves add the same -O0 flag, ``O0`` there). Set
+XLA_FLAGS to run the tests otherwise (keep --xla_force_host_platform_device_count=8).
 """
 
 import os
@@ -51,3 +51,25 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# A test whose xdist worker died (CI once lost a worker to a native crash inside a test that
+# passes on its own and in the full suite here: tests/llm/test_trainer_step.py teacher
+# forcing, stop 30) runs once more on a fresh worker; a second crash fails it. Only hard
+# crashes are retried, never an ordinary failure, and the summary counts the rerun.
+_CRASHED_ONCE: set[str] = set()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem, report, sched):
+    if crashitem in _CRASHED_ONCE:
+        return
+    _CRASHED_ONCE.add(crashitem)
+    sched.mark_test_pending(crashitem)
+    report.outcome = "rerun"
+
+
+def pytest_report_teststatus(report):
+    if report.outcome == "rerun":
+        return "rerun", "R", ("RERUN", {"yellow": True})
+    return None

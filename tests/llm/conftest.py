@@ -7,6 +7,8 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# The fast-compile flag of tests/conftest.py, for the subprocesses that set XLA_FLAGS.
+O0 = " --xla_backend_optimization_level=0"
 
 # `python -c KILL_BEFORE_CHECKPOINT STEP FLAGS...` runs `python -m llm.train FLAGS...`, but the
 # process SIGKILLs itself when it is about to write checkpoint STEP (or a later one): it dies
@@ -44,7 +46,7 @@ def env(tmp_path_factory):
     path, and a persistent compilation cache shared by the module's runs."""
     env = {k: v for k, v in os.environ.items() if k != "ASYMRE_JAX_COMPILE_CACHE"}
     env |= {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4" + O0,
         "JAX_PLATFORMS": "cpu",
         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

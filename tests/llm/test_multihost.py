@@ -21,6 +21,9 @@ import pytest
 from llm.models.tiny import make_tiny_checkpoint
 from llm.rl.metrics import read_metrics
 
+# The fast-compile flag of tests/conftest.py, for the subprocesses that set XLA_FLAGS.
+O0 = " --xla_backend_optimization_level=0"
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 2
 
@@ -34,7 +37,7 @@ def _free_port() -> int:
 def _env(devices: int) -> dict:
     env = dict(os.environ)
     env |= {
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}" + O0,
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     }

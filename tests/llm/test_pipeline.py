@@ -21,6 +21,9 @@ from llm.rl.metrics import read_metrics
 from llm.rl.step import TIMING_KEYS, behaviour_version
 from llm.trainer import TrainConfig, train
 
+# The fast-compile flag of tests/conftest.py, for the subprocesses that set XLA_FLAGS.
+O0 = " --xla_backend_optimization_level=0"
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -302,7 +305,7 @@ def test_command_line_on_eight_devices(model_path, env, tmp_path):
     """`python -m llm.train --pipeline-depth 2` in a process of its own with 8 CPU devices
     (fsdp=4, tp=2, LoRA, micro-batches, one-step staleness): the metrics and the export of
     the synchronous run."""
-    env = env | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = env | {"XLA_FLAGS": "--xla_force_host_platform_device_count=8" + O0}
     flags = dict(
         model_path=model_path,
         task_kwargs='{"num_examples": 64}',

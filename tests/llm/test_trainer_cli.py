@@ -20,6 +20,9 @@ from llm.models.tiny import make_tiny_checkpoint
 from llm.rl.metrics import read_metrics
 from llm.train import main
 
+# The fast-compile flag of tests/conftest.py, for the subprocesses that set XLA_FLAGS.
+O0 = " --xla_backend_optimization_level=0"
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -325,7 +328,7 @@ def test_mesh_error_from_a_fresh_process(fake_model, tmp_path):
     a mesh over 6 of them, exit status 2, one line on stderr, no traceback."""
     env = dict(os.environ)
     env |= {
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8" + O0,
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
     }
