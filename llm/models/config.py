@@ -142,6 +142,7 @@ class ModelConfig:
     # How to run, not what (not in config.json): llm.models.attention, .transformer.
     attention_impl: str = "auto"
     remat: str = "none"
+    scan_layers: bool = False
     # config.json's own eos ids when generation_config.json added more (None: eos_token_id).
     # Bookkeeping for writing the files back; not compared, not part of the hash.
     config_json_eos_token_id: tuple[int, ...] | None = dataclasses.field(
@@ -182,6 +183,8 @@ class ModelConfig:
         for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("remat", REMAT_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"scan_layers must be a bool, got {self.scan_layers!r}")
         if self.use_qk_norm != (self.model_type in _QK_NORM_FAMILIES):
             raise ValueError(
                 f"use_qk_norm must be True for {' and '.join(_QK_NORM_FAMILIES)} and False "
@@ -202,9 +205,7 @@ class ModelConfig:
                 f"sliding_window is only supported for {', '.join(_WINDOW_FAMILIES)}, got "
                 f"sliding_window={window!r} for {mt}"
             )
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, int) or window < 1
-        ):
+        if window is not None and (type(window) is not int or window < 1):
             raise ValueError(f"sliding_window must be a positive int or None, got {window!r}")
         if self.layer_types is not None:
             if mt != "gemma3_text":
@@ -217,9 +218,7 @@ class ModelConfig:
                 )
             object.__setattr__(self, "layer_types", types)
             if SLIDING in types and window is None:
-                raise ValueError(
-                    "layer_types has sliding_attention layers but sliding_window is None"
-                )
+                raise ValueError("layer_types has sliding layers but sliding_window is None")
         gemma = mt == "gemma3_text"
         if gemma and self.rope_local_theta is None:
             object.__setattr__(self, "rope_local_theta", 10000.0)

@@ -14,7 +14,8 @@ cuDNN flash attention on GPUs, XLA elsewhere; softmax in float32): causal, paddi
 ``attention_mask``, and on sliding-window layers (Mistral, Gemma 3's "sliding_attention"
 layers) keys ``sliding_window`` or more slots behind the query hidden, as transformers does.
 ``config.remat`` recomputes each layer in the backward pass (memory linear in the layers'
-inputs, not in their activations).
+inputs, not in their activations); ``config.scan_layers`` runs the layers as one
+``lax.scan`` (compiled once, not L times: ``llm.models.scan``).
 Gemma 3 adds (1 + w) norms, embeddings times sqrt(D), gelu-tanh in place of silu, norms
 on the attention and MLP outputs before the residual adds, and per-kind RoPE (see
 ``llm.models.config``). Weights are stored in ``config.param_dtype`` and cast to
@@ -48,6 +49,7 @@ from llm.models.config import ModelConfig
 from llm.models.families import FULL, SLIDING
 from llm.models.layers import MLP, RMSNorm, _param, _plus_lora
 from llm.models.rope import apply_rope, rope_angles
+from llm.models.scan import scan_blocks
 
 __all__ = [
     "RUNTIME_OPTIONS",
@@ -59,7 +61,7 @@ __all__ = [
 ]
 
 _F32 = jnp.float32
-RUNTIME_OPTIONS = ("attention_impl", "remat")
+RUNTIME_OPTIONS = ("attention_impl", "remat", "scan_layers")
 
 
 class Attention(nnx.Module):
@@ -296,6 +298,10 @@ class Transformer(nnx.Module):
     def _layers(self, x_BxTxD, ropes, masks, kv, cache_index, causal):
         """Every layer in turn; with remat each reads and returns its own cache slice."""
         cfg = self.config
+        if cfg.scan_layers:
+            run = _layer_runner(cfg, 0, causal, x_BxTxD.shape[1] > 1)
+            kinds = cfg.all_layer_types
+            return scan_blocks(self.layers, kinds, run, x_BxTxD, ropes, masks, kv, cache_index)
         own_slices = cfg.remat != "none" and x_BxTxD.shape[1] > 1
         new_kv = []
         for i, (layer, kind) in enumerate(zip(self.layers, cfg.all_layer_types, strict=True)):

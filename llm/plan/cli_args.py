@@ -37,6 +37,7 @@ RUN_FLAGS = {
     "dtype": ("--dtype", "parameter dtype (optimizer moments follow it)"),
     "compute_dtype": ("--compute-dtype", "matmul dtype (default: --dtype)"),
     "remat": ("--remat", "recompute layers in the backward pass: none, layer or dots"),
+    "scan_layers": ("--scan-layers", "run the layers as one lax.scan: true or false"),
     "logits_chunk_size": ("--logits-chunk-size", "positions per log-prob slice"),
     "temperature": ("--temperature", "sampling temperature"),
     "top_p": ("--top-p", "sampling nucleus mass"),

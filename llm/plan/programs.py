@@ -78,7 +78,7 @@ def abstract_run(model_config: ModelConfig, cfg: TrainConfig, mesh) -> AbstractR
         model = Transformer(model_config, rngs=nnx.Rngs(0))
         return model if spec is None else add_lora(model, spec, rngs=nnx.Rngs(1))
 
-    model = set_runtime_options(nnx.eval_shape(build), remat=cfg.remat)
+    model = set_runtime_options(nnx.eval_shape(build), remat=cfg.remat, scan_layers=cfg.scan_layers)
     graphdef, state = nnx.split(model)
     shardings = nnx.to_pure_dict(param_shardings(model, mesh))
     params = abstract_like(nnx.to_pure_dict(state), shardings)

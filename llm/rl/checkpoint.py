@@ -174,8 +174,9 @@ class Checkpointer:
 
 def model_description(model_config) -> dict[str, Any]:
     """The fields of a `llm.models.config.ModelConfig` that define the model (not how it
-    runs: attention_impl, remat), as JSON values: what a checkpoint records of its model."""
-    runtime = ("attention_impl", "remat")
+    runs: attention_impl, remat, scan_layers), as JSON values: what a checkpoint records of
+    its model."""
+    runtime = ("attention_impl", "remat", "scan_layers")
     fields = dataclasses.fields(model_config)
     values = {f.name: getattr(model_config, f.name) for f in fields if f.compare}
     return json.loads(json.dumps({k: v for k, v in values.items() if k not in runtime}))

@@ -275,6 +275,9 @@ class TrainConfig:
         "matmuls). Same gradients; costs about one more forward pass.",
         choices=REMAT_MODES,
     )
+    scan_layers: bool = _devices(
+        False, "run the layers as one lax.scan (llm.models.scan): compiled once, not L times."
+    )
     mesh: str | None = _devices(
         None, "the learner's device mesh, e.g. 'fsdp=4,tp=2' (None: all its devices on fsdp)."
     )
@@ -330,13 +333,10 @@ class TrainConfig:
         "model, and the adapters alone in PEFT's format in out_dir/adapter).",
     )
     tensorboard: bool = _run(True, "also write TensorBoard event files (needs tensorboardX).")
-    log_every: int = _run(
-        1, "print a metrics line every N steps (the jsonl gets every step).", range=AT_LEAST_ONE
-    )
+    log_every: int = _run(1, "print metrics every N steps (jsonl: every step).", range=AT_LEAST_ONE)
     progress: bool = _run(True, "show a tqdm progress bar.")
 
     # ------------------------------------------------------------------ construction
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """A config from a flat mapping of field -> value (strings parsed as by `replace`);
@@ -370,7 +370,6 @@ class TrainConfig:
         return self.replace(**overrides)
 
     # ------------------------------------------------------------------ derived values
-
     @property
     def batch_size(self) -> int:
         """P * G sequences per step."""

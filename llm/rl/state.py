@@ -174,7 +174,7 @@ def make_setup(
     _check_position_limit(cfg, model_config)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
     model = _with_lora(cfg, model)
-    set_runtime_options(model, remat=cfg.remat)
+    set_runtime_options(model, remat=cfg.remat, scan_layers=cfg.scan_layers)
     split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
     shardings_of = lambda m: nnx.to_pure_dict(param_shardings(model, m))  # noqa: E731
