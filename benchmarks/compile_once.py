@@ -24,7 +24,9 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_once(model: str, out: pathlib.Path, cache: pathlib.Path, lora_rank: int) -> dict:
+def run_once(
+    model: str, out: pathlib.Path, cache: pathlib.Path, lora_rank: int, scan_layers: bool = False
+) -> dict:
     """One ``python -m llm.train`` run: 1 step, 2 prompts x 2 samples x 16 new tokens."""
     flags = dict(
         model_path=model,
@@ -36,6 +38,7 @@ def run_once(model: str, out: pathlib.Path, cache: pathlib.Path, lora_rank: int)
         max_new_tokens=16,
         eval_prompts=0,
         lora_rank=lora_rank,
+        scan_layers=str(scan_layers).lower(),
         out_dir=str(out),
         progress="false",
         tensorboard="false",
@@ -58,6 +61,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="HF folder (default: a tiny llama written here)")
     parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--scan-layers", action="store_true", help="llm.train --scan-layers true")
     parser.add_argument("--cache", help="cache folder (default: a fresh temporary one)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
@@ -68,12 +72,14 @@ def main(argv=None) -> dict:
 
         model = str(make_tiny_checkpoint(work / "tiny", "llama"))
     cache = pathlib.Path(args.cache) if args.cache else work / "jax-compile"
-    cold = run_once(model, work / "cold", cache, args.lora_rank)
-    warm = run_once(model, work / "warm", cache, args.lora_rank)
-    result = {"model": model, "lora_rank": args.lora_rank, "cold": cold, "warm": warm}
+    cold = run_once(model, work / "cold", cache, args.lora_rank, args.scan_layers)
+    warm = run_once(model, work / "warm", cache, args.lora_rank, args.scan_layers)
+    result = {"model": model, "lora_rank": args.lora_rank, "scan_layers": args.scan_layers}
+    result |= {"cold": cold, "warm": warm}
     result["warm_over_cold_first_step"] = warm["first_step_s"] / cold["first_step_s"]
     entries = sum(1 for p in cache.rglob("*") if p.is_file())
-    print(f"# {model} (LoRA r={args.lora_rank}), cache {cache}: {entries} files")
+    what = f"LoRA r={args.lora_rank}, scan_layers={args.scan_layers}"
+    print(f"# {model} ({what}), cache {cache}: {entries} files")
     print("| run | first step (s) | process (s) |\n|---|---:|---:|")
     for name in ("cold", "warm"):
         print(f"| {name} | {result[name]['first_step_s']:.2f} | {result[name]['process_s']:.1f} |")

@@ -41,7 +41,8 @@ def measure(layers: int, scan: bool, P: int, G: int, N: int, runs: int) -> dict:
     graphdef, state = nnx.split(set_runtime_options(model, scan_layers=scan))
     params = nnx.to_pure_dict(state)
     rng = np.random.default_rng(0)
-    prompts = [rng.integers(6, 300, size=12).tolist() for _ in range(P) for _ in range(G)]
+    distinct = [rng.integers(6, 300, size=12).tolist() for _ in range(P)]
+    prompts = [prompt for prompt in distinct for _ in range(G)]
     completions = rng.integers(6, 300, size=(P * G, N)).astype(np.int32)
     lengths = np.full(P * G, N, np.int32)
     advantages = rng.normal(size=P * G).astype(np.float32)
