@@ -335,9 +335,9 @@ class Transformer(nnx.Module):
 
 
 def set_runtime_options(model: nnx.Module, **options) -> nnx.Module:
-    """``model``, changed in place, with ``attention_impl`` and/or ``remat`` set in the config
-    of each of its modules: how it runs, not what it computes. Split the model afterwards
-    (``nnx.split``): the options are static, part of its graph.
+    """``model``, changed in place, with any of ``RUNTIME_OPTIONS`` (attention_impl, remat,
+    scan_layers) set in the config of each of its modules: how it runs, not what it computes.
+    Split the model afterwards (``nnx.split``): the options are static, part of its graph.
 
     >>> from llm.models.tiny import random_model, tiny_config
     >>> model = set_runtime_options(random_model(tiny_config("llama")), remat="layer")
