@@ -1,7 +1,8 @@
 """A seeded synthetic task: arithmetic expressions ("12+7=") and their values ("19").
 
 An expression has n operands (n in ``num_operands``), each drawn uniformly among the integers
-with d digits (d in ``digits``; 1 digit means 0..9), joined by operators drawn from a subset of
+with d digits (d in ``digits``; 1 digit means 0..9) or, with ``operand_range=(lo, hi)``, among
+lo..hi, joined by operators drawn from a subset of
 "+-*"; its value uses the usual precedence (* before + and -, then left to right). Prompts are
 rendered as plain text for tiny byte-level models (`llm.data.prompts`, ``chat=False``) or as
 the user turn of a chat (the SFT warm start, `llm.sft`).
@@ -45,11 +46,13 @@ def make_arithmetic_examples(
     digits: int | tuple[int, int] = (1, 2),
     operators: str = "+",
     allow_negative: bool = False,
+    operand_range: tuple[int, int] | None = None,
 ) -> list[Example]:
     """Seeded synthetic arithmetic: prompt "12+7=", answer "19".
 
     Difficulty knobs: `num_operands` (a count or an inclusive (min, max) range), `digits` (digits
-    per operand, a count or an inclusive range; 1 digit means 0..9), `operators` (a subset of
+    per operand, a count or an inclusive range; 1 digit means 0..9), `operand_range` (an inclusive
+    (lo, hi) range of operand values, 0 <= lo <= hi, in place of `digits`), `operators` (a subset of
     "+-*"; * binds tighter). Without `allow_negative`, expressions with a negative value are
     redrawn. The same arguments always give the same examples.
     """
@@ -67,13 +70,26 @@ def make_arithmetic_examples(
         raise ValueError(
             f"operators must be a non-empty subset of {_OPERATORS!r}, got {operators!r}"
         )
+    if operand_range is not None and not (
+        isinstance(operand_range, (tuple, list))
+        and len(operand_range) == 2
+        and all(isinstance(v, int) for v in operand_range)
+        and 0 <= operand_range[0] <= operand_range[1]
+    ):
+        raise ValueError(
+            f"operand_range must be None or (lo, hi), two ints, 0 <= lo <= hi, "
+            f"got {operand_range!r}"
+        )
     rng = np.random.default_rng(seed)
     examples = []
     while len(examples) < num_examples:
         n = int(rng.integers(lo_ops, hi_ops + 1))
         operands = []
         for _ in range(n):
-            lo, hi = _operand_range(int(rng.integers(lo_dig, hi_dig + 1)))
+            if operand_range is None:
+                lo, hi = _operand_range(int(rng.integers(lo_dig, hi_dig + 1)))
+            else:
+                lo, hi = (int(v) for v in operand_range)
             operands.append(int(rng.integers(lo, hi + 1)))
         ops = [operators[int(i)] for i in rng.integers(0, len(operators), size=n - 1)]
         value = _evaluate(operands, ops)

@@ -41,6 +41,7 @@ import numpy as np
 
 from llm.compile_cache import enable_compilation_cache
 from llm.data.arithmetic import as_questions
+from llm.data.rewards import extract_answer
 from llm.data.verifiable import correctness
 from llm.experiments import report, report_figures
 from llm.experiments.presets import PRESETS, SMOKE, TINY_ARITH, Preset, RunSpec, run_specs
@@ -48,7 +49,7 @@ from llm.experiments.splits import arithmetic_splits
 from llm.experiments.stats import mean_ci
 from llm.models.fetch import default_model_dir
 from llm.rl.config import TrainConfig
-from llm.rl.evaluation import problem_rewards
+from llm.rl.evaluation import problem_rewards, sample_completions
 from llm.rl.loop import train
 from llm.rl.state import make_setup
 from llm.sft import SFTConfig, run_sft
@@ -116,6 +117,29 @@ def scorer(preset: Preset, setup, examples, *, samples: int):
             chunk=512,
         )
         return is_correct(greedy_N), is_correct(sampled_NxK)
+
+    return score
+
+
+def answer_scorer(preset: Preset, setup, examples, *, samples: int):
+    """`scorer` that also keeps each completion's extracted answer: ``params -> (greedy hits
+    [N], sampled hits [N, samples], greedy answers [N], sampled answers [N][samples])``
+    (`extract_answer`: None where the completion has no number), the same draws as `scorer`."""
+    is_correct = correctness(setup.reward_fn)
+    common = dict(renderer=setup.renderer, reward_fn=setup.reward_fn, chunk=512)
+    greedy = setup.sampling._replace(temperature=0.0)
+    key = jax.random.key(preset.eval_seed)
+
+    def score(params):
+        g, g_txt = sample_completions(
+            setup.graphdef, params, examples, num_samples=1, sampling=greedy, key=None, **common
+        )
+        s, s_txt = sample_completions(
+            setup.graphdef, params, examples, num_samples=samples, sampling=setup.sampling,
+            key=key, **common,
+        )  # fmt: skip
+        answers = [[extract_answer(t) for t in row] for row in s_txt]
+        return is_correct(g[:, 0]), is_correct(s), [extract_answer(r[0]) for r in g_txt], answers
 
     return score
 

@@ -45,13 +45,18 @@ def comparison_specs(preset: Preset) -> list[RunSpec]:
     ]
 
 
-def run_real(preset, spec, seed, lr, run_dir, splits, start, eval_on, progress) -> dict:
+def run_real(
+    preset, spec, seed, lr, run_dir, splits, start, eval_on, progress, *, answers=False
+) -> dict:
     """One run evaluated on the splits ``eval_on`` at step 0 and every `eval_every` steps;
-    writes metrics.jsonl (train) and evals_<split>.npz; returns {split: evals}."""
+    writes metrics.jsonl (train) and evals_<split>.npz (with ``answers``, also each evaluated
+    completion's extracted answer after step 0 in answers_<split>.json); returns {split: evals}."""
     model = sweep.model_folder(preset)
     cfg = sweep.train_config(preset, model, spec, seed, lr, run_dir, progress)
     evals = {name: {0: start(name, preset.eval_samples)} for name in eval_on}
+    extracted: dict[str, dict[int, Any]] = {name: {} for name in eval_on}
     scorers: dict[str, Any] = {}
+    make_scorer = sweep.answer_scorer if answers else sweep.scorer
 
     def eval_fn(setup, state) -> dict[str, float] | None:
         if state.step % preset.eval_every and state.step != cfg.num_steps:
@@ -59,10 +64,15 @@ def run_real(preset, spec, seed, lr, run_dir, splits, start, eval_on, progress) 
         row = {}
         for name in eval_on:
             if name not in scorers:
-                scorers[name] = sweep.scorer(
+                scorers[name] = make_scorer(
                     preset, setup, splits[name], samples=preset.eval_samples
                 )
-            greedy, sampled = evals[name][state.step] = scorers[name](state.params)
+            scores = scorers[name](state.params)
+            greedy, sampled = evals[name][state.step] = scores[:2]
+            if answers:
+                extracted[name][state.step] = {"greedy": scores[2], "sampled": scores[3]}
+                path = run_dir / f"answers_{name}.json"
+                path.write_text(json.dumps(extracted[name]) + "\n")
             row |= {f"{name}_greedy": float(greedy.mean()), f"{name}_mean@k": float(sampled.mean())}
             # written at every evaluation, so a run stopped early keeps its curve so far
             sweep.save_evals(run_dir / f"partial_evals_{name}.npz", evals[name])

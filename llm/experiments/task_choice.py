@@ -7,8 +7,14 @@ hits at the training temperature; pass@1 = mean sampled hit, pass@K = P(any of K
 
 Rule (see results/smollm2_arith/README.md): a candidate is eligible when pass@K >= 2 pass@1
 and 0.05 <= pass@1 <= 0.5; among the eligible ones the largest headroom pass@K - pass@1 wins.
+The 2 x 2 (results/smollm2_arith/PREREGISTRATION_2x2.md) measures at 32 new tokens and, only
+if no candidate is eligible there, at 64; it adds ``add_0to19`` and stores every evaluated
+completion's extracted answer with its hit (``--answers``), so format learning can be told
+from arithmetic.
 
     python -m llm.experiments.task_choice --out results/smollm2_arith/task_choice.json
+    python -m llm.experiments.task_choice --max-new-tokens 32 64 --with-0to19 \
+        --out results/smollm2_arith/two_by_two/task_choice.json
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from llm.data.arithmetic import as_questions as as_questions  # re-exported
+from llm.data.rewards import extract_answer
+from llm.data.verifiable import correctness
 from llm.experiments import offpolicy_sweep as sweep
 from llm.experiments.presets import PRESETS, RunSpec
+from llm.rl.evaluation import sample_completions
 from llm.rl.state import make_setup
 
-__all__ = ["CANDIDATES", "as_questions", "choose", "eligible", "measure"]
+__all__ = ["CANDIDATES", "CANDIDATES_2X2", "as_questions", "choose", "eligible", "measure"]
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     # 1-digit a+b is left out: 55 distinct problems cannot fill disjoint test/validation/RL
@@ -37,6 +47,10 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "mul_1to2d": dict(num_operands=2, digits=(1, 2), operators="*"),
     "add3_1d": dict(num_operands=3, digits=1, operators="+"),
     "sub_2d": dict(num_operands=2, digits=2, operators="-"),
+}
+# the 2 x 2's candidates: the five above and a + b with operands 0..19 (210 problems)
+CANDIDATES_2X2 = CANDIDATES | {
+    "add_0to19": dict(num_operands=2, operand_range=(0, 19), operators="+"),
 }
 
 
@@ -55,16 +69,51 @@ def choose(scores: dict[str, dict[str, float]], k: int) -> str | None:
     return max(ok, key=ok.get) if ok else None
 
 
-def measure(preset, candidates: dict[str, dict], *, num_problems: int, k: int) -> dict:
-    """Step-0 validation greedy accuracy, pass@1 and pass@k per candidate task."""
+def _answers(examples, texts, hits) -> list[dict]:
+    """Per problem: the reference and, per completion, the extracted answer and its hit."""
+    return [
+        {
+            "answer": ex.answer,
+            "extracted": [extract_answer(t) for t in row],
+            "hit": [bool(h) for h in hit_row],
+        }
+        for ex, row, hit_row in zip(examples, texts, hits, strict=True)
+    ]
+
+
+def measure(
+    preset, candidates: dict[str, dict], *, num_problems: int, k: int, answers: bool = False
+) -> dict:
+    """Step-0 validation greedy accuracy, pass@1 and pass@k per candidate task (with
+    ``answers``, also every completion's extracted answer and hit, greedy and sampled)."""
     spec = RunSpec("step0", "", "asymre", -0.1, 1)
     cfg = sweep.train_config(preset, sweep.model_folder(preset), spec, 0, 1e-4, "/tmp/unused")
     setup, params = make_setup(cfg)
-    scores = {}
+    is_correct = correctness(setup.reward_fn)
+    scores, stored = {}, {}
     for name, task in candidates.items():
         t = time.perf_counter()
         val = sweep.make_splits(dataclasses.replace(preset, task=task))["sft_val"][:num_problems]
-        greedy, sampled = sweep.scorer(preset, setup, val, samples=k)(params)
+        common = dict(renderer=setup.renderer, reward_fn=setup.reward_fn, chunk=512)
+        greedy_r, greedy_txt = sample_completions(
+            setup.graphdef,
+            params,
+            val,
+            num_samples=1,
+            key=None,
+            sampling=setup.sampling._replace(temperature=0.0),
+            **common,
+        )
+        sampled_r, sampled_txt = sample_completions(
+            setup.graphdef,
+            params,
+            val,
+            num_samples=k,
+            key=jax.random.key(preset.eval_seed),
+            sampling=setup.sampling,
+            **common,
+        )
+        greedy, sampled = is_correct(greedy_r[:, 0]), is_correct(sampled_r)
         scores[name] = {
             "task": task,
             "num_problems": len(val),
@@ -73,8 +122,14 @@ def measure(preset, candidates: dict[str, dict], *, num_problems: int, k: int) -
             f"pass@{k}": float(np.mean(np.any(sampled, axis=1))),
             "seconds": time.perf_counter() - t,
         }
+        if answers:
+            stored[name] = {
+                "greedy": _answers(val, greedy_txt, greedy[:, None]),
+                "sampled": _answers(val, sampled_txt, sampled),
+            }
         print(name, {a: b for a, b in scores[name].items() if a != "task"}, flush=True)
-    return {"split": "sft_val (validation)", "k": k, "scores": scores, "chosen": choose(scores, k)}
+    result = {"split": "sft_val (validation)", "k": k, "scores": scores}
+    return result | {"chosen": choose(scores, k)} | ({"answers": stored} if answers else {})
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -82,11 +137,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--preset", default="smollm2-arith")
     p.add_argument("--problems", type=int, default=48)
     p.add_argument("--k", type=int, default=8)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        nargs="+",
+        default=None,
+        help="lengths tried in order, stopping at the first with an eligible candidate "
+        "(default: the preset's)",
+    )
+    p.add_argument("--with-0to19", action="store_true", help="the 2 x 2's candidates")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    result = measure(PRESETS[a.preset], CANDIDATES, num_problems=a.problems, k=a.k)
-    pathlib.Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print("chosen:", result["chosen"])
+    if a.max_new_tokens is not None and any(n < 1 for n in a.max_new_tokens):
+        p.error(f"--max-new-tokens must be >= 1, got {a.max_new_tokens}")
+    preset = PRESETS[a.preset]
+    candidates = CANDIDATES_2X2 if a.with_0to19 else CANDIDATES
+    out = pathlib.Path(a.out)
+    for n in a.max_new_tokens or [preset.train["max_new_tokens"]]:
+        tried = dataclasses.replace(preset, train=preset.train | {"max_new_tokens": n})
+        result = measure(
+            tried, candidates, num_problems=a.problems, k=a.k, answers=a.with_0to19
+        ) | {"max_new_tokens": n}
+        path = out if a.max_new_tokens is None else out.with_name(f"{out.stem}_{n}{out.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"max_new_tokens={n} chosen:", result["chosen"], flush=True)
+        if result["chosen"] is not None:
+            break
 
 
 if __name__ == "__main__":

@@ -52,6 +52,33 @@ def sample_rewards(
     """Rewards [N, num_samples] of completions sampled for each of the N ``examples``, at
     most ``chunk`` samples (whole problems, at least one) per sampler call; sample j of
     problem n drawn with ``sample_keys(key, N, num_samples)[n * num_samples + j]``."""
+    return sample_completions(
+        graphdef,
+        params,
+        examples,
+        renderer,
+        reward_fn,
+        num_samples=num_samples,
+        sampling=sampling,
+        key=key,
+        chunk=chunk,
+    )[0]
+
+
+def sample_completions(
+    graphdef,
+    params,
+    examples: Sequence,
+    renderer: PromptRenderer,
+    reward_fn: Callable,
+    *,
+    num_samples: int,
+    sampling: Sampling,
+    key: jax.Array | None,
+    chunk: int = 256,
+) -> tuple[np.ndarray, list[list[str]]]:
+    """`sample_rewards` and the decoded completions: rewards [N, num_samples] and texts, a
+    list of N lists of ``num_samples`` strings (sample j of problem n at ``[n][j]``)."""
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
     if not isinstance(chunk, (int, np.integer)) or chunk < 1:
@@ -59,18 +86,17 @@ def sample_rewards(
     prompts = [renderer.ids(ex.prompt) for ex in examples]
     keys_R = None if key is None else sample_keys(key, len(prompts), num_samples)
     per_chunk = max(1, chunk // num_samples)  # whole problems per chunk
-    rewards = []
+    rewards, texts = [], []
     for start in range(0, len(prompts), per_chunk):
         stop = min(start + per_chunk, len(prompts))
         rows = None if keys_R is None else keys_R[start * num_samples : stop * num_samples]
         tokens, lengths = _sample(
             graphdef, params, prompts[start:stop], sampling, rows, num_samples
         )
-        batch = examples[start:stop]
-        rewards.append(
-            score_completions(reward_fn, batch, renderer.decode(tokens, lengths), num_samples)
-        )
-    return np.concatenate(rewards).reshape(len(examples), num_samples)
+        decoded = renderer.decode(tokens, lengths)
+        rewards.append(score_completions(reward_fn, examples[start:stop], decoded, num_samples))
+        texts += [list(decoded[i : i + num_samples]) for i in range(0, len(decoded), num_samples)]
+    return np.concatenate(rewards).reshape(len(examples), num_samples), texts
 
 
 @functools.partial(jax.jit, static_argnames=("num_problems", "num_samples"))

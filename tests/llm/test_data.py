@@ -182,6 +182,16 @@ def test_arithmetic_knobs():
             make_arithmetic_examples(1, **bad)
 
 
+def test_arithmetic_operand_range():
+    exs = make_arithmetic_examples(2000, seed=0, num_operands=2, operand_range=(0, 19))
+    pairs = {tuple(sorted(map(int, ex.prompt[:-1].split("+")))) for ex in exs}
+    assert all(0 <= a <= b <= 19 for a, b in pairs) and len(pairs) == 210  # every a + b, 0..19
+    assert make_arithmetic_examples(5, operand_range=[3, 3])[0].prompt == "3+3="  # JSON lists
+    for bad in ((5, 2), (-1, 3), (1,), "0,19", (0.5, 3)):
+        with pytest.raises(ValueError, match="operand_range"):
+            make_arithmetic_examples(1, operand_range=bad)
+
+
 # ----------------------------------------------------------------------------- iterator
 
 
