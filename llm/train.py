@@ -80,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m llm.train",
         description=(
-            "Off-policy RL fine-tuning of a Hugging Face causal LM with AsymRE (or GRPO / "
-            "truncated-IS REINFORCE) on verifiable math. Each step samples P prompts x G "
-            "completions from the behaviour policy (refreshed every --refresh-every steps), "
-            "scores them, and takes one AdamW step on the sharded policy. Writes "
-            "OUT_DIR/metrics.jsonl, OUT_DIR/tensorboard, OUT_DIR/checkpoints and OUT_DIR/hf."
+            "Off-policy RL fine-tuning of a Hugging Face causal LM with AsymRE (or GRPO, "
+            "truncated-IS REINFORCE, CISPO, TOPR: --loss) on verifiable math. Each step "
+            "samples P prompts x G completions from the behaviour policy (refreshed every "
+            "--refresh-every steps), scores them, and takes one AdamW step on the sharded "
+            "policy. Writes OUT_DIR/metrics.jsonl, OUT_DIR/tensorboard, OUT_DIR/checkpoints "
+            "and OUT_DIR/hf."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

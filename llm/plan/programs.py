@@ -42,14 +42,14 @@ from llm.models.lora import add_lora
 from llm.models.sharding import param_shardings
 from llm.models.transformer import Transformer, set_runtime_options
 from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket
-from llm.rl.batch import Batch, build_batch, prompts_per_micro_batch
+from llm.rl.batch import Batch, build_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.logprobs import scoring_of
 from llm.rl.losses import loss_from_config
 from llm.rl.optimizer import OptSpec, hyperparams
 from llm.rl.state import lora_spec
-from llm.rl.train_step import batch_spec, step_functions
+from llm.rl.train_step import data_size, row_specs, step_functions
 from llm.rl.trainable import ParamSplit
 from llm.sampler_args import eos_array, static_of
 
@@ -174,6 +174,7 @@ def _abstract_batch(cfg: TrainConfig, prompt_len: int, pad: int, shardings: Batc
         pad_token_id=pad,
         micro_batches=cfg.micro_batches,
         group_size=cfg.samples_per_prompt,
+        row_multiple=data_size(getattr(shardings.completions, "mesh", None)),
     )
     return jax.tree.map(lambda x, s: SDS(x.shape, x.dtype, sharding=s), host, shardings)
 
@@ -190,9 +191,11 @@ class UpdateState(NamedTuple):
 
 def update_state(run: AbstractRun, cfg: TrainConfig) -> UpdateState:
     """The trainer's step functions for ``cfg`` and the abstract, sharded optimizer state."""
-    rows = cfg.batch_size // cfg.micro_batches
     trainable, frozen = run.split.split(run.params)
     trainable_sh, frozen_sh = run.split.split(run.shardings)
+    rows_spec, prompts_spec, num_rows = row_specs(
+        run.mesh, cfg.batch_size, cfg.micro_batches, cfg.samples_per_prompt
+    )
     fns = step_functions(
         run.graphdef,
         trainable,
@@ -200,11 +203,12 @@ def update_state(run: AbstractRun, cfg: TrainConfig) -> UpdateState:
         trainable_sh,
         loss_from_config(cfg),
         OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
-        batch_spec(run.mesh, rows),
+        rows_spec,
         cfg.logits_chunk_size,
         frozen_sh,
-        batch_spec(run.mesh, prompts_per_micro_batch(rows, cfg.samples_per_prompt)[0]),
+        prompts_spec,
         scoring_of(cfg),
+        num_rows,
     )
     opt_state = abstract_like(jax.eval_shape(fns.tx.init, trainable), fns.opt_shardings)
     sizes = {

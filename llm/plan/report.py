@@ -39,10 +39,10 @@ from llm.padding import length_bucket
 from llm.plan import counts
 from llm.plan.hardware import ACCELERATORS, accelerator_name, price_step
 from llm.plan.programs import abstract_run, bytes_per_device, compile_sampler, compile_update
-from llm.rl.batch import prompts_per_micro_batch
+from llm.rl.batch import padded_rows, prompts_per_micro_batch
 from llm.rl.config import TrainConfig
 from llm.rl.state import lora_spec
-from llm.rl.train_step import DATA_AXIS, batch_spec
+from llm.rl.train_step import data_size
 
 
 def _phase(hand: tuple, xla: dict, exact: bool, repeats: int, model_flops: float) -> dict:
@@ -60,18 +60,30 @@ def _phase(hand: tuple, xla: dict, exact: bool, repeats: int, model_flops: float
     }
 
 
-def _hand_counts(run, cfg: TrainConfig, prompt_len: int, sampler) -> dict:
-    """Global hand FLOPs of the update (model, hardware), the prefill and a decoding step."""
+def _learner_rows(cfg: TrainConfig, mesh) -> tuple[int, int]:
+    """(completion rows, prompt rows) of one micro-batch as the trainer builds it: padded so
+    the data axis divides the rows (`llm.rl.batch.padded_rows`)."""
     rows = cfg.batch_size // cfg.micro_batches
-    p, _ = prompts_per_micro_batch(rows, cfg.samples_per_prompt)
-    update = counts.UpdateShape(
-        p * cfg.micro_batches, length_bucket(prompt_len), cfg.batch_size, cfg.max_new_tokens
-    )
+    padded = padded_rows(rows, cfg.samples_per_prompt, data_size(mesh))
+    return padded, padded // prompts_per_micro_batch(rows, cfg.samples_per_prompt)[1]
+
+
+def _hand_counts(run, cfg: TrainConfig, prompt_len: int, sampler) -> dict:
+    """Global hand FLOPs of the update (model: the real rows; hardware: with recomputation
+    and padding rows), the prefill and a decoding step."""
+    M, N, length = cfg.micro_batches, cfg.max_new_tokens, length_bucket(prompt_len)
+    p, _ = prompts_per_micro_batch(cfg.batch_size // M, cfg.samples_per_prompt)
+    rows, prompts = _learner_rows(cfg, run.mesh)
+    real = counts.UpdateShape(p * M, length, cfg.batch_size, N)
+    padded = counts.UpdateShape(prompts * M, length, rows * M, N)
     s = sampler["shapes"]
-    rollout = counts.RolloutShape(s.prompt_rows, s.prompt_len, s.rows, cfg.max_new_tokens)
+    rollout = counts.RolloutShape(s.prompt_rows, s.prompt_len, s.rows, N)
     lora = lora_spec(cfg)
-    return counts.update_flops(run.config, update, lora, cfg.remat) | counts.rollout_flops(
-        run.config, rollout, lora
+    hardware = counts.update_flops(run.config, padded, lora, cfg.remat)["hardware"]
+    return (
+        counts.update_flops(run.config, real, lora, cfg.remat)
+        | {"hardware": hardware}
+        | counts.rollout_flops(run.config, rollout, lora)
     )
 
 
@@ -79,8 +91,7 @@ def _phases(run, cfg: TrainConfig, update, sampler, sizes: dict, prompt_len: int
     """Per-device FLOPs and bytes of the update, the prefill and one decoding step."""
     mesh = run.mesh
     tp = mesh.shape.get("tp", 1)
-    rows = cfg.batch_size // cfg.micro_batches
-    data = mesh.shape.get(DATA_AXIS, 1) if batch_spec(mesh, rows).count(DATA_AXIS) else 1
+    data = data_size(mesh)  # the learner's rows are padded to stay on the data axis
     hand = _hand_counts(run, cfg, prompt_len, sampler)
     whole_weights = bytes_per_device(_unsharded(run.params))
     traffic = counts.traffic_bytes(
@@ -107,13 +118,16 @@ def _phases(run, cfg: TrainConfig, update, sampler, sizes: dict, prompt_len: int
 
 def _activations(run, cfg: TrainConfig, prompt_len: int) -> dict:
     """Per-device activations of one micro-batch's backward pass (`llm.plan.counts`): its
-    rows split over the data axis when the batch is sharded on it (tp's split of heads and
-    MLP columns is not counted: an upper bound there)."""
-    rows = cfg.batch_size // cfg.micro_batches
-    prompts, _ = prompts_per_micro_batch(rows, cfg.samples_per_prompt)
-    data = run.mesh.shape.get(DATA_AXIS, 1) if batch_spec(run.mesh, rows).count(DATA_AXIS) else 1
+    completion rows split over the data axis (padded so it divides them), its prompt rows
+    too when they divide it (tp's split of heads and MLP columns is not counted: an upper
+    bound there)."""
+    rows, prompts = _learner_rows(cfg, run.mesh)
+    data = data_size(run.mesh)
     length = length_bucket(prompt_len)
-    queries = math.ceil((prompts * length + rows * (cfg.max_new_tokens - 1)) / data)
+    prompt_split = data if prompts % data == 0 else 1
+    queries = math.ceil(prompts * length / prompt_split) + math.ceil(
+        rows * (cfg.max_new_tokens - 1) / data
+    )
     itemsize = run.config.jnp_compute_dtype.dtype.itemsize
     slots = length + cfg.max_new_tokens
     return counts.activation_bytes(run.config, queries, slots, cfg.remat, itemsize)

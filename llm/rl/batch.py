@@ -28,15 +28,24 @@ B * max_new_tokens, whatever N'. The transformer's cost falls from L/g + N to L/
 positions per row; N' takes at most four values per doubling of the longest completion
 (quarter octaves of at least ``MIN_LENGTH_BUCKET``), so each compiles once.
 
+Rows that the data axis does not divide. On a mesh whose data axis has d devices, a
+micro-batch of b rows is padded to b' = `padded_rows` (the next multiple of lcm(g, d)) with
+copies of its first g rows (one prompt) whose loss mask, advantages and behaviour log-probs
+are 0: they weigh nothing (`llm.rl.losses.loss_weights` counts only the real rows), every
+value they produce is finite, and the rows stay sharded, never replicated.
+
 >>> p, g = prompts_per_micro_batch(rows=8, group_size=4)
 >>> (p, g)
 (2, 4)
 >>> [completion_width(n, 512) for n in (1, 17, 150, 500)]
 [16, 32, 160, 512]
+>>> padded_rows(rows=6, group_size=2, data=4)  # 3 prompts x 2 samples on 4 devices
+8
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -76,6 +85,17 @@ def prompts_per_micro_batch(rows: int, group_size: int) -> tuple[int, int]:
     else:
         g = 1
     return rows // g, g
+
+
+def padded_rows(rows: int, group_size: int, data: int) -> int:
+    """b': a micro-batch of ``rows`` completions padded with whole groups of g rows sharing
+    a prompt (`prompts_per_micro_batch`) until a data axis of ``data`` devices divides it."""
+    if not all(isinstance(v, int) and v >= 1 for v in (rows, group_size, data)):
+        raise ValueError(
+            f"rows, group_size and data must be ints >= 1, got {rows!r}, {group_size!r}, {data!r}"
+        )
+    unit = math.lcm(prompts_per_micro_batch(rows, group_size)[1], data)
+    return -(-rows // unit) * unit
 
 
 def completion_width(longest: int, slots: int, minimum: int = MIN_LENGTH_BUCKET) -> int:
@@ -135,6 +155,7 @@ def build_batch(
     group_size: int = 1,
     max_new_tokens: int | None = None,
     trim: bool = True,
+    row_multiple: int = 1,
 ) -> Batch:
     """A host `Batch` of [M, ...] numpy arrays (behaviour log-probs zero if None).
 
@@ -143,6 +164,8 @@ def build_batch(
     ``max_new_tokens``: the N slots of the loss-side arrays, the generation budget
     "constant" divides by (default: the completions' width, which must not exceed it).
     ``trim``: the model reads only ``completion_width`` slots (False: all N).
+    ``row_multiple``: the data axis size d; each micro-batch is padded to `padded_rows` rows
+    (the module docstring) so that d divides them.
     """
     completions_BxN = np.asarray(completions_BxN, np.int32)
     B, W = completions_BxN.shape
@@ -165,7 +188,7 @@ def build_batch(
     def split(x):
         return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
 
-    return Batch(
+    batch = Batch(
         prompt_tokens=split(prompt_tokens),
         prompt_mask=split(prompt_mask),
         completions=split(_widen(completions_BxN, live, np.int32(pad_token_id))),
@@ -173,4 +196,28 @@ def build_batch(
         advantages=split(np.asarray(advantages_B, np.float32)),
         behaviour_logprobs=split(behaviour_BxN * loss_mask_BxN),
         ref_logprobs=split(np.zeros((B, N), np.float32)),
+    )
+    return _pad_rows(batch, g, padded_rows(B // micro_batches, group_size, row_multiple))
+
+
+def _pad_rows(batch: Batch, g: int, rows: int) -> Batch:
+    """Each micro-batch padded to ``rows`` with copies of its first g rows (and their prompt
+    row): the tokens repeat, the loss mask, advantages and log-probs are 0."""
+    extra = rows - batch.advantages.shape[1]
+    if extra == 0:
+        return batch
+    copies = extra // g
+
+    def pad(x, per_row: int, keep: bool):
+        head = x[:, :per_row] if keep else np.zeros_like(x[:, :per_row])
+        return np.concatenate([x, np.tile(head, (1, copies) + (1,) * (x.ndim - 2))], axis=1)
+
+    return Batch(
+        prompt_tokens=pad(batch.prompt_tokens, 1, True),
+        prompt_mask=pad(batch.prompt_mask, 1, True),
+        completions=pad(batch.completions, g, True),
+        loss_mask=pad(batch.loss_mask, g, False),
+        advantages=pad(batch.advantages, g, False),
+        behaviour_logprobs=pad(batch.behaviour_logprobs, g, False),
+        ref_logprobs=pad(batch.ref_logprobs, g, False),
     )

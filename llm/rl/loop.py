@@ -12,7 +12,9 @@ the rollouts of steps t+1 .. t+d of the refresh window are sampled while step t 
    with the step's key ``llm.rl.keys.sampling_key(base, t)``;
 3. rewards r [P, G] from the reward function (+1 / -1 by default);
 4. advantages from the loss plug-in (``llm.rl.losses``: AsymRE / IS-REINFORCE
-   ``A = r - (mean_G r + delta_v)``, GRPO the group-std normalised ones);
+   ``A = r - (mean_G r + delta_v)``, GRPO the group-std normalised ones; CISPO (GRPO's
+   advantages, the per-token ratio capped) and TOPR (AsymRE's, the sequence ratio truncated
+   at 1 on negatives) weigh them by a stopped importance weight);
 5. the jitted, sharded update of ``llm.rl.train_step`` (exact micro-batch accumulation,
    clipped AdamW under ``optax.apply_if_finite``: a non-finite step is skipped) at the
    rate of ``llm.rl.schedule``;

@@ -42,7 +42,6 @@ from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import param_shardings
 from llm.models.transformer import set_runtime_options
 from llm.rl import keys
-from llm.rl.batch import prompts_per_micro_batch
 from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.engine import EngineContext, RolloutEngine, make_engine
@@ -51,7 +50,7 @@ from llm.rl.losses import LossFn, advantages_fn, loss_from_config
 from llm.rl.optimizer import OptSpec
 from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
 from llm.rl.rollouts import Sampling
-from llm.rl.train_step import StepFunctions, batch_spec, step_functions
+from llm.rl.train_step import StepFunctions, row_specs, step_functions
 from llm.rl.trainable import ParamSplit, merge_params
 
 
@@ -118,8 +117,10 @@ def _with_lora(cfg: TrainConfig, model: nnx.Module) -> nnx.Module:
 
 def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, loss_fn):
     """The compiled step functions of the config's shapes (cached across runs)."""
-    rows = cfg.batch_size // cfg.micro_batches
     trainable_sh, frozen_sh = split.split(shardings)
+    rows_spec, prompts_spec, num_rows = row_specs(
+        mesh, cfg.batch_size, cfg.micro_batches, cfg.samples_per_prompt
+    )
     return step_functions(
         graphdef,
         abstract_like(split.trainable(params), trainable_sh),
@@ -127,11 +128,12 @@ def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, 
         trainable_sh,
         loss_fn,
         OptSpec(cfg.adam_b1, cfg.adam_b2, cfg.adam_eps),
-        batch_spec(mesh, rows),
+        rows_spec,
         cfg.logits_chunk_size,
         frozen_sh,
-        batch_spec(mesh, prompts_per_micro_batch(rows, cfg.samples_per_prompt)[0]),
+        prompts_spec,
         scoring_of(cfg),
+        num_rows,
     )
 
 

@@ -30,6 +30,7 @@ from llm.rl.optimizer import hyperparams
 from llm.rl.rollout_devices import timed_copy
 from llm.rl.rollouts import Rollout, engine_rollout
 from llm.rl.state import RunState, Setup, behaviour_copy, step_key
+from llm.rl.train_step import data_size
 from llm.rl.trainable import merge_params
 from llm.rl.transfer import batch_to_global, to_host
 
@@ -71,6 +72,7 @@ def update(
         behaviour_logprobs_BxN=ro.logprobs_BxN,
         group_size=ro.rewards_PxG.shape[1],
         max_new_tokens=cfg.max_new_tokens,  # "constant"'s budget, whatever the live slots
+        row_multiple=data_size(setup.mesh),  # padding rows, so the rows stay sharded
     )
     batch = batch_to_global(host_batch, fns.batch_sharding)
     if state.reference is not None:

@@ -46,7 +46,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llm.rl.batch import Batch
+from llm.rl.batch import Batch, padded_rows, prompts_per_micro_batch
 from llm.rl.logprobs import MODEL_SCORING, Scoring, completion_scores
 from llm.rl.losses import AsymRE, broadcast_advantages, step_weights
 from llm.rl.optimizer import OptSpec, make_optimizer
@@ -116,9 +116,13 @@ def train_step(
     tx,
     chunk,
     scoring: Scoring = MODEL_SCORING,
+    num_rows: int | None = None,
 ):
     """One exact, micro-batched update of the trainable ``params`` (the model is their merge
     with ``frozen``, {} when nothing is frozen); returns (params, opt_state, metrics).
+
+    ``num_rows``: the step's real completions B when the batch also holds padding rows
+    (`llm.rl.batch.padded_rows`; default: every row).
 
     ``outside_nucleus`` is the share of completion tokens outside the top-p nucleus of pi's
     own logits (0 on-policy, and whenever top_p = 1): their log pi is taken over the nucleus
@@ -140,7 +144,7 @@ def train_step(
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     init = (zeros, f32(0), {k: f32(0) for k in _STATS})
-    weights = step_weights(loss_fn, batch.loss_mask)  # [M, b, N], the step's denominators
+    weights = step_weights(loss_fn, batch.loss_mask, num_rows)  # [M, b, N], global D
     (grad_sum, loss, stats), _ = jax.lax.scan(micro, init, (batch, weights))
     # a non-finite loss poisons the gradient, so apply_if_finite skips the step
     scale = jnp.where(jnp.isfinite(loss), 1.0, jnp.nan)
@@ -151,7 +155,7 @@ def train_step(
     params = optax.apply_updates(params, updates)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": opt_state.last_finite}
     metrics["nonfinite_streak"] = opt_state.notfinite_count
-    metrics |= _drift_metrics(stats, batch.advantages.size)
+    metrics |= _drift_metrics(stats, num_rows or batch.advantages.size)
     return params, opt_state, metrics
 
 
@@ -210,11 +214,29 @@ class _Placement(NamedTuple):
 
 
 def batch_spec(mesh, rows_per_micro_batch: int) -> PartitionSpec:
-    """Rows on the data axis when they divide evenly, else replicated."""
+    """Rows on the data axis when they divide evenly, else replicated (the trainer pads its
+    completion rows so they always divide: `llm.rl.batch.padded_rows`)."""
     if mesh is None:
         return PartitionSpec()
     size = mesh.shape.get(DATA_AXIS, 1)
     return PartitionSpec(None, DATA_AXIS) if rows_per_micro_batch % size == 0 else PartitionSpec()
+
+
+def data_size(mesh) -> int:
+    """Devices on the data axis (1 without a mesh)."""
+    return 1 if mesh is None else int(mesh.shape.get(DATA_AXIS, 1))
+
+
+def row_specs(mesh, batch_size: int, micro_batches: int, group_size: int):
+    """(completion-row spec, prompt-row spec, num_rows) of the trainer's padded batches
+    (`llm.rl.batch.padded_rows`): completion rows always on the data axis; prompt rows there
+    when they divide it, else replicated; num_rows the real B when rows were padded, else
+    None."""
+    rows = batch_size // micro_batches
+    padded = padded_rows(rows, group_size, data_size(mesh))
+    prompts = padded // prompts_per_micro_batch(rows, group_size)[1]
+    num_rows = None if padded == rows else batch_size
+    return batch_spec(mesh, padded), batch_spec(mesh, prompts), num_rows
 
 
 def _flat(tree) -> tuple:
@@ -238,6 +260,7 @@ def step_functions(
     frozen_shardings=None,
     prompt_spec: PartitionSpec | None = None,
     scoring: Scoring = MODEL_SCORING,
+    num_rows: int | None = None,
 ) -> StepFunctions:
     """The jitted step functions; an equal combination of arguments returns the same bundle
     (so nothing recompiles) while it is among the ``COMPILED_STEPS`` most recently used.
@@ -250,6 +273,7 @@ def step_functions(
     ``loss_fn`` (default ``AsymRE()``) must be hashable: equal losses share a compiled step.
     ``scoring`` (`llm.rl.logprobs.Scoring`) is the distribution pi is scored under: the
     sampling temperature and top-p of the rollouts (default the model itself, T = 1).
+    ``num_rows``: the real completions of a step whose batches carry padding rows (`train_step`).
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
     try:
@@ -260,13 +284,15 @@ def step_functions(
             f"compiled step; got {type(loss_fn).__name__}"
         ) from None
     opt_spec = opt_spec or OptSpec()
+    if num_rows is not None and (not isinstance(num_rows, int) or num_rows < 1):
+        raise ValueError(f"num_rows must be None or an int >= 1, got {num_rows!r}")
     if not isinstance(scoring, Scoring):
         raise TypeError(f"scoring must be a llm.rl.logprobs.Scoring, got {type(scoring).__name__}")
     scoring = Scoring(float(scoring.temperature), float(scoring.top_p))
     if not scoring.temperature > 0 or not 0 < scoring.top_p <= 1:
         raise ValueError(f"scoring needs temperature > 0 and top_p in (0, 1], got {scoring}")
     if mesh is None:
-        return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, None)
+        return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, None, num_rows)
     data_spec = PartitionSpec() if data_spec is None else data_spec
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract_params)
     placement = _Placement(
@@ -276,7 +302,7 @@ def step_functions(
         _flat(frozen_shardings or {}),
         (data_spec if prompt_spec is None else prompt_spec, data_spec),
     )
-    return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, placement)
+    return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, placement, num_rows)
 
 
 def _copy(params):
@@ -285,12 +311,13 @@ def _copy(params):
 
 @functools.lru_cache(maxsize=COMPILED_STEPS)
 def _compiled(
-    graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, scoring: Scoring, placement
+    graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, scoring: Scoring, placement, num_rows
 ) -> StepFunctions:
     tx = make_optimizer(opt_spec)
     step = functools.partial(
-        train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size, scoring=scoring
-    )
+        train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size, scoring=scoring,
+        num_rows=num_rows,
+    )  # fmt: skip
     score_fn = functools.partial(score, graphdef=graphdef, chunk_size=chunk_size, scoring=scoring)
     if placement is not None:
         return _sharded_functions(tx, step, score_fn, placement)

@@ -111,3 +111,26 @@ def test_each_problem_gets_its_own_keys_whatever_the_chunk(monkeypatch):
     ]
     assert all(rows == expected for rows in seen.values()), seen.keys()
     assert len({c for _, c in expected}) == 7 * k
+
+
+def test_sample_completions_returns_each_problems_texts_with_its_rewards(monkeypatch):
+    def echo_sampler(graphdef, params, prompts, sampling, row_keys, num_samples):
+        return np.asarray(jax.random.key_data(row_keys)), np.full(len(row_keys), 2)
+
+    monkeypatch.setattr(evaluation, "_sample", echo_sampler)
+    examples = [Example(str(n), "0") for n in range(5)]
+
+    def length_reward(prompts, completions, answer, **columns):
+        return [float(len(c)) for c in completions]
+
+    key, k = jax.random.key(1), 3
+    args = dict(num_samples=k, sampling=Sampling(max_new_tokens=2), key=key, chunk=4)
+    rewards, texts = evaluation.sample_completions(
+        None, None, examples, _Renderer(), length_reward, **args
+    )
+    assert len(texts) == 5 and all(len(row) == k for row in texts)
+    assert rewards.tolist() == [[float(len(t)) for t in row] for row in texts]
+    keys = np.asarray(jax.random.key_data(evaluation.sample_keys(key, 5, k)))
+    assert texts[4][2] == " ".join(map(str, keys[4 * k + 2]))  # sample j of problem n
+    same = evaluation.sample_rewards(None, None, examples, _Renderer(), length_reward, **args)
+    np.testing.assert_array_equal(same, rewards)

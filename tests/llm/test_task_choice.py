@@ -27,3 +27,35 @@ def test_questions_keep_the_problem_identity():
     (q,) = as_questions([Example("12*7=", "84", {"expression": "12*7"})])
     assert q.prompt == "What is 12 * 7?" and q.answer == "84"
     assert canonical_key(q) == canonical_key(Example("7*12=", "84"))
+
+
+def test_add_0to19_candidate_has_210_problems_and_disjoint_splits():
+    import dataclasses
+
+    from llm.experiments import offpolicy_sweep as sweep
+    from llm.experiments.presets import SMOLLM2_ARITH
+    from llm.experiments.task_choice import CANDIDATES_2X2
+
+    preset = dataclasses.replace(SMOLLM2_ARITH, task=CANDIDATES_2X2["add_0to19"])
+    splits = sweep.make_splits(preset)
+    keys = {name: {canonical_key(ex) for ex in v} for name, v in splits.items()}
+    assert {k: len(v) for k, v in keys.items()} == {"test": 64, "sft_val": 48, "rl_train": 98}
+    assert not (keys["test"] & keys["sft_val"] or keys["test"] & keys["rl_train"])
+    assert not keys["sft_val"] & keys["rl_train"]
+
+
+def test_stored_answers_keep_extraction_and_hit():
+    from llm.experiments.task_choice import _answers
+
+    (row,) = _answers([Example("What is 2 + 3?", "5")], [["5", "it is 6", "none"]], [[1, 0, 0]])
+    assert row == {"answer": "5", "extracted": ["5", "6", None], "hit": [True, False, False]}
+
+
+def test_cli_rejects_a_bad_length(capsys):
+    import pytest
+
+    from llm.experiments.task_choice import main
+
+    with pytest.raises(SystemExit):
+        main(["--max-new-tokens", "32", "0", "--out", "/tmp/unused.json"])
+    assert "error: --max-new-tokens must be >= 1" in capsys.readouterr().err

@@ -29,7 +29,9 @@ so :math:`\sum_{it} w_{it} \ell_{it} = \frac{1}{D} \sum_{it} m_{it} \ell_{it}`, 
 ``asymre_jax.*_loss`` value, and the step's loss and gradient are plain sums over
 micro-batches and shards: :math:`L = \sum_k L_k`, :math:`\nabla L = \sum_k \nabla L_k`.
 `loss_weights` computes them from the step's whole mask [M, b, N] (the train step calls it
-on the global batch, so under sharding its sums are global too).
+on the global batch, so under sharding its sums are global too). ``rows`` gives B when the
+mask holds padding rows (all zero, added so the data axis divides the rows,
+`llm.rl.batch.padded_rows`): they weigh nothing and do not count in B.
 
 A named loss is a frozen dataclass (hashable: it keys the compiled step; options that act
 on the host only are ``compare=False``) registered with `register_loss`; ``loss: NAME`` in
@@ -77,9 +79,11 @@ def host(default):
     return dataclasses.field(default=default, compare=False)
 
 
-def loss_weights(mask, normalization: str) -> jax.Array:
+def loss_weights(mask, normalization: str, rows: int | None = None) -> jax.Array:
     """Token weights ``w`` of the step's completion mask [..., B, N] (every leading axis,
-    micro-batches included, counts as rows): see the module docstring."""
+    micro-batches included, counts as rows): see the module docstring. ``rows``: B, the
+    step's real completions, when the mask also holds all-zero padding rows (default: every
+    row of the mask)."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(
             f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}"
@@ -87,19 +91,25 @@ def loss_weights(mask, normalization: str) -> jax.Array:
     mask = jnp.asarray(mask, jnp.float32)
     if mask.ndim < 2:
         raise ValueError(f"mask must have shape [..., B, N], got shape {tuple(mask.shape)}")
-    rows = mask.size // mask.shape[-1]
+    if rows is None:
+        rows = mask.size // mask.shape[-1]
+    elif not isinstance(rows, int) or not 1 <= rows <= mask.size // mask.shape[-1]:
+        raise ValueError(
+            f"rows must be an int in [1, {mask.size // mask.shape[-1]}] (the mask's rows), "
+            f"got {rows!r}"
+        )
     if normalization == "sequence":
         return mask / rows
     if normalization == "token":
         return mask / jnp.maximum(mask.sum(), 1.0)
     if normalization == "sequence_mean":
         return mask / (rows * jnp.maximum(mask.sum(-1, keepdims=True), 1.0))
-    return mask / mask.size  # "constant": B * N
+    return mask / (rows * mask.shape[-1])  # "constant": B * N
 
 
-def step_weights(loss_fn: LossFn, mask) -> jax.Array:
+def step_weights(loss_fn: LossFn, mask, rows: int | None = None) -> jax.Array:
     """`loss_weights` of the mask under ``loss_fn``'s normalisation ("sequence" if none)."""
-    return loss_weights(mask, getattr(loss_fn, "normalization", "sequence"))
+    return loss_weights(mask, getattr(loss_fn, "normalization", "sequence"), rows)
 
 
 def broadcast_advantages(advantages_B, mask_BxN) -> jax.Array:
