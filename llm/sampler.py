@@ -28,6 +28,11 @@ only on its row's key and its prompt, not on the bucket it was padded into nor o
 rows (up to float rounding between batch shapes); with ``row_keys`` not on its row index
 either (`llm.rl.evaluation` gives each problem's samples keys of their own).
 
+Sharding: on params placed on a mesh (`llm.models.activations.mesh_of`), the rows of the
+batch, of the KV cache and of the outputs go on its data axis and the cache's key/value
+heads on its tensor axis (`llm.models.activations`; a batch the axis does not divide stays
+whole), and the model's activations follow their logical axes.
+
 Length: the longest prompt plus ``max_new_tokens`` must fit the model's
 ``max_position_embeddings`` (a ValueError otherwise).
 """
@@ -43,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llm.models.activations import CACHE_AXES, activation_sharding, constrain, mesh_of
 from llm.models.transformer import KVCache, init_cache, positions_from_mask
 from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
 from llm.sampler_args import (
@@ -110,6 +116,17 @@ class _Carry(NamedTuple):
     pad_id: jax.Array  # fill after the end (constant)
 
 
+def _placed(carry: _Carry) -> _Carry:
+    """The carry's rows on the data axis, the cache's key/value heads on tp (with a mesh)."""
+    rows = {
+        f: constrain(getattr(carry, f), ("batch",) + (None,) * (getattr(carry, f).ndim - 1))
+        for f in ("last_B", "positions_B", "done_B", "tokens_BxN", "logprobs_BxN", "lengths_B")
+        + ("finished_B",)
+    }
+    cache = KVCache(*(constrain(x, CACHE_AXES) for x in carry.cache))
+    return carry._replace(cache=cache, **rows)
+
+
 def _record(carry: _Carry, step, tokens_B, logprobs_B) -> _Carry:
     """Write the tokens drawn at ``step`` for rows still running; update done/lengths."""
     live_B = ~carry.done_B
@@ -126,8 +143,15 @@ def _record(carry: _Carry, step, tokens_B, logprobs_B) -> _Carry:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "static", "num_samples"))
-def _prefill(
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "num_samples", "mesh"))
+def _prefill(graphdef, state, *args, static: Static, num_samples: int, mesh=None) -> _Carry:
+    with activation_sharding(mesh):
+        return _placed(
+            _prefill_body(graphdef, state, *args, static=static, num_samples=num_samples)
+        )
+
+
+def _prefill_body(
     graphdef,
     state,
     tokens_BxT,
@@ -178,8 +202,13 @@ def _prefill(
     return _record(carry, 0, tokens_B, logprobs_B)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2,))
-def _decode(
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "mesh"), donate_argnums=(2,))
+def _decode(graphdef, state, carry: _Carry, *args, static: Static, mesh=None) -> _Carry:
+    with activation_sharding(mesh):
+        return _decode_body(graphdef, state, carry, *args, static=static)
+
+
+def _decode_body(
     graphdef, state, carry: _Carry, kv_mask_BxS, row_keys_B, temperature, top_p, *, static: Static
 ) -> _Carry:
     model = nnx.merge(graphdef, state)
@@ -200,7 +229,7 @@ def _decode(
         tokens_B, logprobs_B = _draw(logits_Bx1xV[:, 0], keys_B, temperature, top_p, static)
         c = c._replace(cache=cache, positions_B=c.positions_B + 1)
         c = _record(c, c.step, tokens_B, logprobs_B)
-        return c._replace(step=c.step + 1)
+        return _placed(c._replace(step=c.step + 1))
 
     return jax.lax.while_loop(cond, body, carry)
 
@@ -248,15 +277,18 @@ def generate_from_state(
     temperature_ = jnp.float32(temperature if not static.greedy else 1.0)
     top_p_ = jnp.float32(top_p)
     consts = (eos_array(eos_token_id), np.int32(pad_token_id), keys_B, temperature_, top_p_)
+    mesh = mesh_of(state)
     carry = _prefill(
-        graphdef, state, tokens_BxT, mask_BxT, filler_B, *consts, static=static, num_samples=G
-    )
+        graphdef, state, tokens_BxT, mask_BxT, filler_B, *consts,
+        static=static, num_samples=G, mesh=mesh,
+    )  # fmt: skip
     source_B = np.minimum(np.arange(batch) // G, prompt_batch - 1)
     kv_mask_BxS = np.concatenate([mask_BxT, np.ones((prompt_batch, max_new_tokens), np.int32)], 1)
     kv_mask_BxS = kv_mask_BxS[source_B]
     carry = _decode(
-        graphdef, state, carry, kv_mask_BxS, keys_B, temperature_, top_p_, static=static
-    )
+        graphdef, state, carry, kv_mask_BxS, keys_B, temperature_, top_p_, static=static,
+        mesh=mesh,
+    )  # fmt: skip
     rows = (carry.tokens_BxN, carry.logprobs_BxN, carry.lengths_B, carry.finished_B)
     return GenerateOutput(*(x[:num_rows] for x in rows), steps=carry.step)  # filler dropped
 

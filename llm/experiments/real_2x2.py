@@ -129,6 +129,28 @@ def _mechanism(out: pathlib.Path, arm: str, seeds) -> dict[str, Any]:
     return summary
 
 
+def _answers(out: pathlib.Path, arm: str, seeds) -> dict[str, Any] | None:
+    """Not registered, exploratory: per evaluation step the seed mean of the share of sampled
+    test completions with no number at all (a format failure, not an arithmetic one) and of
+    the distinct answers among them (few: the policy says the same numbers whatever the
+    question). None when a run stored no answers."""
+    start = json.loads((out / "step0_answers_test.json").read_text())
+    per_seed = []
+    for seed in seeds:
+        path = out / "runs" / arm / f"seed{seed}" / "answers_test.json"
+        if not path.is_file():
+            return None
+        per_seed.append(start | json.loads(path.read_text()))
+    summary = {}
+    for step in sorted(per_seed[0], key=int):
+        flat = [[a for row in run[step]["sampled"] for a in row] for run in per_seed]
+        summary[step] = {
+            "no_number": float(np.mean([np.mean([a is None for a in f]) for f in flat])),
+            "distinct_answers": float(np.mean([len(set(f) - {None}) for f in flat])),
+        }
+    return summary
+
+
 def _level(values_SxN: np.ndarray) -> dict[str, Any]:
     t = real_report.t_over_seeds(values_SxN)
     return {"mean": float(values_SxN.mean()), "t_over_seeds": t}
@@ -146,6 +168,7 @@ def _arm_summary(out: pathlib.Path, arm: str, by_seed: dict[int, dict]) -> dict[
         "collapsed": collapse,
         "collapsed_count": int(sum(collapse.values())),
         "mechanism": _mechanism(out, arm, sorted(by_seed)),
+        "answers_exploratory": _answers(out, arm, sorted(by_seed)),
     }
 
 
@@ -222,6 +245,19 @@ def markdown(summary: dict[str, Any]) -> str:
             f"- {label} (seeds {c['seeds']}): mean@4 AUC {real_report.fmt(c[PRIMARY])} "
             f"(t interval {_verdict(t)}); greedy AUC {real_report.fmt(c['greedy_auc'])}"
         )
+    lines += [
+        "",
+        "Exploratory (not registered): sampled test completions with no number / distinct "
+        "answers among the 256, per evaluation step:",
+        "",
+    ]
+    for a in summary["arms"].values():
+        if a["answers_exploratory"]:
+            cells = ", ".join(
+                f"step {t}: {v['no_number']:.3f} / {v['distinct_answers']:.0f}"
+                for t, v in a["answers_exploratory"].items()
+            )
+            lines.append(f"- {a['label']}: {cells}")
     if "second_target" in summary:
         iv = summary["second_target"]
         lines += [

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm.models.activations import constrain
 from llm.models.config import ModelConfig
 from llm.models.lora import lora_delta
 
@@ -80,6 +81,7 @@ class MLP(nnx.Module):
         if self.config.mlp_bias:
             bias_2xF = jnp.stack([self.gate_bias[...], self.up_bias[...]]).astype(dt)
             gate_up_BxTx2xF = gate_up_BxTx2xF + bias_2xF
+        gate_up_BxTx2xF = constrain(gate_up_BxTx2xF, ("batch", "length", None, "mlp"))
         gate_BxTxF, up_BxTxF = gate_up_BxTx2xF[:, :, 0], gate_up_BxTx2xF[:, :, 1]
         gate_BxTxF = _plus_lora(self, "gate", x_BxTxD, gate_BxTxF, dt)
         up_BxTxF = _plus_lora(self, "up", x_BxTxD, up_BxTxF, dt)

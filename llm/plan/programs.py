@@ -37,6 +37,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llm import sampler
+from llm.models.activations import mesh_of
 from llm.models.config import ModelConfig
 from llm.models.lora import add_lora
 from llm.models.sharding import param_shardings
@@ -248,7 +249,8 @@ def sampler_shapes(cfg: TrainConfig, prompt_len: int) -> SamplerShapes:
 
 def compile_sampler(run: AbstractRun, cfg: TrainConfig, prompt_len: int) -> dict:
     """The sampler's ``prefill`` and ``decode`` compiled on the learner mesh (behaviour params
-    sharded like the trained ones; prompts, keys and masks replicated, as numpy inputs are)."""
+    sharded like the trained ones; prompts, keys and masks replicated, as numpy inputs are;
+    the cache and the rows placed by the sampler's constraints, `llm.sampler`)."""
     shapes = sampler_shapes(cfg, prompt_len)
     replicated = NamedSharding(run.mesh, PartitionSpec())
     top_p = cfg.top_p if cfg.temperature > 0 else 1.0
@@ -265,7 +267,7 @@ def compile_sampler(run: AbstractRun, cfg: TrainConfig, prompt_len: int) -> dict
     filler = rep((shapes.rows,), jnp.bool_)
     lowered = sampler._prefill.lower(
         run.graphdef, run.params, prompt, prompt, filler, eos, rep((), jnp.int32), keys_B,
-        *scalars, static=static, num_samples=cfg.samples_per_prompt,
+        *scalars, static=static, num_samples=cfg.samples_per_prompt, mesh=mesh_of(run.params),
     )  # fmt: skip
     prefill = _compiled(lowered)
     carry = jax.tree.map(
@@ -276,8 +278,15 @@ def compile_sampler(run: AbstractRun, cfg: TrainConfig, prompt_len: int) -> dict
     kv_mask = rep((shapes.rows, shapes.slots), jnp.int32)
     decode = _compiled(
         sampler._decode.lower(
-            run.graphdef, run.params, carry, kv_mask, keys_B, *scalars, static=static
-        )
+            run.graphdef,
+            run.params,
+            carry,
+            kv_mask,
+            keys_B,
+            *scalars,
+            static=static,
+            mesh=mesh_of(run.params),
+        )  # fmt: skip
     )
     cache = bytes_per_device(carry.cache)
     return {"prefill": prefill, "decode": decode, "shapes": shapes, "kv_cache": cache}

@@ -21,6 +21,10 @@ contract), so reordering and dropping rows changes no completion. The attention 
 keys in another order than the dense cache's softmax (`llm.ragged.attention`), so
 log-probs agree to float rounding and tokens are the same unless a draw falls within that
 rounding of a boundary (tests/llm/test_ragged.py compares them on every family).
+
+Sharding: on params placed on a mesh, the rows, both caches (prompt rows and history rows)
+and the outputs go on its data axis and the caches' key/value heads on its tensor axis, as
+in `llm.sampler` (`llm.models.activations`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llm.models.activations import CACHE_AXES, activation_sharding, constrain, mesh_of
 from llm.models.transformer import positions_from_mask
 from llm.padding import MIN_LENGTH_BUCKET, bucket_size, length_bucket, pad_prompts
 from llm.ragged.forward import (
@@ -71,6 +76,23 @@ class _Rows(NamedTuple):
     pad_id: jax.Array
 
 
+def _placed(rows: _Rows, prompt: PromptCache, history: HistoryCache):
+    """Rows, prompt entries and history rows on the data axis; kv heads on tp (with a mesh)."""
+    per_row = {
+        f: constrain(getattr(rows, f), ("batch",) + (None,) * (getattr(rows, f).ndim - 1))
+        for f in _Rows._fields
+        if f not in ("step", "eos_E", "pad_id")
+    }
+    prompt = PromptCache(
+        constrain(prompt.k, CACHE_AXES),
+        constrain(prompt.v, CACHE_AXES),
+        constrain(prompt.mask, ("batch", None)),
+        constrain(prompt.positions, ("batch", None)),
+    )
+    history = HistoryCache(*(constrain(x, CACHE_AXES) for x in history))
+    return rows._replace(**per_row), prompt, history
+
+
 def windows(max_new_tokens: int) -> list[int]:
     """The history windows: MIN_WINDOW doubled until max_new_tokens (the last is N)."""
     out, w = [], MIN_WINDOW
@@ -80,8 +102,16 @@ def windows(max_new_tokens: int) -> list[int]:
     return out + [max_new_tokens]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "static", "num_samples", "window"))
-def _start(
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "num_samples", "window", "mesh"))
+def _start(graphdef, state, *args, static, num_samples, window, mesh=None):
+    with activation_sharding(mesh):
+        rows, prompt, history, layers = _start_body(
+            graphdef, state, *args, static=static, num_samples=num_samples, window=window
+        )
+        return (*_placed(rows, prompt, history), layers)
+
+
+def _start_body(
     graphdef, state, tokens_PxT, mask_PxT, ids_B, filler_B, consts, *, static, num_samples, window
 ):
     eos_E, pad_id, keys_B, temperature, top_p = consts
@@ -112,8 +142,13 @@ def _start(
     return _record(rows, 0, tokens_B, logprobs_B), prompt, history, stack_layers(model)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "static"), donate_argnums=(2, 4))
-def _decode(
+@functools.partial(jax.jit, static_argnames=("graphdef", "static", "mesh"), donate_argnums=(2, 4))
+def _decode(graphdef, state, rows: _Rows, prompt, history, *args, static, mesh=None):
+    with activation_sharding(mesh):
+        return _decode_body(graphdef, state, rows, prompt, history, *args, static=static)
+
+
+def _decode_body(
     graphdef, state, rows: _Rows, prompt, history, layers, sampling, limit, stop_live, *, static
 ):
     """Decode until ``limit`` tokens are drawn, every row is done, or at most ``stop_live``
@@ -133,15 +168,21 @@ def _decode(
             logits_BxV, _step_keys(r.keys_B, r.step), temperature, top_p, static
         )
         r = _record(r._replace(positions_B=r.positions_B + 1), r.step, tokens_B, logprobs_B)
-        return r._replace(step=r.step + 1), h
+        r, _, h = _placed(r._replace(step=r.step + 1), prompt, h)
+        return r, h
 
     return jax.lax.while_loop(cond, body, (rows, history))
 
 
-@functools.partial(jax.jit, static_argnames=("rows", "group"))
-def _compact(r: _Rows, prompt: PromptCache, history: HistoryCache, *, rows: int, group: int):
+@functools.partial(jax.jit, static_argnames=("rows", "group", "mesh"))
+def _compact(r: _Rows, prompt: PromptCache, history: HistoryCache, *, rows: int, group: int, mesh):
     """The first ``rows`` rows by (live first, then original order); each keeps its prompt's
     keys (gathered: one prompt entry per row)."""
+    with activation_sharding(mesh):
+        return _placed(*_compact_rows(r, prompt, history, rows=rows, group=group))
+
+
+def _compact_rows(r: _Rows, prompt: PromptCache, history: HistoryCache, *, rows: int, group: int):
     keep_R = jnp.argsort(r.done_B, stable=True)[:rows]
     take = functools.partial(jnp.take, indices=keep_R, axis=0)
     per_row = {
@@ -158,10 +199,11 @@ def _compact(r: _Rows, prompt: PromptCache, history: HistoryCache, *, rows: int,
     return r._replace(**per_row), prompt, history
 
 
-@functools.partial(jax.jit, static_argnames=("window",))
-def _grow(history: HistoryCache, *, window: int) -> HistoryCache:
+@functools.partial(jax.jit, static_argnames=("window", "mesh"))
+def _grow(history: HistoryCache, *, window: int, mesh) -> HistoryCache:
     pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, window - x.shape[2]), (0, 0), (0, 0)))  # noqa: E731
-    return HistoryCache(*(pad(x) for x in history))
+    with activation_sharding(mesh):
+        return HistoryCache(*(constrain(pad(x), CACHE_AXES) for x in history))
 
 
 @jax.jit
@@ -181,7 +223,7 @@ def _schedule(r: _Rows, batch: int, min_rows: int) -> tuple[int, int, int]:
     return int(step), int(live), new_batch
 
 
-def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows):
+def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows, mesh):
     """Decode chunk after chunk (module docstring) until every row is done or N tokens are
     drawn; returns (outputs with every row put aside, the step reached)."""
     rows, prompt, history, layers = start
@@ -192,18 +234,20 @@ def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows):
         stop_live = batch // 2 if batch > min_rows else -1
         rows, history = _decode(
             graphdef, state, rows, prompt, history, layers, sampling, limit, stop_live,
-            static=static,
+            static=static, mesh=mesh,
         )  # fmt: skip
         step, live, new_batch = _schedule(rows, batch, min_rows)
         if step >= N or live == 0:
             return _put_aside(out, rows), step
         if new_batch < batch:
             out = _put_aside(out, rows)
-            rows, prompt, history = _compact(rows, prompt, history, rows=new_batch, group=group)
+            rows, prompt, history = _compact(
+                rows, prompt, history, rows=new_batch, group=group, mesh=mesh
+            )
             batch, group = new_batch, 1
         if step == limit and limit == window_list[window] + 1:
             window += 1
-            history = _grow(history, window=window_list[window])
+            history = _grow(history, window=window_list[window], mesh=mesh)
 
 
 def generate_ragged(
@@ -238,9 +282,10 @@ def generate_ragged(
     ids_B = np.minimum(np.arange(prompt_batch * G), num_rows).astype(np.int32)
     sampling = (jnp.float32(temperature if not static.greedy else 1.0), jnp.float32(top_p))
     consts = (eos_array(eos_token_id), np.int32(pad_token_id), keys_B, *sampling)
+    mesh = mesh_of(state)
     start = _start(
         graphdef, state, tokens_PxT, mask_PxT, ids_B, ids_B == num_rows, consts,
-        static=static, num_samples=G, window=windows(N)[0],
+        static=static, num_samples=G, window=windows(N)[0], mesh=mesh,
     )  # fmt: skip
     out = (
         jnp.full((num_rows + 1, N), pad_token_id, jnp.int32),  # + 1: the filler rows' sink
@@ -250,7 +295,7 @@ def generate_ragged(
     )
     out, step = _chunks(
         graphdef, state, start, sampling, out,
-        static=static, group=G, min_rows=max(1, int(min_batch_bucket)),
+        static=static, group=G, min_rows=max(1, int(min_batch_bucket)), mesh=mesh,
     )  # fmt: skip
     tokens, logprobs, lengths, finished = (x[:num_rows] for x in out)
     return GenerateOutput(tokens, logprobs, lengths, finished, steps=jnp.int32(step))

@@ -28,7 +28,10 @@ merged inside ``jit`` (``frozen`` is read, never donated or copied).
 
 Sharding: with a mesh, the step is ``jax.jit`` with ``in_shardings``/``out_shardings`` (what
 older JAX called pjit): params, optimizer state and behaviour params follow the rule table of
-``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis).
+``llm.models.sharding``, the batch is split along its row axis over "fsdp" (the data axis),
+padded when fsdp does not divide it (`llm.rl.batch.padded_rows`), and the model's
+activations are constrained by their logical axes (`llm.models.activations`: rows on
+fsdp, heads and MLP columns on tp).
 
 `step_functions` keeps the last ``COMPILED_STEPS`` bundles (``functools.lru_cache`` keyed on
 graphdef, loss, static options and placement), so a second run in one process with an equal
@@ -46,6 +49,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from llm.models.activations import under_mesh
 from llm.rl.batch import Batch, padded_rows, prompts_per_micro_batch
 from llm.rl.logprobs import MODEL_SCORING, Scoring, completion_scores
 from llm.rl.losses import AsymRE, broadcast_advantages, step_weights
@@ -353,13 +357,13 @@ def _sharded_functions(tx, step, score_fn, placement: _Placement) -> StepFunctio
         tx=tx,
         init_opt=jax.jit(tx.init, in_shardings=(param_shardings,), out_shardings=opt_shardings),
         step=jax.jit(
-            step,
+            under_mesh(mesh, step),
             in_shardings=(param_shardings, opt_shardings, batch_sh, replicated, frozen_shardings),
             out_shardings=(param_shardings, opt_shardings, replicated),
             donate_argnums=(0, 1),
         ),
         score=jax.jit(
-            score_fn,
+            under_mesh(mesh, score_fn),
             in_shardings=(param_shardings, batch_sh, frozen_shardings),
             out_shardings=data,
         ),

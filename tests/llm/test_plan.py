@@ -89,10 +89,10 @@ def test_plan_bytes_match_the_hand_count(tiny_plan):
     queries = math.ceil((2 * length_bucket(16) + 8 * 7) / 2)
     expected = counts.activation_bytes(config, queries, length_bucket(16) + 8, "none", 4)
     assert plan["activation_bytes_per_device"] == expected["peak"]
-    # the sampler's cache [L, B', S, K, Dh] x (k, v): rows replicated, kv heads split over tp
+    # the sampler's cache [L, B', S, K, Dh] x (k, v): rows over fsdp, kv heads over tp
     B, S = 8, 16 + 8
     whole = 2 * config.num_hidden_layers * B * S * config.num_key_value_heads * config.head_dim * 4
-    assert plan["kv_cache_bytes_per_device"] == whole / 2
+    assert plan["kv_cache_bytes_per_device"] == whole / 4
     assert plan["peak_bytes_per_device"] >= 3 * params + plan["kv_cache_bytes_per_device"]
     assert set(plan["roofline"]) == set(ACCELERATORS)
     for chip in plan["roofline"].values():

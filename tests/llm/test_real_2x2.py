@@ -69,11 +69,15 @@ def _fake_run(out, arm, seed, level, rng):
     ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run_dir / "seconds.json").write_text("10.0")
+    answers = {str(t): {"sampled": [["7", None, "7", "8"]] * 64} for t in (5, 10, 15)}
+    (run_dir / "answers_test.json").write_text(json.dumps(answers))
 
 
 def test_report_by_the_registered_analysis(tmp_path):
     _choice(tmp_path / "task_choice_32.json", "t")
     assert real_2x2.report(tmp_path) is None  # nothing finished yet
+    step0 = {"0": {"sampled": [[None, None, "3", "4"]] * 64}}
+    (tmp_path / "step0_answers_test.json").write_text(json.dumps(step0))
     rng = np.random.default_rng(0)
     for arm, seed in real_2x2.schedule()[:10]:  # a cut-off after 10 runs
         _fake_run(tmp_path, arm, seed, 0.8 if "+0.10_N4" in arm else 0.4, rng)
@@ -91,6 +95,9 @@ def test_report_by_the_registered_analysis(tmp_path):
         "mean"
     ] == pytest.approx(0.0)
     assert (tmp_path / "summary.md").read_text().count("| AsymRE") == 4
+    answers = stale["answers_exploratory"]
+    assert answers["0"] == {"no_number": 0.5, "distinct_answers": 2.0}
+    assert answers["15"] == {"no_number": 0.25, "distinct_answers": 2.0}
     assert (tmp_path / "curves.png").is_file()
 
 
