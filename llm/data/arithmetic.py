@@ -38,6 +38,19 @@ def _evaluate(operands: Sequence[int], operators: Sequence[str]) -> int:
     return total
 
 
+def _check_operand_range(operand_range) -> None:
+    if operand_range is not None and not (
+        isinstance(operand_range, (tuple, list))
+        and len(operand_range) == 2
+        and all(isinstance(v, int) for v in operand_range)
+        and 0 <= operand_range[0] <= operand_range[1]
+    ):
+        raise ValueError(
+            f"operand_range must be None or (lo, hi), two ints, 0 <= lo <= hi, "
+            f"got {operand_range!r}"
+        )
+
+
 def make_arithmetic_examples(
     num_examples: int,
     *,
@@ -70,16 +83,7 @@ def make_arithmetic_examples(
         raise ValueError(
             f"operators must be a non-empty subset of {_OPERATORS!r}, got {operators!r}"
         )
-    if operand_range is not None and not (
-        isinstance(operand_range, (tuple, list))
-        and len(operand_range) == 2
-        and all(isinstance(v, int) for v in operand_range)
-        and 0 <= operand_range[0] <= operand_range[1]
-    ):
-        raise ValueError(
-            f"operand_range must be None or (lo, hi), two ints, 0 <= lo <= hi, "
-            f"got {operand_range!r}"
-        )
+    _check_operand_range(operand_range)
     rng = np.random.default_rng(seed)
     examples = []
     while len(examples) < num_examples:

@@ -127,7 +127,10 @@ def test_the_damage_is_named_and_the_run_can_save_that_step_again(copy_of_run, c
     cfg = _cfg(model_path, out, resume=True)
     with caplog.at_level(logging.WARNING, logger="llm.train"):
         _, state = train(cfg, return_state=True)
-    assert "Data corruption detected" in caplog.records[0].getMessage()  # the root cause
+    # the root cause: a checksum or, when a flipped byte lands in a frame header (the data
+    # file's layout varies from run to run), the decompressor names the damaged bytes
+    message = caplog.records[0].getMessage()
+    assert "Data corruption detected" in message or "ZSTD_decompressStream() failed" in message
     setup, _ = init_run(cfg)
     ckpt = Checkpointer(out / "checkpoints")
     save_state(ckpt, state._replace(step=2), config=cfg.to_dict(), finite=True, split=setup.split)

@@ -19,7 +19,7 @@ from llm.ragged import generate_ragged
 from llm.sampler import generate_from_state
 
 PROMPTS = [[5, 9, 13], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
-ARGS = dict(max_new_tokens=40, eos_token_id=list(range(1, 11)), num_samples=4)
+ARGS = dict(max_new_tokens=24, eos_token_id=list(range(1, 11)), num_samples=4)
 ROWS = ("fsdp",)
 CACHE = (None, "fsdp", None, "tp")  # [L, B, S, K, Dh]
 
