@@ -1,6 +1,8 @@
 """The real-model 2 x 2's registered pieces: schedule, task rule, collapse rule, the report."""
 
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -108,3 +110,29 @@ def test_cli_errors_name_the_flag_or_the_missing_choice(tmp_path, capsys):
     with pytest.raises(SystemExit):
         real_2x2.main(["--out", str(tmp_path), "--report-only"])
     assert "error: no eligible task" in capsys.readouterr().err
+
+
+COMMITTED = pathlib.Path(__file__).resolve().parents[2] / "results/smollm2_arith/two_by_two"
+
+
+@pytest.mark.skipif(not (COMMITTED / "summary.json").is_file(), reason="no committed 2x2 yet")
+def test_committed_summary_is_recomputed_from_the_committed_runs(tmp_path):
+    """Every number of the committed summary comes back from the committed per-run files."""
+    copy = tmp_path / "two_by_two"
+    shutil.copytree(COMMITTED, copy)
+    committed = json.loads((COMMITTED / "summary.json").read_text())
+    recomputed = json.loads(json.dumps(real_2x2.report(copy), default=float))
+    assert recomputed["arms"].keys() == committed["arms"].keys()
+    for part in ("arms", "contrasts", "second_target", "task"):
+        assert _rounded(recomputed.get(part)) == _rounded(committed.get(part)), part
+
+
+def _rounded(x):
+    """JSON-like ``x`` with every float rounded to 9 significant digits (NaN kept equal)."""
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    if isinstance(x, float):
+        return "nan" if x != x else float(f"{x:.9g}")
+    return x
