@@ -95,6 +95,6 @@ def under_mesh(mesh, fn):
             return fn(*args, **kwargs)
 
     # a partial has no name: keep the function's, which names the compiled program
-    name = getattr(fn, "__name__", None) or getattr(fn.func, "__name__", "traced")
+    name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "traced")
     traced.__name__ = traced.__qualname__ = name
     return traced
