@@ -27,15 +27,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from llm.data.arithmetic import as_questions as as_questions  # re-exported
-from llm.data.rewards import extract_answer
-from llm.data.verifiable import correctness
 from llm.experiments import offpolicy_sweep as sweep
 from llm.experiments.presets import PRESETS, RunSpec
-from llm.rl.evaluation import sample_completions
 from llm.rl.state import make_setup
 
 __all__ = ["CANDIDATES", "CANDIDATES_2X2", "as_questions", "choose", "eligible", "measure"]
@@ -69,15 +65,11 @@ def choose(scores: dict[str, dict[str, float]], k: int) -> str | None:
     return max(ok, key=ok.get) if ok else None
 
 
-def _answers(examples, texts, hits) -> list[dict]:
+def _answers(examples, extracted, hits) -> list[dict]:
     """Per problem: the reference and, per completion, the extracted answer and its hit."""
     return [
-        {
-            "answer": ex.answer,
-            "extracted": [extract_answer(t) for t in row],
-            "hit": [bool(h) for h in hit_row],
-        }
-        for ex, row, hit_row in zip(examples, texts, hits, strict=True)
+        {"answer": ex.answer, "extracted": list(row), "hit": [bool(h) for h in hit_row]}
+        for ex, row, hit_row in zip(examples, extracted, hits, strict=True)
     ]
 
 
@@ -89,31 +81,13 @@ def measure(
     spec = RunSpec("step0", "", "asymre", -0.1, 1)
     cfg = sweep.train_config(preset, sweep.model_folder(preset), spec, 0, 1e-4, "/tmp/unused")
     setup, params = make_setup(cfg)
-    is_correct = correctness(setup.reward_fn)
     scores, stored = {}, {}
     for name, task in candidates.items():
         t = time.perf_counter()
         val = sweep.make_splits(dataclasses.replace(preset, task=task))["sft_val"][:num_problems]
-        common = dict(renderer=setup.renderer, reward_fn=setup.reward_fn, chunk=512)
-        greedy_r, greedy_txt = sample_completions(
-            setup.graphdef,
-            params,
-            val,
-            num_samples=1,
-            key=None,
-            sampling=setup.sampling._replace(temperature=0.0),
-            **common,
-        )
-        sampled_r, sampled_txt = sample_completions(
-            setup.graphdef,
-            params,
-            val,
-            num_samples=k,
-            key=jax.random.key(preset.eval_seed),
-            sampling=setup.sampling,
-            **common,
-        )
-        greedy, sampled = is_correct(greedy_r[:, 0]), is_correct(sampled_r)
+        greedy, sampled, greedy_answers, sampled_answers = sweep.answer_scorer(
+            preset, setup, val, samples=k
+        )(params)
         scores[name] = {
             "task": task,
             "num_problems": len(val),
@@ -124,12 +98,13 @@ def measure(
         }
         if answers:
             stored[name] = {
-                "greedy": _answers(val, greedy_txt, greedy[:, None]),
-                "sampled": _answers(val, sampled_txt, sampled),
+                "greedy": _answers(val, [[a] for a in greedy_answers], greedy[:, None]),
+                "sampled": _answers(val, sampled_answers, sampled),
             }
         print(name, {a: b for a, b in scores[name].items() if a != "task"}, flush=True)
     result = {"split": "sft_val (validation)", "k": k, "scores": scores}
-    return result | {"chosen": choose(scores, k)} | ({"answers": stored} if answers else {})
+    result |= {"chosen": choose(scores, k)}
+    return result | ({"answers": stored} if answers else {})
 
 
 def main(argv: Sequence[str] | None = None) -> None:

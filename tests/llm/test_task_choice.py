@@ -47,7 +47,7 @@ def test_add_0to19_candidate_has_210_problems_and_disjoint_splits():
 def test_stored_answers_keep_extraction_and_hit():
     from llm.experiments.task_choice import _answers
 
-    (row,) = _answers([Example("What is 2 + 3?", "5")], [["5", "it is 6", "none"]], [[1, 0, 0]])
+    (row,) = _answers([Example("What is 2 + 3?", "5")], [["5", "6", None]], [[1, 0, 0]])
     assert row == {"answer": "5", "extracted": ["5", "6", None], "hit": [True, False, False]}
 
 
