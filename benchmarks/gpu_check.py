@@ -17,6 +17,10 @@ JSON file:
   card gets the achieved TFLOP/s only.
 * ``decode``: ``llm.generate`` tokens/s of the same shape with bfloat16 weights, batch and
   lengths sized by the card's memory, sampled at temperature 1, no EOS stop.
+* ``engine``: the ragged rollout engine against the dense one (``gpu_check_engine``), same
+  keys, on the same shape with bfloat16 weights: 16 ragged prompts x 8 samples, up to 512
+  new tokens, lengths made ragged by an EOS set (the JSON holds tokens/s of each, their
+  ratio ``ragged_over_dense``, first-call times and the fraction of rows drawn alike).
 * ``rl_step``: ``bench_rl.bench_ours`` (``llm.rl.step.rl_step``, with its rollout / reward /
   update / host-overhead split) on the ~5M "small" checkpoint, and under ``pipelined``
   ``bench_rl.bench_pipelined``: ``train()``'s loop synchronous vs ``pipeline_depth`` 2 in
@@ -80,9 +84,9 @@ PEAK_BF16 = (
     ("L40", 181e12),
     ("L4", 121e12),
 )
-SECTIONS = ("mfu", "decode", "rl_step", "rl_real", "tests")
+SECTIONS = ("mfu", "decode", "engine", "rl_step", "rl_real", "tests")
 # a section starts only with this much of --budget-s left (the shell kills at 480 s)
-MIN_SECONDS = {"mfu": 1, "decode": 1, "rl_step": 1, "rl_real": 120, "tests": 30}
+MIN_SECONDS = {"mfu": 1, "decode": 1, "engine": 90, "rl_step": 1, "rl_real": 120, "tests": 30}
 TESTS = [
     "tests/llm/test_model_parity.py",
     "tests/llm/test_sampler.py",
@@ -172,6 +176,7 @@ def plan(smoke: bool, memory_bytes) -> dict:
             "size": "toy",
             "mfu": (2, 16, 8),
             "decode": (2, 8, 4),
+            "engine": ("toy", 2, 2, 8, 8, 1),
             "rl": ("toy", 2, 2, 4, 2),
             "rl_real": dict(steps=2, prompts=2, samples=2, new_tokens=4, refresh_every=2),
             "repeats": 1,
@@ -183,6 +188,7 @@ def plan(smoke: bool, memory_bytes) -> dict:
         "size": "0.5b",
         "mfu": mfu,
         "decode": decode,
+        "engine": ("0.5b", 16, 8, 256, 512, 2),
         "rl": ("small", 16, 8, 64, 5),
         "rl_real": dict(steps=8, prompts=8, samples=8, new_tokens=16, refresh_every=4),
         "repeats": 5,
@@ -285,11 +291,13 @@ def main(argv=None) -> int:
     def elapsed():
         return time.perf_counter() - start
 
+    from gpu_check_engine import bench_engines
     from gpu_check_speed import bench_decode, bench_mfu_both
 
     runners = {
         "mfu": lambda: bench_mfu_both(p["size"], *p["mfu"], p["repeats"], peak),
         "decode": lambda: bench_decode(p["size"], *p["decode"], p["repeats"]),
+        "engine": lambda: bench_engines(*p["engine"]),
         "rl_step": lambda: bench_rl_step(*p["rl"]),
         "rl_real": lambda: rl_real_section(args.model_dir, args.cpu_smoke, p["rl_real"]),
         "tests": lambda: (

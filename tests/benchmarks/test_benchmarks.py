@@ -151,7 +151,7 @@ def test_bench_rl_bad_flags_give_one_error_line(flags, message):
     assert message in proc.stderr
 
 
-SECTIONS = ["mfu", "decode", "rl_step", "rl_real", "tests"]
+SECTIONS = ["mfu", "decode", "engine", "rl_step", "rl_real", "tests"]
 
 
 @pytest.mark.slow
@@ -173,6 +173,12 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     assert "NVIDIA GPU" in result["mfu"]["cudnn"]["skipped"]  # cudn_unmet's reason
     assert "cudnn_speedup" not in result["mfu"]
     assert result["decode"]["tokens_per_s"] > 0
+    engine = result["engine"]
+    assert engine["dense"]["tokens_per_s"] > 0 and engine["ragged"]["tokens_per_s"] > 0
+    assert engine["ragged_over_dense"] == pytest.approx(
+        engine["ragged"]["tokens_per_s"] / engine["dense"]["tokens_per_s"]
+    )
+    assert 0 <= engine["same_tokens"] <= 1
     assert 0 <= result["rl_step"]["host_overhead_fraction"] < 1
     piped = result["rl_step"]["pipelined"]
     assert piped["depth"] == 2 and piped["sync"]["step_s_median"] > 0
@@ -186,7 +192,7 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     summary = {row["section"]: row for row in result["summary"]}
     assert [row["section"] for row in result["summary"]] == SECTIONS
     assert {k: row["status"] for k, row in summary.items()} == {
-        "mfu": "ok", "decode": "ok", "rl_step": "ok", "rl_real": "skipped", "tests": "skipped"
+        "mfu": "ok", "decode": "ok", "engine": "ok", "rl_step": "ok", "rl_real": "skipped", "tests": "skipped"
     }  # fmt: skip
     assert summary["rl_real"]["headline"] == result["rl_real"]["skipped"]
     # the printed table: a header line, then one line per section, last before "wrote"
