@@ -13,7 +13,10 @@ Per engine: ``first_call_s`` (compilation included), the median of ``repeats`` s
 completion tokens/s (EOS included) and the mean length. The steady calls repeat the first
 call's key: with another key the ragged engine may shrink its batch at other steps and
 compile a bucket the first call did not reach (a one-time cost, counted in neither number).
-Then ``ragged_over_dense`` (tokens/s ratio, > 1: the ragged engine is faster) and
+The ragged engine runs twice: with its einsum attention (``ragged``) and on Pallas's GPU
+decode kernel (``ragged_kernels``, `llm.ragged.kernel_attention`; an error there is recorded
+in its entry). Then ``ragged_over_dense`` (tokens/s ratio, > 1: the ragged engine is faster),
+``kernels_over_ragged`` (the kernel's gain) and
 ``same_tokens``, the fraction of rows whose tokens equal the dense engine's (in float32 the
 engines draw the same rows; in bfloat16 the two attentions add keys in another order and
 round apart, so rows part where a draw sits near a CDF boundary: 31% alike on a CPU at
@@ -22,6 +25,7 @@ round apart, so rows part where a draw sits near a CDF boundary: 31% alike on a 
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -43,7 +47,11 @@ def _engine(name: str, graphdef, state, prompts, G: int, N: int, eos, repeats: i
     from llm.ragged import generate_ragged
     from llm.sampler import generate_from_state
 
-    fn = generate_ragged if name == "ragged" else generate_from_state
+    fn = {
+        "dense": generate_from_state,
+        "ragged": generate_ragged,
+        "ragged_kernels": functools.partial(generate_ragged, decode_kernels=True),
+    }[name]
     times, out = [], None
     for _ in range(1 + repeats):
         start = time.perf_counter()
@@ -66,7 +74,6 @@ def _engine(name: str, graphdef, state, prompts, G: int, N: int, eos, repeats: i
 
 def bench_engines(size: str, P: int, G: int, T: int, N: int, repeats: int, eos_every: int = 64):
     """The section's JSON: settings, one entry per engine, their ratio and token agreement."""
-    import numpy as np
     from flax import nnx
     from gpu_check_speed import _model
 
@@ -82,14 +89,26 @@ def bench_engines(size: str, P: int, G: int, T: int, N: int, repeats: int, eos_e
     }  # fmt: skip
     for name in ("dense", "ragged"):
         out[name] = _engine(name, graphdef, state, prompts, G, N, eos, repeats)
-    dense, ragged = out["dense"], out["ragged"]
-    out["ragged_over_dense"] = ragged["tokens_per_s"] / dense["tokens_per_s"]
-    same = [
-        np.array_equal(a[:n], b[:m]) and n == m
-        for a, b, n, m in zip(
-            ragged.pop("_tokens"), dense.pop("_tokens"),
-            ragged.pop("_lengths"), dense.pop("_lengths"), strict=True,
+    try:  # a kernel that fails to compile must not hide the einsum engines' numbers
+        out["ragged_kernels"] = _engine(
+            "ragged_kernels", graphdef, state, prompts, G, N, eos, repeats
         )
-    ]  # fmt: skip
-    out["same_tokens"] = float(np.mean(same))
+    except Exception as err:
+        out["ragged_kernels"] = {"error": f"{type(err).__name__}: {err}"[:2000]}
+    dense, ragged, kernels = out["dense"], out["ragged"], out["ragged_kernels"]
+    out["ragged_over_dense"] = ragged["tokens_per_s"] / dense["tokens_per_s"]
+    out["same_tokens"] = _same_rows(ragged, dense)
+    if "error" not in kernels:
+        out["kernels_over_ragged"] = kernels["tokens_per_s"] / ragged["tokens_per_s"]
+        out["kernels_same_tokens"] = _same_rows(kernels, ragged)
+    for part in (dense, ragged, kernels):
+        part.pop("_tokens", None), part.pop("_lengths", None)
     return out
+
+
+def _same_rows(a: dict, b: dict) -> float:
+    """The fraction of rows with the same length and tokens in ``a`` and ``b``."""
+    import numpy as np
+
+    pairs = zip(a["_tokens"], b["_tokens"], a["_lengths"], b["_lengths"], strict=True)
+    return float(np.mean([n == m and np.array_equal(x[:n], y[:m]) for x, y, n, m in pairs]))

@@ -57,7 +57,8 @@ HEADLINES = {
     "decode": lambda e: f"{e['tokens_per_s']:.0f} tokens/s (batch {e['batch']})",
     "engine": lambda e: (
         f"ragged {e['ragged']['tokens_per_s']:.0f} tok/s, dense {e['dense']['tokens_per_s']:.0f}"
-        f" ({e['ragged_over_dense']:.2f}x); same rows {e['same_tokens']:.0%}"
+        f" ({e['ragged_over_dense']:.2f}x); kernels "
+        + (f"{e['kernels_over_ragged']:.2f}x ragged" if "kernels_over_ragged" in e else "failed")
     ),
     "rl_step": lambda e: (
         f"{e['step_s_median']:.3f} s/step, host overhead {e['host_overhead_fraction']:.0%}; "

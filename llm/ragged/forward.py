@@ -19,6 +19,7 @@ from flax import nnx
 from llm.models.families import FULL, SLIDING
 from llm.models.transformer import init_cache
 from llm.ragged.attention import history_visibility, prompt_visibility, shared_prompt_attention
+from llm.ragged.kernel_attention import kernel_attention
 
 _F32 = jnp.float32
 
@@ -98,20 +99,23 @@ def _pick(sliding, by_kind: dict):
 
 def decode_logits(
     model, layers: Layers, tokens_B, positions_B, prompt: PromptCache, history: HistoryCache,
-    written,
+    written, kernels: bool = False,
 ):  # fmt: skip
     """(logits [B, V] float32 of the next token, the history with the fed tokens written).
 
     ``tokens_B`` are fed at ``positions_B``; they are completion token ``written`` (a traced
     int32 scalar, the same for every row: rows advance together) and go to history slot
     ``written`` of every layer. The layers run as one ``lax.scan`` (compiled once, not L
-    times); their new keys and values are written after it, in place.
+    times); their new keys and values are written after it, in place. ``kernels``: the
+    attention on Pallas kernels (`llm.ragged.kernel_attention`) when the model has no
+    sliding-window layer.
     """
     cfg = model.config
     x_Bx1xD = model.embed_tokens(tokens_B[:, None])
     ropes = model.rope_by_kind(positions_B[:, None])
     ropes = {False: ropes[FULL], True: ropes[SLIDING]}
     visible = _visibility(cfg, prompt, positions_B, written, history.k.shape[2])
+    use_kernels = kernels and True not in visible  # the kernels have no sliding window
 
     def layer(x_Bx1xD, xs):
         params, sliding, prompt_k, prompt_v, history_k, history_v = xs
@@ -121,6 +125,12 @@ def decode_logits(
 
         def attention(attn, n_Bx1xD):
             q, k, v = attn.project(n_Bx1xD, cos, sin)
+            if use_kernels:
+                out_BxHxE = kernel_attention(
+                    q[:, 0], prompt_k, prompt_v, prompt.mask, history_k, history_v, written,
+                    k[:, 0], v[:, 0], scale=cfg.attention_scale,
+                )  # fmt: skip
+                return attn.output(out_BxHxE[:, None]), (k, v)
             out_BxHxE = shared_prompt_attention(
                 q[:, 0], prompt_k, prompt_v, prompt_vis, history_k, history_v, history_vis,
                 k[:, 0], v[:, 0], scale=cfg.attention_scale,

@@ -22,6 +22,11 @@ keys in another order than the dense cache's softmax (`llm.ragged.attention`), s
 log-probs agree to float rounding and tokens are the same unless a draw falls within that
 rounding of a boundary (tests/llm/test_ragged.py compares them on every family).
 
+GPU kernels. ``decode_kernels=True`` runs the decode attention on Pallas's GPU decode
+kernel (`llm.ragged.kernel_attention`: the history part skips the unwritten blocks), for
+models without sliding-window layers; off a GPU the kernel runs in interpret mode (slow:
+for tests). The draws are those of the einsum attention up to float rounding.
+
 Sharding: on params placed on a mesh, the rows, both caches (prompt rows and history rows)
 and the outputs go on its data axis and the caches' key/value heads on its tensor axis, as
 in `llm.sampler` (`llm.models.activations`).
@@ -142,15 +147,20 @@ def _start_body(
     return _record(rows, 0, tokens_B, logprobs_B), prompt, history, stack_layers(model)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "static", "mesh"), donate_argnums=(2, 4))
-def _decode(graphdef, state, rows: _Rows, prompt, history, *args, static, mesh=None):
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "static", "mesh", "kernels"), donate_argnums=(2, 4)
+)
+def _decode(graphdef, state, rows: _Rows, prompt, history, *args, static, mesh=None, kernels=False):
     with activation_sharding(mesh):
-        return _decode_body(graphdef, state, rows, prompt, history, *args, static=static)
+        return _decode_body(
+            graphdef, state, rows, prompt, history, *args, static=static, kernels=kernels
+        )
 
 
 def _decode_body(
-    graphdef, state, rows: _Rows, prompt, history, layers, sampling, limit, stop_live, *, static
-):
+    graphdef, state, rows: _Rows, prompt, history, layers, sampling, limit, stop_live, *, static,
+    kernels=False,
+):  # fmt: skip
     """Decode until ``limit`` tokens are drawn, every row is done, or at most ``stop_live``
     rows are live."""
     temperature, top_p = sampling
@@ -163,7 +173,9 @@ def _decode_body(
 
     def body(carry):
         r, h = carry
-        logits_BxV, h = decode_logits(model, layers, r.last_B, r.positions_B, prompt, h, r.step - 1)
+        logits_BxV, h = decode_logits(
+            model, layers, r.last_B, r.positions_B, prompt, h, r.step - 1, kernels
+        )
         tokens_B, logprobs_B = _draw(
             logits_BxV, _step_keys(r.keys_B, r.step), temperature, top_p, static
         )
@@ -223,7 +235,7 @@ def _schedule(r: _Rows, batch: int, min_rows: int) -> tuple[int, int, int]:
     return int(step), int(live), new_batch
 
 
-def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows, mesh):
+def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows, mesh, kernels):
     """Decode chunk after chunk (module docstring) until every row is done or N tokens are
     drawn; returns (outputs with every row put aside, the step reached)."""
     rows, prompt, history, layers = start
@@ -234,7 +246,7 @@ def _chunks(graphdef, state, start, sampling, out, *, static, group, min_rows, m
         stop_live = batch // 2 if batch > min_rows else -1
         rows, history = _decode(
             graphdef, state, rows, prompt, history, layers, sampling, limit, stop_live,
-            static=static, mesh=mesh,
+            static=static, mesh=mesh, kernels=kernels,
         )  # fmt: skip
         step, live, new_batch = _schedule(rows, batch, min_rows)
         if step >= N or live == 0:
@@ -267,8 +279,10 @@ def generate_ragged(
     min_length_bucket: int = MIN_LENGTH_BUCKET,
     num_samples: int = 1,
     row_keys: jax.Array | None = None,
+    decode_kernels: bool = False,
 ) -> GenerateOutput:
-    """`llm.sampler.generate_from_state`'s call and output, decoded as the module says."""
+    """`llm.sampler.generate_from_state`'s call and output, decoded as the module says
+    (``decode_kernels``: the attention on Pallas GPU kernels)."""
     config = nnx.merge(graphdef, state).config
     sampling_args = (temperature, top_p, top_k, pad_token_id, cache_dtype)
     prompts, static, G = checked_call(config, prompts, num_samples, max_new_tokens, *sampling_args)
@@ -296,6 +310,7 @@ def generate_ragged(
     out, step = _chunks(
         graphdef, state, start, sampling, out,
         static=static, group=G, min_rows=max(1, int(min_batch_bucket)), mesh=mesh,
+        kernels=bool(decode_kernels),
     )  # fmt: skip
     tokens, logprobs, lengths, finished = (x[:num_rows] for x in out)
     return GenerateOutput(tokens, logprobs, lengths, finished, steps=jnp.int32(step))

@@ -226,7 +226,8 @@ class TrainConfig:
     rollout_engine: str = _rollout(
         "dense",
         "what samples rollouts (llm.rl.engine; dense: the KV-cache sampler; ragged: the same "
-        "draws, shared prompt cache, cost of the live tokens).",
+        "draws, shared prompt cache, cost of the live tokens; ragged-kernels: ragged with its "
+        "decode attention on Pallas GPU kernels).",
         choices=tuple(ENGINES),
     )
     learner_distribution: str = _loss(

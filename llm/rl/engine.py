@@ -20,7 +20,9 @@ an engine may reorder, compact or refill rows freely (DESIGN.md, Rollout engines
 learner's devices or on ``rollout_devices`` of its own (`llm.rl.rollout_devices`).
 `RaggedEngine` (``rollout_engine: ragged``) draws the same completions with `llm.ragged`:
 one prompt cache shared by its G rows, attention over the written slots only, and a batch
-that shrinks to its live rows; its cost follows the live tokens, not the longest row. Another
+that shrinks to its live rows; its cost follows the live tokens, not the longest row.
+`RaggedKernelEngine` (``rollout_engine: ragged-kernels``) is the ragged engine with its decode
+attention on Pallas's GPU decode kernel (`llm.ragged.kernel_attention`). Another
 engine plugs in through ``ENGINES`` (a name for the config) or ``init_run(cfg,
 engine=factory)``, a factory called with the `EngineContext` of the run.
 
@@ -37,6 +39,7 @@ top-p, which is what the trainer's ratios and drift metrics divide by) and puts 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -138,9 +141,19 @@ class RaggedEngine(DenseEngine):
     sampler = staticmethod(generate_ragged)
 
 
+@dataclasses.dataclass(frozen=True)
+class RaggedKernelEngine(DenseEngine):
+    """The ragged engine with its decode attention on Pallas's GPU kernel
+    (`llm.ragged.kernel_attention`; interpret mode off a GPU, slow): the draws of the ragged
+    engine up to float rounding."""
+
+    sampler = staticmethod(functools.partial(generate_ragged, decode_kernels=True))
+
+
 ENGINES: dict[str, Callable[[EngineContext], RolloutEngine]] = {
     "dense": DenseEngine.from_context,
     "ragged": RaggedEngine.from_context,
+    "ragged-kernels": RaggedKernelEngine.from_context,
 }
 
 

@@ -178,7 +178,10 @@ def test_gpu_check_cpu_smoke_writes_every_section(tmp_path):
     assert engine["ragged_over_dense"] == pytest.approx(
         engine["ragged"]["tokens_per_s"] / engine["dense"]["tokens_per_s"]
     )
-    assert 0 <= engine["same_tokens"] <= 1
+    assert 0 <= engine["same_tokens"] <= 1 and 0 <= engine["kernels_same_tokens"] <= 1
+    assert engine["kernels_over_ragged"] == pytest.approx(
+        engine["ragged_kernels"]["tokens_per_s"] / engine["ragged"]["tokens_per_s"]
+    )
     assert 0 <= result["rl_step"]["host_overhead_fraction"] < 1
     piped = result["rl_step"]["pipelined"]
     assert piped["depth"] == 2 and piped["sync"]["step_s_median"] > 0
