@@ -11,18 +11,24 @@ Per shape ``PxGxN`` (``--shapes``) and engine (``--engines``):
   same prompt ids (left-padded), float32 torch with ``--threads`` threads, in a process of
   its own (beside JAX's CPU client in one process, torch ran 4x slower here).
 
-Each engine runs ``1 + --repeats`` calls with fresh keys: the first (``first_call_s``, with
+Each engine runs ``1 + --repeats`` calls with the same key: the first (``first_call_s``, with
 JAX's compilation: the persistent cache is off, so it is cold for the first shape of a
 process; later shapes reuse what compiled at equal shapes) and the steady ones
-(``steady_s``, their median). ``tokens_per_s`` = completion tokens (EOS included, up to each
-row's end) / steady seconds. KV bytes: dense holds B x (T' + N) slots per layer (T' the
-padded prompt length); ragged the P x T' prompt cache plus B x W history (W its window),
-recorded at every chunk of the decode, so ``kv_peak_bytes`` is the largest it held.
+(``steady_s``, their median). The key repeats because the ragged engine compiles a chunk per
+(batch bucket, window) as it meets them: with a new key its batch may shrink at other steps
+and a steady call would compile a bucket the first did not reach (each bucket compiles once
+per process; a run of many steps meets them all early). ``tokens_per_s`` = completion
+tokens (EOS included, up to each row's end) / steady seconds. KV bytes: dense holds
+B x (T' + N) slots per layer (T' the padded prompt length); ragged the P x T' prompt cache
+plus B x W history (W its window), recorded at every chunk of the decode, so
+``kv_peak_bytes`` is the largest it held.
 
 ``--rl-step`` also times ``train()`` (LoRA rank 16, the preset ``smollm2-arith``'s settings
 on GSM8K with its ``gsm8k`` reward) for ``--rl-steps`` steps per engine at ``--rl-shape``:
-``first_step_s`` (compiles) and the median of the later steps, with rollout and update
-apart. Everything lands in ``--out`` (json) and a markdown table on stdout::
+``first_step_s`` (compiles), the median of the later steps, with rollout and update apart,
+and every step's time (``step_times``: with new keys each step, the ragged engine's first
+steps may still compile buckets). Everything lands in ``--out`` (json) and a markdown table
+on stdout::
 
     python benchmarks/bench_engine.py --shapes 8x8x256 --engines ragged,dense,hf --rl-step
 """
@@ -123,7 +129,7 @@ def _summary(first_s, steady, lengths, N) -> dict:
 
 
 def run_jax(engine: str, graphdef, state, prompts, G: int, N: int, eos, repeats: int) -> dict:
-    """``1 + repeats`` calls with keys 0, 1, ...; lengths of the last call."""
+    """``1 + repeats`` calls, all with key 0 (the module docstring); lengths of the last."""
     import jax
 
     from llm.ragged import generate_ragged
@@ -133,10 +139,10 @@ def run_jax(engine: str, graphdef, state, prompts, G: int, N: int, eos, repeats:
     log = ChunkLog() if engine == "ragged" else None
     times, outs = [], []
     try:
-        for i in range(1 + repeats):
-            call = lambda i=i: jax.block_until_ready(  # noqa: E731
+        for _ in range(1 + repeats):
+            call = lambda: jax.block_until_ready(  # noqa: E731
                 fn(graphdef, state, prompts, max_new_tokens=N, temperature=1.0,
-                   eos_token_id=eos, key=jax.random.key(i), num_samples=G)
+                   eos_token_id=eos, key=jax.random.key(0), num_samples=G)
             )  # fmt: skip
             seconds, out = _timed(call)
             times.append(seconds)
@@ -219,6 +225,8 @@ def run_rl_step(model_dir, engine: str, shape, steps: int) -> dict:
         "rollout_s": statistics.median(r["rollout_wait"] for r in later),
         "update_s": statistics.median(r["update_time"] for r in later),
         "completion_len": statistics.fmean(r["completion_len"] for r in later),
+        "step_times": [r["step_time"] for r in rows],
+        "rollout_times": [r["rollout_wait"] for r in rows],
         "per_step": rows,
     }
 

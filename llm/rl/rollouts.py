@@ -22,7 +22,7 @@ import numpy as np
 
 from llm.data.prompts import PromptRenderer
 from llm.rl.engine import DenseEngine
-from llm.rl.transfer import to_host
+from llm.rl.transfer import tree_to_host
 
 
 class Sampling(NamedTuple):
@@ -100,15 +100,16 @@ def engine_rollout(
     out = engine.generate(
         behaviour, distinct, sampling, key, num_samples=num_samples, version=version or 0
     )
-    tokens_BxN, lengths_B = to_host(out.tokens), to_host(out.lengths)
+    fetched = tree_to_host((out.tokens, out.lengths, out.finished, out.logprobs))  # one fetch
+    tokens_BxN, lengths_B, finished_B, logprobs_BxN = fetched
     texts = renderer.decode(tokens_BxN, lengths_B)
     rewards_B = score_completions(reward_fn, examples, texts, num_samples)
     return Rollout(
         prompts,
         tokens_BxN,
         lengths_B,
-        to_host(out.finished),
-        to_host(out.logprobs),
+        finished_B,
+        logprobs_BxN,
         rewards_B.reshape(len(examples), num_samples),
         version,
     )

@@ -21,6 +21,7 @@ import functools
 import time
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from llm.data.verifiable import correctness
@@ -32,7 +33,7 @@ from llm.rl.rollouts import Rollout, engine_rollout
 from llm.rl.state import RunState, Setup, behaviour_copy, step_key
 from llm.rl.train_step import data_size
 from llm.rl.trainable import merge_params
-from llm.rl.transfer import batch_to_global, to_host
+from llm.rl.transfer import batch_to_global, tree_to_host
 
 TIMING_KEYS = (
     "step_time",
@@ -56,7 +57,9 @@ def update(
     (the [P, G] host array the step used).
     """
     cfg, fns = setup.cfg, setup.fns
-    advantages_PxG = np.asarray(setup.advantages(ro.rewards_PxG))
+    # one explicit transfer each way (the loss's advantages are jax code, run where jax runs)
+    rewards_PxG = jax.device_put(np.asarray(ro.rewards_PxG, np.float32))
+    advantages_PxG = np.asarray(jax.device_get(setup.advantages(rewards_PxG)))
     if advantages_PxG.shape != ro.rewards_PxG.shape:
         raise ValueError(
             f"advantages must have the rewards' shape {ro.rewards_PxG.shape}, "
@@ -81,7 +84,7 @@ def update(
     hyper = hyperparams(learning_rate, cfg.weight_decay, cfg.max_grad_norm)
     trainable, frozen = setup.split.split(state.params)  # LoRA: adapters, base
     trainable, opt_state, metrics = fns.step(trainable, state.opt_state, batch, hyper, frozen)
-    metrics = {k: to_host(v).item() for k, v in metrics.items()}
+    metrics = {k: v.item() for k, v in tree_to_host(metrics).items()}  # one blocking fetch
     metrics["advantages"] = advantages_PxG
     params = merge_params(trainable, frozen)
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
