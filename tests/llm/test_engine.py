@@ -114,7 +114,9 @@ def test_make_engine_names_what_is_wrong():
     ctx = EngineContext(graphdef=None, split=None, copy=None)
     assert isinstance(make_engine("dense", ctx), DenseEngine)
     assert isinstance(make_engine("ragged", ctx), RaggedEngine)
-    with pytest.raises(ValueError, match="must be one of dense, ragged, ragged-kernels, got 'vllm'"):
+    with pytest.raises(
+        ValueError, match="must be one of dense, ragged, ragged-kernels, got 'vllm'"
+    ):
         make_engine("vllm", ctx)
     with pytest.raises(TypeError, match="sync.*generate.*got object"):
         make_engine("dense", ctx, factory=lambda ctx: object())
