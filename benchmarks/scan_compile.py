@@ -1,7 +1,8 @@
 """Compile time of the learner's update against depth: layers unrolled vs scanned.
 
-For each depth L and each mode (``scan_layers`` off / on, `llm.models.scan`) the jitted
-train step of `llm.rl.train_step` (AsymRE, full fine-tuning, clipped AdamW) is lowered and
+For each depth L and each mode (``unrolled``: ``scan_layers`` off; ``scanned``: on, the
+per-layer params stacked inside the step, `llm.models.scan`; ``stacked``: on, the params
+stored stacked as `llm.rl` trains them, `llm.models.stacked`) the jitted train step of `llm.rl.train_step` (AsymRE, full fine-tuning, clipped AdamW) is lowered and
 compiled ahead of time for one P x G x N batch, then run: trace + lower (s), XLA compile
 (s) and the median run time of the compiled step (s). Model: the "small" Llama shape of
 `llm.models.tiny` (D 256, F 768, 8 heads) at L layers; no persistent compilation cache.
@@ -29,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from llm.models.stacked import stack_blocks  # noqa: E402
 from llm.models.tiny import random_model, tiny_config  # noqa: E402
 from llm.models.transformer import set_runtime_options  # noqa: E402
 from llm.rl.batch import build_batch  # noqa: E402
@@ -36,9 +38,15 @@ from llm.rl.optimizer import hyperparams  # noqa: E402
 from llm.rl.train_step import step_functions  # noqa: E402
 
 
-def measure(layers: int, scan: bool, P: int, G: int, N: int, runs: int) -> dict:
+MODES = ("unrolled", "scanned", "stacked")
+
+
+def measure(layers: int, mode: str, P: int, G: int, N: int, runs: int) -> dict:
     model = random_model(tiny_config("llama", "small", num_hidden_layers=layers))
-    graphdef, state = nnx.split(set_runtime_options(model, scan_layers=scan))
+    model = set_runtime_options(model, scan_layers=mode != "unrolled")
+    if mode == "stacked":
+        model = stack_blocks(model)
+    graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     rng = np.random.default_rng(0)
     distinct = [rng.integers(6, 300, size=12).tolist() for _ in range(P)]
@@ -65,7 +73,7 @@ def measure(layers: int, scan: bool, P: int, G: int, N: int, runs: int) -> dict:
         times.append(time.perf_counter() - t)
     return {
         "layers": layers,
-        "scan_layers": scan,
+        "mode": mode,
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
         "run_s": statistics.median(times),
@@ -76,21 +84,24 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depths", default="4,30", help="layer counts, comma-separated")
     parser.add_argument("--shape", default="2x4x32", help="P x G x N of the batch")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, of " + str(MODES)
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each step")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     P, G, N = (int(x) for x in args.shape.split("x"))
     rows = [
-        measure(L, scan, P, G, N, args.runs)
+        measure(L, mode, P, G, N, args.runs)
         for L in (int(d) for d in args.depths.split(","))
-        for scan in (False, True)
+        for mode in args.modes.split(",")
     ]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {P}x{G}x{N}")
-    print("| layers | scan_layers | trace + lower (s) | compile (s) | step (s) |")
+    print("| layers | mode | trace + lower (s) | compile (s) | step (s) |")
     print("|---:|---|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['layers']} | {r['scan_layers']} | {r['lower_s']:.2f} | {r['compile_s']:.2f} "
+            f"| {r['layers']} | {r['mode']} | {r['lower_s']:.2f} | {r['compile_s']:.2f} "
             f"| {r['run_s']:.3f} |"
         )
     if args.json:

@@ -17,6 +17,7 @@ from llm.models.hf_io import save_hf
 from llm.models.lora import has_lora, merge_lora
 from llm.models.peft_io import save_peft_adapter
 from llm.models.sharding import to_host
+from llm.models.stacked import unstack_blocks
 
 __all__ = ["export"]
 
@@ -35,7 +36,7 @@ def export(
     returns ``path``. ``adapter_path`` and ``base_model_name_or_path``: LoRA's PEFT copy."""
     host = jax.tree.map(to_host, params)
     if jax.process_index() == 0:
-        model = nnx.merge(graphdef, host)
+        model = unstack_blocks(nnx.merge(graphdef, host))
         if has_lora(model):
             if adapter_path is not None:
                 save_peft_adapter(

@@ -27,6 +27,7 @@ from safetensors.numpy import save_file
 from llm.models.config import GENERATION_CONFIG_FILE, ModelConfig, dtype_name
 from llm.models.hf_names import TensorSpec, tensor_specs
 from llm.models.sharding import param_shardings
+from llm.models.stacked import require_unstacked
 from llm.models.transformer import Transformer
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -299,6 +300,7 @@ def save_hf(
         raise TypeError(
             f"model must be an llm.models.transformer.Transformer, got {type(model).__name__}"
         )
+    require_unstacked(model, "save_hf")
     config = model.config if config is None else config
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config must be a ModelConfig or None, got {type(config).__name__}")

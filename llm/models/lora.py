@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llm.models.stacked import require_unstacked
+
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 ATTENTION_TARGETS = ("q", "k", "v", "o")
 MLP_TARGETS = ("gate", "up", "down")
@@ -107,6 +109,7 @@ def add_lora(model: nnx.Module, spec: LoRASpec, *, rngs: nnx.Rngs) -> nnx.Module
     """
     if not isinstance(spec, LoRASpec):
         raise TypeError(f"spec must be a LoRASpec, got {type(spec).__name__}")
+    require_unstacked(model, "add_lora")
     if has_lora(model):
         raise ValueError("model already has LoRA adapters")
     for layer in model.layers:
@@ -128,6 +131,7 @@ def lora_delta(module: nnx.Module, name: str, x, dtype):
 def merge_lora(model: nnx.Module) -> nnx.Module:
     """Fold every adapter into its weight (W + scale * A B, in float32) and drop the adapters
     (in place); returns ``model``, now a plain decoder (e.g. for ``save_hf``)."""
+    require_unstacked(model, "merge_lora")
     for layer in model.layers:
         for module, names in ((layer.attn, ATTENTION_TARGETS), (layer.mlp, MLP_TARGETS)):
             for name in names:

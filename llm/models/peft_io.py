@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from llm.models.lora import ATTENTION_TARGETS, LORA_TARGETS, LoRASpec, add_lora, has_lora
+from llm.models.stacked import require_unstacked
 
 HF_MODULES = {
     "q": "self_attn.q_proj",
@@ -50,6 +51,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 
 def _adapters(model: nnx.Module):
     """(layer index, target, LoRA module) of every adapter of ``model``."""
+    require_unstacked(model, "the PEFT adapter files")
     for i, layer in enumerate(model.layers):
         for name in LORA_TARGETS:
             module = layer.attn if name in ATTENTION_TARGETS else layer.mlp

@@ -7,10 +7,11 @@ Qwen and Mistral, whose layers are all alike; 6 for Gemma 3's five local layers 
 global). One group is traced and compiled once, whatever the depth, so compile time stays
 flat in L; the L mod p layers left over run after the scan, unrolled.
 
-The blocks keep their own parameters (the files, checkpoints, LoRA and sharding see the
-same tree): the scan stacks them along a leading axis inside the traced function, one
-transient copy of the block weights per call (their gradients flow back through the
-stack). In a multi-token call each block reads and returns its own cache slice
+Per-layer blocks (``model.layers``) are stacked along a leading axis inside the traced
+function, one transient copy of the block weights per call (their gradients flow back
+through the stack); a model stored stacked (`llm.models.stacked`, how `llm.rl` trains with
+``scan_layers``) is scanned as it lies, with no copy and one gradient leaf per weight.
+In a multi-token call each block reads and returns its own cache slice
 [1, B, S, K, Dh], carried as scan inputs and outputs, so the backward pass never keeps the
 whole cache per layer; a decode step carries the whole cache and writes it in place.
 Same maths as the unrolled loop; the float results may differ in the last bits.
@@ -35,12 +36,31 @@ def layer_period(layers) -> int:
 def scan_blocks(blocks, kinds, run, x_BxTxD, ropes, masks, kv, cache_index):
     """(x after every block, the new cache (k, v) [L, B, S, K, Dh] or None).
 
-    ``run(block, x, cos, sin, mask, kv_slice, cache_index) -> (x, kv_slice)`` runs one
-    block on its own cache slice (layer index 0 of [1, B, S, K, Dh]); ``ropes`` and
-    ``masks`` map a layer kind to its (cos, sin) and mask; ``kinds[i]`` is layer i's kind.
-    A one-token step with a cache (decode: nothing to differentiate) carries the whole
-    cache through the scan instead and writes each layer's slot in place.
+    ``blocks``: the per-layer blocks (stacked here, inside the traced function) or a
+    `llm.models.stacked.StackedBlocks` (scanned as stored). ``run(block, x, cos, sin, mask,
+    kv_slice, cache_index) -> (x, kv_slice)`` runs one block on its own cache slice (layer
+    index 0 of [1, B, S, K, Dh]); ``ropes`` and ``masks`` map a layer kind to its (cos, sin)
+    and mask; ``kinds[i]`` is layer i's kind. A one-token step with a cache (decode: nothing
+    to differentiate) carries the whole cache through the scan instead and writes each
+    layer's slot in place.
     """
+    if hasattr(blocks, "scan_layout"):
+        graphdefs, p, groups, params, rest = blocks.scan_layout()
+    else:
+        graphdefs, p, groups, params, rest = _stack_at_trace(list(blocks), kinds)
+
+    def at(i):  # layer i's rope and mask
+        return (*ropes[kinds[i]], masks[kinds[i]])
+
+    layout = (rest, graphdefs, p, groups, params, at)
+    if kv is not None and x_BxTxD.shape[1] == 1:
+        return _decode_in_place(layout, x_BxTxD, kv, cache_index)
+    return _own_slices(layout, run, x_BxTxD, kv, cache_index)
+
+
+def _stack_at_trace(blocks, kinds):
+    """The `StackedBlocks.scan_layout` of per-layer blocks: their params stacked by period
+    slot (one transient copy), the layers after the last whole group left over."""
     splits = [nnx.split(block) for block in blocks]
     graphdefs = [graphdef for graphdef, _ in splits]
     L, p = len(blocks), layer_period(list(zip(graphdefs, kinds, strict=True)))
@@ -49,19 +69,12 @@ def scan_blocks(blocks, kinds, run, x_BxTxD, ropes, masks, kv, cache_index):
         jax.tree.map(lambda *xs: jnp.stack(xs), *(splits[i][1] for i in range(j, groups * p, p)))
         for j in range(p)
     ) if groups else None  # fmt: skip
-
-    def at(i):  # layer i's rope and mask
-        return (*ropes[kinds[i]], masks[kinds[i]])
-
-    layout = (blocks, graphdefs, p, groups, params, at)
-    if kv is not None and x_BxTxD.shape[1] == 1:
-        return _decode_in_place(layout, x_BxTxD, kv, cache_index)
-    return _own_slices(layout, run, x_BxTxD, kv, cache_index)
+    return graphdefs, p, groups, params, blocks[groups * p :]
 
 
 def _decode_in_place(layout, x_BxTxD, kv, cache_index):
     """One token: the whole cache in the scan's carry, layer g * p + j written in place."""
-    blocks, graphdefs, p, groups, params, at = layout
+    rest, graphdefs, p, groups, params, at = layout
 
     def group(carry, xs):
         (x_BxTxD, kv), (g, params_p) = carry, xs
@@ -73,14 +86,14 @@ def _decode_in_place(layout, x_BxTxD, kv, cache_index):
     if groups:
         xs = (jnp.arange(groups, dtype=jnp.int32), params)
         (x_BxTxD, kv), _ = jax.lax.scan(group, (x_BxTxD, kv), xs)
-    for i in range(groups * p, len(blocks)):
-        x_BxTxD, kv = blocks[i](x_BxTxD, *at(i), kv, i, cache_index, False)
+    for i, block in enumerate(rest, start=groups * p):
+        x_BxTxD, kv = block(x_BxTxD, *at(i), kv, i, cache_index, False)
     return x_BxTxD, kv
 
 
 def _own_slices(layout, run, x_BxTxD, kv, cache_index):
     """Several tokens: each layer's cache slice a scan input, its new slice an output."""
-    blocks, graphdefs, p, groups, params, at = layout
+    rest, graphdefs, p, groups, params, at = layout
 
     def group(x_BxTxD, xs):
         params_p, kv_p = xs
@@ -102,9 +115,9 @@ def _own_slices(layout, run, x_BxTxD, kv, cache_index):
         x_BxTxD, ys = jax.lax.scan(group, x_BxTxD, (params, group_kv))
         if ys is not None:
             new_kv.append(tuple(c.reshape(groups * p, *c.shape[2:]) for c in ys))
-    for i in range(groups * p, len(blocks)):
+    for i, block in enumerate(rest, start=groups * p):
         layer_kv = None if kv is None else tuple(c[i : i + 1] for c in kv)
-        x_BxTxD, layer_kv = run(blocks[i], x_BxTxD, *at(i), layer_kv, cache_index)
+        x_BxTxD, layer_kv = run(block, x_BxTxD, *at(i), layer_kv, cache_index)
         new_kv.append(layer_kv)
     if kv is None:
         return x_BxTxD, None

@@ -15,7 +15,8 @@ cuDNN flash attention on GPUs, XLA elsewhere; softmax in float32): causal, paddi
 layers) keys ``sliding_window`` or more slots behind the query hidden, as transformers does.
 ``config.remat`` recomputes each layer in the backward pass (memory linear in the layers'
 inputs, not in their activations); ``config.scan_layers`` runs the layers as one
-``lax.scan`` (compiled once, not L times: ``llm.models.scan``).
+``lax.scan`` (compiled once, not L times: ``llm.models.scan``); a model whose layers are
+stored stacked (``model.stacked``, `llm.models.stacked`) always runs them that way.
 Gemma 3 adds (1 + w) norms, embeddings times sqrt(D), gelu-tanh in place of silu, norms
 on the attention and MLP outputs before the residual adds, and per-kind RoPE (see
 ``llm.models.config``). Weights are stored in ``config.param_dtype`` and cast to
@@ -226,6 +227,7 @@ class Transformer(nnx.Module):
         V, D = config.vocab_size, config.hidden_size
         self.embed = _param(rngs, "normal", (V, D), ("vocab", "embed"), config)
         self.layers = nnx.List([Block(config, rngs, kind) for kind in config.all_layer_types])
+        self.stacked = None  # the layers stored stacked instead (llm.models.stacked)
         self.final_norm = RMSNorm(D, config)
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, "normal", (D, V), ("embed", "vocab"), config)
@@ -306,10 +308,11 @@ class Transformer(nnx.Module):
     def _layers(self, x_BxTxD, ropes, masks, kv, cache_index, causal):
         """Every layer in turn; with remat each reads and returns its own cache slice."""
         cfg = self.config
-        if cfg.scan_layers:
+        if cfg.scan_layers or self.stacked is not None:
             run = _layer_runner(cfg, 0, causal, x_BxTxD.shape[1] > 1)
+            blocks = self.layers if self.stacked is None else self.stacked
             kinds = cfg.all_layer_types
-            return scan_blocks(self.layers, kinds, run, x_BxTxD, ropes, masks, kv, cache_index)
+            return scan_blocks(blocks, kinds, run, x_BxTxD, ropes, masks, kv, cache_index)
         own_slices = cfg.remat != "none" and x_BxTxD.shape[1] > 1
         new_kv = []
         for i, (layer, kind) in enumerate(zip(self.layers, cfg.all_layer_types, strict=True)):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llm.models.families import FULL, SLIDING
+from llm.models.stacked import layer_major
 from llm.models.transformer import init_cache
 from llm.ragged.attention import history_visibility, prompt_visibility, shared_prompt_attention
 from llm.ragged.kernel_attention import kernel_attention
@@ -51,11 +52,11 @@ class Layers(NamedTuple):
 
 
 def stack_layers(model) -> Layers:
-    """`Layers` of ``model`` (one copy of the block weights, stacked along a layer axis)."""
-    splits = [nnx.split(block) for block in model.layers]
-    params = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+    """`Layers` of ``model`` (one copy of the block weights, stacked along a layer axis;
+    a model stored stacked, `llm.models.stacked`, only has its groups interleaved)."""
+    graphdef, params = layer_major(model)
     sliding = [kind == SLIDING for kind in model.config.all_layer_types]
-    return Layers(splits[0][0], params, jnp.asarray(sliding))
+    return Layers(graphdef, params, jnp.asarray(sliding))
 
 
 def prefill(model, tokens_PxT, mask_PxT, positions_PxT, dtype):

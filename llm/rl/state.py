@@ -40,6 +40,7 @@ from llm.errors import ConfigError
 from llm.models.hf_io import load_hf
 from llm.models.lora import LoRASpec, add_lora, has_lora
 from llm.models.sharding import param_shardings
+from llm.models.stacked import stack_blocks
 from llm.models.transformer import set_runtime_options
 from llm.rl import keys
 from llm.rl.checkpoint import abstract_like
@@ -177,6 +178,8 @@ def make_setup(
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
     model = _with_lora(cfg, model)
     set_runtime_options(model, remat=cfg.remat, scan_layers=cfg.scan_layers)
+    if cfg.scan_layers:  # params, gradients and moments [groups, ...]: one leaf per weight
+        model = stack_blocks(nnx.clone(model))  # a new graph on the same arrays
     split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
     shardings_of = lambda m: nnx.to_pure_dict(param_shardings(model, m))  # noqa: E731

@@ -24,10 +24,10 @@ def test_rows_for_every_depth_and_mode(tmp_path, capsys):
     rows = _script().main(
         ["--depths", "1,3", "--shape", "1x2x4", "--runs", "1", "--json", str(out)]
     )
-    assert [(r["layers"], r["scan_layers"]) for r in rows] == [
-        (1, False), (1, True), (3, False), (3, True),
-    ]  # fmt: skip
+    assert [(r["layers"], r["mode"]) for r in rows] == [
+        (L, mode) for L in (1, 3) for mode in ("unrolled", "scanned", "stacked")
+    ]
     for r in rows:
         assert r["lower_s"] > 0 and r["compile_s"] > 0 and r["run_s"] > 0
     assert json.loads(out.read_text()) == rows
-    assert "| 3 | True |" in capsys.readouterr().out
+    assert "| 3 | stacked |" in capsys.readouterr().out
