@@ -2,15 +2,16 @@
 
 For each depth L and each mode (``unrolled``: ``scan_layers`` off; ``scanned``: on, the
 per-layer params stacked inside the step, `llm.models.scan`; ``stacked``: on, the params
-stored stacked as `llm.rl` trains them, `llm.models.stacked`) the jitted train step of `llm.rl.train_step` (AsymRE, full fine-tuning, clipped AdamW) is lowered and
-compiled ahead of time for one P x G x N batch, then run: trace + lower (s), XLA compile
-(s) and the median run time of the compiled step (s). Model: the "small" Llama shape of
+stored stacked as `llm.rl` trains them, `llm.models.stacked`) the jitted train step of
+`llm.rl.train_step` (AsymRE, full fine-tuning, clipped AdamW) is lowered and compiled
+ahead of time for one P x G x N batch, then run: trace + lower (s), XLA compile (s) and
+the median run time of the compiled step (s). Model: the "small" Llama shape of
 `llm.models.tiny` (D 256, F 768, 8 heads) at L layers; no persistent compilation cache.
 
     python benchmarks/scan_compile.py --depths 4,30 --json scan_compile.json
 
 The issue 26 target reads off this: compile time flat in depth (L = 4 and L = 30 within
-1.5x) with scanned layers.
+1.5x) with the layers stored stacked.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from llm.models.transformer import set_runtime_options  # noqa: E402
 from llm.rl.batch import build_batch  # noqa: E402
 from llm.rl.optimizer import hyperparams  # noqa: E402
 from llm.rl.train_step import step_functions  # noqa: E402
-
 
 MODES = ("unrolled", "scanned", "stacked")
 

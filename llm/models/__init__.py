@@ -5,6 +5,7 @@ safetensors I/O and tiny local checkpoints for tests."""
 from llm.models.config import ModelConfig
 from llm.models.hf_io import load_hf, save_hf
 from llm.models.sharding import make_mesh, param_shardings
+from llm.models.stacked import stack_blocks, unstack_blocks
 from llm.models.transformer import KVCache, Transformer, init_cache
 
 __all__ = [
@@ -16,4 +17,6 @@ __all__ = [
     "make_mesh",
     "param_shardings",
     "save_hf",
+    "stack_blocks",
+    "unstack_blocks",
 ]

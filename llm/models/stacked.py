@@ -124,7 +124,7 @@ def unstack_blocks(model):
             )
             blocks[g * p + j] = nnx.merge(graphdef, layer)
     model.layers = nnx.List([*blocks, *stacked.rest])
-    model.stacked = None
+    model.stacked = nnx.static(None)
     return model
 
 
@@ -138,11 +138,12 @@ def layer_major(model):
         params = jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
         return splits[0][0], params
     graphdefs, p, n, params, rest = model.stacked.scan_layout()
-    rest_splits = [nnx.split(block) for block in rest]
+    params = [nnx.to_pure_dict(state) for state in params]  # values: the axes metadata differ
+    rest_params = [nnx.to_pure_dict(nnx.state(block)) for block in rest]
 
     def interleave(*leaves):  # p leaves [n, ...] and len(rest) leaves [...] -> [L, ...]
         body = jnp.stack(leaves[:p], axis=1)
         body = body.reshape(n * p, *body.shape[2:])
         return jnp.concatenate([body, *(x[None] for x in leaves[p:])])
 
-    return graphdefs[0], jax.tree.map(interleave, *params, *(s for _, s in rest_splits))
+    return graphdefs[0], jax.tree.map(interleave, *params, *rest_params)

@@ -277,7 +277,7 @@ class TrainConfig:
         choices=REMAT_MODES,
     )
     scan_layers: bool = _devices(
-        False, "run the layers as one lax.scan (llm.models.scan): compiled once, not L times."
+        False, "one lax.scan over layers stored stacked (llm.models.stacked); kept on resume."
     )
     mesh: str | None = _devices(
         None, "the learner's device mesh, e.g. 'fsdp=4,tp=2' (None: all its devices on fsdp)."

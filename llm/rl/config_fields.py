@@ -48,7 +48,6 @@ RESUME_MUTABLE = (
     "log_every",
     "pipeline_depth",
     "remat",
-    "scan_layers",
     "schedule_steps",  # the horizon it sets (or num_steps) is checked: llm.rl.resume
 )
 

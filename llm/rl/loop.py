@@ -233,7 +233,7 @@ def train(
       callback: ``callback(step, params, behaviour_params, row)`` after the evaluation and
         before the row is written (it may add keys to ``row``); returning True stops the
         run after this step: its row is written, a checkpoint saved (when checkpointing)
-        and the export done as at the end. Params are pure dicts of arrays (copy to keep).
+        and the export done as at the end. Params: pure dicts (copy to keep; scan_layers: stacked).
       return_state: also return the final `RunState`.
     """
     if not isinstance(cfg, TrainConfig):

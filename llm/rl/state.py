@@ -152,6 +152,15 @@ def _check_position_limit(cfg: TrainConfig, model_config) -> None:
             )
 
 
+def _prepared(cfg: TrainConfig, model: nnx.Module) -> nnx.Module:
+    """``model`` with the run's adapters and runtime options; with ``scan_layers`` a new
+    graph on the same arrays with the layers stored stacked (params, gradients and moments
+    [groups, ...]: one leaf per weight, `llm.models.stacked`)."""
+    model = _with_lora(cfg, model)
+    set_runtime_options(model, remat=cfg.remat, scan_layers=cfg.scan_layers)
+    return stack_blocks(nnx.clone(model)) if cfg.scan_layers else model
+
+
 def make_setup(
     cfg: TrainConfig,
     model: nnx.Module | None = None,
@@ -176,10 +185,7 @@ def make_setup(
         model_config = model.config
     _check_position_limit(cfg, model_config)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model_path)
-    model = _with_lora(cfg, model)
-    set_runtime_options(model, remat=cfg.remat, scan_layers=cfg.scan_layers)
-    if cfg.scan_layers:  # params, gradients and moments [groups, ...]: one leaf per weight
-        model = stack_blocks(nnx.clone(model))  # a new graph on the same arrays
+    model = _prepared(cfg, model)
     split = ParamSplit.of_model(model)
     graphdef, state = nnx.split(model)
     shardings_of = lambda m: nnx.to_pure_dict(param_shardings(model, m))  # noqa: E731
