@@ -58,17 +58,24 @@ def scan_blocks(blocks, kinds, run, x_BxTxD, ropes, masks, kv, cache_index):
     return _own_slices(layout, run, x_BxTxD, kv, cache_index)
 
 
+def period_slots(blocks, kinds):
+    """(splits, p, n, slots): each block's ``nnx.split``, the period p, the whole groups
+    n = L // p (0 when fewer than two: nothing to scan) and, for each slot j < p, the layers
+    j, p + j, ..., (n - 1) p + j that it stacks."""
+    splits = [nnx.split(block) for block in blocks]
+    p = layer_period(list(zip([graphdef for graphdef, _ in splits], kinds, strict=True)))
+    n = len(blocks) // p if len(blocks) // p > 1 else 0
+    return splits, p, n, [range(j, n * p, p) for j in range(p)]
+
+
 def _stack_at_trace(blocks, kinds):
     """The `StackedBlocks.scan_layout` of per-layer blocks: their params stacked by period
     slot (one transient copy), the layers after the last whole group left over."""
-    splits = [nnx.split(block) for block in blocks]
-    graphdefs = [graphdef for graphdef, _ in splits]
-    L, p = len(blocks), layer_period(list(zip(graphdefs, kinds, strict=True)))
-    groups = L // p if L // p > 1 else 0
+    splits, p, groups, slots = period_slots(blocks, kinds)
     params = tuple(
-        jax.tree.map(lambda *xs: jnp.stack(xs), *(splits[i][1] for i in range(j, groups * p, p)))
-        for j in range(p)
+        jax.tree.map(lambda *xs: jnp.stack(xs), *(splits[i][1] for i in slot)) for slot in slots
     ) if groups else None  # fmt: skip
+    graphdefs = [graphdef for graphdef, _ in splits]
     return graphdefs, p, groups, params, blocks[groups * p :]
 
 

@@ -1,6 +1,6 @@
 """Stacked layer storage: the decoder's blocks held as one [groups, ...] copy per period slot.
 
-A model of L layers with period p (`llm.models.scan.layer_period`: 1 for Llama, Qwen and
+A model of L layers with period p (`llm.models.scan.period_slots`: 1 for Llama, Qwen and
 Mistral, 6 for Gemma 3) and n = L // p >= 2 groups is stored as p blocks whose parameters
 carry a leading group axis, block j of group g being layer g * p + j, plus the L - n p
 layers left over, unrolled:
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llm.models.scan import layer_period
+from llm.models.scan import period_slots
 
 __all__ = ["StackedBlocks", "is_stacked", "layer_major", "stack_blocks", "unstack_blocks"]
 
@@ -89,18 +89,15 @@ def stack_blocks(model):
     already stacked or when fewer than two groups of its period fit (nothing to scan)."""
     if is_stacked(model):
         return model
-    blocks, kinds = list(model.layers), list(model.config.all_layer_types)
-    splits = [nnx.split(block) for block in blocks]
-    p = layer_period(list(zip([graphdef for graphdef, _ in splits], kinds, strict=True)))
-    n = len(blocks) // p
-    if n < 2:
+    blocks = list(model.layers)
+    splits, p, n, slots = period_slots(blocks, model.config.all_layer_types)
+    if not n:
         return model
     groups = []
-    for j in range(p):
-        states = [splits[i][1] for i in range(j, n * p, p)]
+    for j, slot in enumerate(slots):
         stacked = jax.tree.map(
-            lambda v, *vs: _with_axis(v, jnp.stack([u.get_value() for u in (v, *vs)])),
-            *states,
+            lambda *vs: _with_axis(vs[0], jnp.stack([v.get_value() for v in vs])),
+            *(splits[i][1] for i in slot),
             is_leaf=_is_var,
         )
         groups.append(nnx.merge(splits[j][0], stacked))

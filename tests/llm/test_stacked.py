@@ -134,7 +134,7 @@ def test_the_group_axis_is_never_sharded():
 
 def test_layer_major_interleaves_groups_in_layer_order():
     model, stacked = _pair("gemma3", 5)
-    graphdef, params = layer_major(stacked)
+    _, params = layer_major(stacked)
     _, reference = layer_major(model)
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
