@@ -103,14 +103,15 @@ def _config(path, s: Settings, *, mesh: str | None = None, **changes):
     return cfg.replace(**changes)
 
 
-def bench_ours(path, s: Settings, *, mesh: str | None = None) -> dict:
-    """Setup, first step and the median step of ``rl_step``, with the piece split."""
+def bench_ours(path, s: Settings, *, mesh: str | None = None, **changes) -> dict:
+    """Setup, first step and the median step of ``rl_step``, with the piece split
+    (``changes``: config fields on top of the bench's, `_config`)."""
     import jax
 
     from llm.rl import init_run
     from llm.rl.step import rl_step
 
-    cfg = _config(path, s, mesh=mesh)
+    cfg = _config(path, s, mesh=mesh, **changes)
     start = time.perf_counter()
     setup, state = init_run(cfg)
     setup_s = time.perf_counter() - start

@@ -55,7 +55,7 @@ def instrumented(setup, clock: _Clock):
     original_decode = renderer.decode
     timed_setup = dataclasses.replace(
         setup,
-        fns=setup.fns._replace(step=clock.wrap("update", setup.fns.step)),
+        fns=setup.fns._replace(learn=clock.wrap("update", setup.fns.learn)),
         engine=_TimedEngine(setup.engine, clock),
         reward_fn=clock.wrap("reward", setup.reward_fn, block=False),
     )

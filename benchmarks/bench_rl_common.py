@@ -80,6 +80,7 @@ class Settings:
     max_grad_norm: float = 1.0
     delta_v: float = -0.1
     steps: int = 10
+    lora_rank: int = 0  # > 0: both sides train LoRA adapters of this rank (alpha 2r), base frozen
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -68,6 +68,18 @@ def _grpo_config(trl, s: Settings, workdir: pathlib.Path):
     )
 
 
+def _lora_config(rank: int):
+    """PEFT adapters as the trainer's LoRA: rank r, alpha 2r, no dropout, on every attention
+    and MLP projection (``lora_targets`` q,k,v,o,gate,up,down)."""
+    import peft
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return peft.LoraConfig(
+        r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets, bias="none",
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
 def _summary(records, s: Settings, setup_s: float, trl_version: str, torch) -> dict:
     """Medians over the steps after the first (the warm-up), from the callback's records."""
     first, steady = records[0], records[1:]
@@ -136,6 +148,7 @@ def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
 
     model.generate = timed_generate
     config = _grpo_config(trl, s, workdir)
+    extra = {} if not s.lora_rank else {"peft_config": _lora_config(s.lora_rank)}
     trainer = trl.GRPOTrainer(
         model=model,
         reward_funcs=_trl_reward(rewards.get_reward_fn("arithmetic"), clock),
@@ -143,6 +156,7 @@ def bench_trl(path, s: Settings, workdir: pathlib.Path) -> dict:
         train_dataset=datasets.Dataset.from_list(prompts),
         processing_class=tokenizer,
         callbacks=[Timer()],
+        **extra,
     )
     setup_s = time.perf_counter() - start
     trainer.train()

@@ -4,7 +4,7 @@ machine's matmul rate, and the synchronous vs pipelined windows repeated.
 Per size (the bench's checkpoints and ``Settings``: P x G completions, <= 16 new tokens):
 
 * ``update``: the FLOPs of the compiled update (XLA's ``cost_analysis`` of the jitted
-  ``setup.fns.step`` on the step's real shapes), its median ``update_time`` over ``--steps``
+  ``setup.fns.learn`` on the step's real shapes), its median ``update_time`` over ``--steps``
   on-policy ``rl_step`` calls after a warm-up one, and their ratio, the achieved GFLOP/s;
 * ``matmul_gflops``: a jitted 2048 x 2048 float32 matmul timed in the same process (before
   and after the sizes), the rate the update is compared with;
@@ -63,13 +63,13 @@ def update_cost(path, s: Settings, steps: int) -> dict:
     from llm.rl import init_run, rl_step
 
     setup, state = init_run(_config(path, s))
-    compiled, seen = setup.fns.step, {}
+    compiled, seen = setup.fns.learn, {}  # the step rl_step runs (advantages inside)
 
     def recording_step(*args):
         seen.setdefault("args", _abstract(args))  # before the call: it donates its inputs
         return compiled(*args)
 
-    setup = dataclasses.replace(setup, fns=setup.fns._replace(step=recording_step))
+    setup = dataclasses.replace(setup, fns=setup.fns._replace(learn=recording_step))
     batches = BatchIterator(examples(s.prompts * (steps + 1)), s.prompts, seed=0)
     times = []
     for _ in range(steps + 1):

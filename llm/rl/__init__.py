@@ -39,7 +39,7 @@ from llm.rl.state import (
     refresh_behaviour,
     step_key,
 )
-from llm.rl.step import rl_step, update
+from llm.rl.step import PendingMetrics, dispatch_update, rl_step, update
 from llm.rl.trainable import ParamSplit, merge_params
 
 __all__ = [
@@ -51,11 +51,13 @@ __all__ = [
     "ISReinforce",
     "MetricsWriter",
     "ParamSplit",
+    "PendingMetrics",
     "Rollout",
     "RunState",
     "Sampling",
     "Setup",
     "TrainConfig",
+    "dispatch_update",
     "eval_key",
     "evaluate",
     "hyperparams",

@@ -106,6 +106,14 @@ def completion_width(longest: int, slots: int, minimum: int = MIN_LENGTH_BUCKET)
     return min(int(slots), length_bucket(longest, minimum))
 
 
+def check_rows(prompts, shape_BxN, lengths_B, micro_batches: int, group_size: int) -> None:
+    """ValueError unless B prompts, B lengths within the N slots of ``shape_BxN`` = [B, N],
+    M = ``micro_batches`` and G = ``group_size`` dividing B, and each group of G consecutive
+    rows sharing one prompt: what every step's rows must be."""
+    B = shape_BxN[0]
+    _check_rows(prompts, shape_BxN, lengths_B, np.zeros(B), None, micro_batches, group_size)
+
+
 def _check_rows(prompts, shape_BxN, lengths_B, advantages_B, behaviour_BxN, micro_batches, G):
     """ValueError unless every per-row input has the B rows of the completions [B, N], every
     length fits N, M and G divide B, and each group of G consecutive rows shares one prompt."""
@@ -179,9 +187,10 @@ def build_batch(
     if behaviour_logprobs_BxN is None:
         behaviour_logprobs_BxN = np.zeros((B, W), np.float32)
     _, g = prompts_per_micro_batch(B // micro_batches, group_size)
-    shared = [prompts[i] for i in range(0, B, g)]
-    L = length_bucket(max(len(p) for p in prompts))
-    prompt_tokens, prompt_mask = pad_prompts(shared, len(shared), L, pad_token_id)
+    prompt_tokens, prompt_mask = prompt_rows(
+        prompts, pad_token_id=pad_token_id, micro_batches=micro_batches,
+        group_size=group_size, row_multiple=row_multiple,
+    )  # fmt: skip
     loss_mask_BxN = (np.arange(N)[None, :] < lengths_B[:, None]).astype(np.float32)
     behaviour_BxN = _widen(np.asarray(behaviour_logprobs_BxN, np.float32), N, 0.0)
 
@@ -189,8 +198,8 @@ def build_batch(
         return x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:])
 
     batch = Batch(
-        prompt_tokens=split(prompt_tokens),
-        prompt_mask=split(prompt_mask),
+        prompt_tokens=prompt_tokens,
+        prompt_mask=prompt_mask,
         completions=split(_widen(completions_BxN, live, np.int32(pad_token_id))),
         loss_mask=split(loss_mask_BxN),
         advantages=split(np.asarray(advantages_B, np.float32)),
@@ -200,9 +209,36 @@ def build_batch(
     return _pad_rows(batch, g, padded_rows(B // micro_batches, group_size, row_multiple))
 
 
+def prompt_rows(
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    micro_batches: int = 1,
+    group_size: int = 1,
+    row_multiple: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt_tokens, prompt_mask), int32 [M, p', L]: the prompt block of `build_batch` for
+    B = len(prompts) rows, one prompt row per g completions, left-padded, each micro-batch's
+    padding rows (`padded_rows`) a copy of its first prompt row."""
+    B = len(prompts)
+    rows = B // micro_batches
+    _, g = prompts_per_micro_batch(rows, group_size)
+    shared = [prompts[i] for i in range(0, B, g)]
+    L = length_bucket(max(len(p) for p in prompts))
+    tokens, mask = pad_prompts(shared, len(shared), L, pad_token_id)
+    copies = (padded_rows(rows, group_size, row_multiple) - rows) // g
+
+    def split(x):
+        x = x.reshape(micro_batches, -1, L)
+        return np.concatenate([x, np.tile(x[:, :1], (1, copies, 1))], axis=1) if copies else x
+
+    return split(tokens), split(mask)
+
+
 def _pad_rows(batch: Batch, g: int, rows: int) -> Batch:
-    """Each micro-batch padded to ``rows`` with copies of its first g rows (and their prompt
-    row): the tokens repeat, the loss mask, advantages and log-probs are 0."""
+    """Each micro-batch's completion rows padded to ``rows`` with copies of its first g rows
+    (the prompt block is padded already, `prompt_rows`): the tokens repeat, the loss mask,
+    advantages and log-probs are 0."""
     extra = rows - batch.advantages.shape[1]
     if extra == 0:
         return batch
@@ -213,8 +249,8 @@ def _pad_rows(batch: Batch, g: int, rows: int) -> Batch:
         return np.concatenate([x, np.tile(head, (1, copies) + (1,) * (x.ndim - 2))], axis=1)
 
     return Batch(
-        prompt_tokens=pad(batch.prompt_tokens, 1, True),
-        prompt_mask=pad(batch.prompt_mask, 1, True),
+        prompt_tokens=batch.prompt_tokens,
+        prompt_mask=batch.prompt_mask,
         completions=pad(batch.completions, g, True),
         loss_mask=pad(batch.loss_mask, g, False),
         advantages=pad(batch.advantages, g, False),

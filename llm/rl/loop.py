@@ -14,14 +14,17 @@ the rollouts of steps t+1 .. t+d of the refresh window are sampled while step t 
 4. advantages from the loss plug-in (``llm.rl.losses``: AsymRE / IS-REINFORCE
    ``A = r - (mean_G r + delta_v)``, GRPO the group-std normalised ones; CISPO (GRPO's
    advantages, the per-token ratio capped) and TOPR (AsymRE's, the sequence ratio truncated
-   at 1 on negatives) weigh them by a stopped importance weight);
+   at 1 on negatives) weigh them by a stopped importance weight), computed inside the
+   jitted step from the rewards (``llm.rl.learn_step``);
 5. the jitted, sharded update of ``llm.rl.train_step`` (exact micro-batch accumulation,
    clipped AdamW under ``optax.apply_if_finite``: a non-finite step is skipped) at the
    rate of ``llm.rl.schedule``;
-6. the step's row: evaluation (``llm.rl.evaluation``, every ``eval_every`` steps and at the
-   end, one key for the whole run) and the caller's ``eval_fn``; then ``callback``, which
-   may add to the row or stop the run; then the row is written, and a checkpoint saved when
-   due (or when the callback stops the run).
+6. the step's row, its metrics fetched in one transfer (one step late, after the next
+   update is dispatched, unless the step is evaluated, checkpointed or seen by a callback:
+   ``llm.rl.step.PendingRow``): evaluation (``llm.rl.evaluation``, every ``eval_every``
+   steps and at the end, one key for the whole run) and the caller's ``eval_fn``; then
+   ``callback``, which may add to the row or stop the run; then the row is written, and a
+   checkpoint saved when due (or when the callback stops the run).
 
 AsymRE maximises :math:`\mathbb{E}_{y\sim\mu}[(r(y) - V)\log\pi(y)]` with no importance
 ratio: the drift between pi and mu (|log pi - log mu|, ratio stats) is logged, not used.
@@ -39,6 +42,7 @@ process computes the same host-side batch and feeds its own rows to its devices.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pathlib
@@ -60,6 +64,7 @@ from llm.rl.pipeline import RolloutPipeline, pipelined_step
 from llm.rl.resume import check_saved_config, resume
 from llm.rl.schedule import learning_rate_fn
 from llm.rl.state import RunState, Setup, eval_key, init_run
+from llm.rl.step import PendingRow
 from llm.rl.tasks import run_examples
 from llm.rl.transfer import to_host
 
@@ -192,10 +197,14 @@ class _Outputs:
         if cfg.progress and self.is_main:
             self.bar = tqdm(total=cfg.num_steps, initial=step, desc="train", dynamic_ncols=True)
 
-    def finish_step(self, setup: Setup, state: RunState, row: dict, *, stop: bool) -> None:
+    def finish_step(self, setup: Setup, state: RunState | None, row: dict, *, stop: bool) -> None:
+        """Write ``row``, checkpoint ``state`` when due (None: a row finished late, whose
+        step saved nothing), advance the bar."""
         self.writer.write(row)
-        if self.ckpt is not None and (
-            stop or _due(self.cfg.checkpoint_every, state.step, self.cfg.num_steps)
+        if (
+            state is not None
+            and self.ckpt is not None
+            and (stop or _due(self.cfg.checkpoint_every, state.step, self.cfg.num_steps))
         ):
             save_checkpoint(self.ckpt, setup, state)
         _report(self.bar, self.cfg, row, self.is_main)
@@ -251,21 +260,70 @@ def train(
             state = resume(outputs.ckpt, setup, state)
         iterator = BatchIterator(train_ex, cfg.prompts_per_step, state=state.data)
         outputs.start(state.step)
-        lr_fn, stop = learning_rate_fn(cfg), False
         with RolloutPipeline(setup, iterator, depth=cfg.pipeline_depth) as rollouts:
-            while state.step < cfg.num_steps and not stop:
-                lr = lr_fn(state.step)
-                state, row = pipelined_step(setup, state, rollouts, learning_rate=lr)
-                _check_streak(cfg, outputs.writer, row)
-                row = _merge_row(row, evaluate_row(setup, state))
-                stop = _callback_stops(callback, state, row)
-                outputs.finish_step(setup, state, row, stop=stop)
-                history.append(row)
+            steps = _Steps(setup, outputs, history, evaluate_row, callback, eval_fn)
+            state = steps.run(state, rollouts, needs_eval=bool(eval_ex))
         if cfg.export_hf:
             _export_run(setup, state)
     finally:
         outputs.close()
     return (history, state) if return_state else history
+
+
+class _Steps:
+    """The loop over steps. A step's row is finished (its metrics fetched, one transfer) one
+    step late, after the next update is dispatched, so the host never waits on an update
+    before starting the next step; at once when the step's state is needed: an evaluation
+    or a checkpoint due, a ``callback`` or ``eval_fn``, the last step."""
+
+    def __init__(self, setup, outputs: _Outputs, history: list, evaluate_row, callback, eval_fn):
+        self.setup, self.outputs, self.history = setup, outputs, history
+        self.evaluate_row, self.callback, self.eval_fn = evaluate_row, callback, eval_fn
+        self.late: PendingRow | None = None  # the previous step's row, not finished yet
+
+    def _now(self, state: RunState, needs_eval: bool) -> bool:
+        cfg, ckpt = self.setup.cfg, self.outputs.ckpt
+        due = lambda every: _due(every, state.step, cfg.num_steps)  # noqa: E731
+        return (
+            self.callback is not None
+            or self.eval_fn is not None
+            or (needs_eval and due(cfg.eval_every))
+            or (ckpt is not None and due(cfg.checkpoint_every))
+            or state.step >= cfg.num_steps
+        )
+
+    def _finish_late(self, next_start: float | None) -> None:
+        late, self.late = self.late, None
+        row = late.finish(next_start)
+        _check_streak(self.setup.cfg, self.outputs.writer, row)
+        self.outputs.finish_step(self.setup, None, row, stop=False)
+        self.history.append(row)
+
+    def run(self, state: RunState, rollouts: RolloutPipeline, *, needs_eval: bool) -> RunState:
+        setup, cfg, stop = self.setup, self.setup.cfg, False
+        lr_fn = learning_rate_fn(cfg)
+        try:
+            while state.step < cfg.num_steps and not stop:
+                lr = lr_fn(state.step)
+                state, pending = pipelined_step(
+                    setup, state, rollouts, learning_rate=lr, defer=True
+                )
+                if self.late is not None:
+                    self._finish_late(pending.start)
+                if not self._now(state, needs_eval):
+                    self.late = pending
+                    continue
+                row = pending.finish()
+                _check_streak(cfg, self.outputs.writer, row)
+                row = _merge_row(row, self.evaluate_row(setup, state))
+                stop = _callback_stops(self.callback, state, row)
+                self.outputs.finish_step(setup, state, row, stop=stop)
+                self.history.append(row)
+        finally:
+            if self.late is not None:  # a run stopped by an error keeps its last row
+                with contextlib.suppress(Exception):  # the error that stopped it propagates
+                    self.outputs.writer.write(self.late.finish())
+        return state
 
 
 def _check_streak(cfg: TrainConfig, writer: MetricsWriter, row: dict) -> None:

@@ -53,7 +53,14 @@ from llm.errors import ConfigError
 from llm.rl import keys
 from llm.rl.rollouts import Rollout
 from llm.rl.state import RunState, Setup
-from llm.rl.step import behaviour_rollout, behaviour_version, install_behaviour, learn, refresh
+from llm.rl.step import (
+    PendingRow,
+    behaviour_rollout,
+    behaviour_version,
+    dispatch_learn,
+    install_behaviour,
+    refresh,
+)
 
 __all__ = ["Produced", "RolloutPipeline", "pipelined_step"]
 
@@ -184,15 +191,24 @@ class RolloutPipeline:
 
 
 def pipelined_step(
-    setup: Setup, state: RunState, rollouts: RolloutPipeline, *, learning_rate: float
-) -> tuple[RunState, dict]:
+    setup: Setup,
+    state: RunState,
+    rollouts: RolloutPipeline,
+    *,
+    learning_rate: float,
+    defer: bool = False,
+) -> tuple[RunState, dict | PendingRow]:
     """`llm.rl.step.rl_step` with the rollout served by ``rollouts``: refresh (every
     ``refresh_every`` steps), take the step's rollout, update; the new state's ``data`` is
-    the iterator's position after the step's examples. Returns (state, row)."""
+    the iterator's position after the step's examples. Returns (state, row); ``defer``:
+    (state, `llm.rl.step.PendingRow`), the update dispatched and its metrics not fetched."""
     start = time.perf_counter()
     state, copy_time = refresh(setup, state)
     made = rollouts.next(state)
     timings = {"start": start, "rollout_time": made.rollout_time, "rollout_wait": made.wait_time}
     timings["behaviour_copy_time"] = copy_time
-    state, row = learn(setup, state, made.rollout, learning_rate=learning_rate, timings=timings)
-    return install_behaviour(setup.cfg, state)._replace(data=made.data), row
+    state, row = dispatch_learn(
+        setup, state, made.rollout, learning_rate=learning_rate, timings=timings
+    )
+    state = install_behaviour(setup.cfg, state)._replace(data=made.data)
+    return state, (row if defer else row.finish())

@@ -1,10 +1,12 @@
 """Rollouts: sample G completions per prompt from the behaviour params and score them.
 
 `engine_rollout` (any `llm.rl.engine.RolloutEngine`; `rollout`: the dense sampler) returns
-a `Rollout` of host arrays: the B = P * G completions, their lengths,
-whether they ended with EOS, their log-probs under the distribution they were drawn from
-(the behaviour policy at the sampling temperature / top-p: what an importance ratio needs)
-and the rewards [P, G]. Row i is prompt i // G, sample i % G (prompt-major); each prompt is
+a `Rollout`: the B = P * G completions, their lengths, whether they ended with EOS (host
+arrays, fetched in one transfer to detokenise and reward them), their log-probs under the
+distribution they were drawn from (the behaviour policy at the sampling temperature / top-p:
+what an importance ratio needs; they stay on the device) and the rewards [P, G]. Its
+``device`` field keeps the engine's arrays, which the learner reads where they are
+(`llm.rl.learn_step`). Row i is prompt i // G, sample i % G (prompt-major); each prompt is
 prefilled once for its G samples. A reward function is model-facing code: it must return B
 finite floats for any completion text (see `score_completions`).
 
@@ -15,13 +17,13 @@ The learner's layout of these rows is :mod:`llm.rl.batch`; host <-> device trans
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from llm.data.prompts import PromptRenderer
-from llm.rl.engine import DenseEngine
+from llm.rl.engine import DenseEngine, EngineOutput
 from llm.rl.transfer import tree_to_host
 
 
@@ -47,15 +49,23 @@ class Sampling(NamedTuple):
 
 
 class Rollout(NamedTuple):
-    """One step's samples on the host; B = P * G rows, prompt-major (row i: prompt i // G)."""
+    """One step's samples; B = P * G rows, prompt-major (row i: prompt i // G).
+
+    ``device``: the engine's `EngineOutput`, whose tokens and log-probs the learner reads on
+    the device (None: a rollout made on the host, a replay buffer's; the learner uploads its
+    arrays). A rollout whose tokens or log-probs are edited must drop it,
+    ``ro._replace(device=None)``: the host fields are then what the learner reads.
+    """
 
     prompts: list[list[int]]  # B prompt token-id lists
     tokens_BxN: np.ndarray  # int32 completion ids, pad after the end
     lengths_B: np.ndarray  # int32, EOS included
     finished_B: np.ndarray  # bool, True where the row emitted EOS
-    logprobs_BxN: np.ndarray  # float32 log mu(y_t) of the sampling distribution, 0 after end
+    logprobs_BxN: Any  # float32 log mu(y_t) of the sampling distribution, 0 after the end
+    # (numpy, or the engine's device array: np.asarray fetches it)
     rewards_PxG: np.ndarray  # float64
     behaviour_version: int | None = None  # step at which the sampling params were refreshed
+    device: EngineOutput | None = None
 
 
 def score_completions(
@@ -100,8 +110,7 @@ def engine_rollout(
     out = engine.generate(
         behaviour, distinct, sampling, key, num_samples=num_samples, version=version or 0
     )
-    fetched = tree_to_host((out.tokens, out.lengths, out.finished, out.logprobs))  # one fetch
-    tokens_BxN, lengths_B, finished_B, logprobs_BxN = fetched
+    tokens_BxN, lengths_B, finished_B = tree_to_host((out.tokens, out.lengths, out.finished))
     texts = renderer.decode(tokens_BxN, lengths_B)
     rewards_B = score_completions(reward_fn, examples, texts, num_samples)
     return Rollout(
@@ -109,9 +118,10 @@ def engine_rollout(
         tokens_BxN,
         lengths_B,
         finished_B,
-        logprobs_BxN,
+        out.logprobs,  # stays on the device
         rewards_B.reshape(len(examples), num_samples),
         version,
+        device=out,
     )
 
 

@@ -47,7 +47,7 @@ from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.engine import EngineContext, RolloutEngine, make_engine
 from llm.rl.logprobs import scoring_of
-from llm.rl.losses import LossFn, advantages_fn, loss_from_config
+from llm.rl.losses import LossFn, advantage_source, advantages_fn, loss_from_config
 from llm.rl.optimizer import OptSpec
 from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
 from llm.rl.rollouts import Sampling
@@ -82,12 +82,14 @@ class Setup:
     shardings: Any  # pure dict of NamedSharding like the params
     fns: StepFunctions
     loss_fn: LossFn
-    advantages: Callable  # rewards [P, G] -> advantages [P, G]
+    advantages: Callable  # rewards [P, G] -> advantages [P, G] (what the step computes)
     reward_fn: Callable
     sampling: Sampling
     split: ParamSplit = ParamSplit()  # which leaves train (LoRA: the adapters only)
     rollout: RolloutMesh | None = None  # the sampler's own devices (cfg.rollout_devices > 0)
     engine: RolloutEngine | None = None  # what samples (llm.rl.engine; make_setup sets it)
+    # whose advantages the jitted step takes, and their traced options (llm.rl.learn_step)
+    advantage_source: Any = None
 
 
 def builtin_reward(cfg: TrainConfig) -> rewards_lib.VerifiableReward:
@@ -135,6 +137,7 @@ def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, 
         prompts_spec,
         scoring_of(cfg),
         num_rows,
+        advantage_source(loss_fn, cfg),
     )
 
 
@@ -211,6 +214,7 @@ def make_setup(
         fns=fns,
         loss_fn=loss_fn,
         advantages=advantages_fn(loss_fn, cfg),
+        advantage_source=advantage_source(loss_fn, cfg),
         reward_fn=reward_fn if reward_fn is not None else builtin_reward(cfg),
         sampling=Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos, pad),
         split=split,

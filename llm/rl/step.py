@@ -23,17 +23,21 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.data.verifiable import correctness
-from llm.rl.batch import build_batch
+from llm.rl.batch import Batch, build_batch, check_rows, prompt_rows
+from llm.rl.learn_step import row_layout
+from llm.rl.losses import advantage_options
 from llm.rl.metrics import sample_stats
 from llm.rl.optimizer import hyperparams
+from llm.rl.reshard import reshard_tree
 from llm.rl.rollout_devices import timed_copy
 from llm.rl.rollouts import Rollout, engine_rollout
 from llm.rl.state import RunState, Setup, behaviour_copy, step_key
 from llm.rl.train_step import data_size
 from llm.rl.trainable import merge_params
-from llm.rl.transfer import batch_to_global, tree_to_host
+from llm.rl.transfer import to_global, tree_to_host
 
 TIMING_KEYS = (
     "step_time",
@@ -45,6 +49,101 @@ TIMING_KEYS = (
 )
 
 
+class PendingMetrics:
+    """The device metrics of a dispatched update (`dispatch_update`): `fetch` brings them to
+    the host in one blocking transfer, once."""
+
+    def __init__(self, metrics: dict):
+        self._device, self._host = metrics, None
+
+    def fetch(self) -> dict:
+        """The metrics as Python scalars, ``advantages`` as a [P, G] numpy array."""
+        if self._host is None:
+            host = tree_to_host(self._device)  # one transfer
+            advantages_PxG = np.asarray(host.pop("advantages"))
+            self._host = {k: v.item() for k, v in host.items()} | {"advantages": advantages_PxG}
+            self._device = None
+        return dict(self._host)
+
+
+def _upload(setup: Setup, tree, shardings):
+    """``tree`` of host arrays on the learner's devices (``shardings``: a matching tree of
+    shardings, or None without a mesh): one ``device_put`` on one process."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    is_sharding = lambda x: x is None or isinstance(x, jax.sharding.Sharding)  # noqa: E731
+    put = lambda sharding, sub: jax.tree.map(lambda x: to_global(x, sharding), sub)  # noqa: E731
+    return jax.tree.map(put, shardings, tree, is_leaf=is_sharding)  # shardings: a prefix
+
+
+def _on_learner(setup: Setup, arrays: tuple) -> tuple:
+    """The engine's device arrays where the learner's step reads them: as they are on the
+    learner's devices, else copied device to device (``rollout_devices``: `llm.rl.reshard`)."""
+    if setup.mesh is None:
+        return arrays
+    devices = set(setup.mesh.devices.flat)
+    if all(x.sharding.device_set == devices for x in arrays):
+        return arrays
+    replicated = NamedSharding(setup.mesh, PartitionSpec())
+    return reshard_tree(arrays, tuple(replicated for _ in arrays))
+
+
+def _learner_batch(setup: Setup, ro: Rollout, scalars: tuple) -> tuple[Batch, tuple]:
+    """(the step's `Batch` on the learner's devices, ``scalars`` there too): from the engine's
+    device arrays (``ro.device``, `llm.rl.learn_step.assemble_batch`) with the prompt block
+    and the scalars in one upload, or from the host arrays of a rollout made elsewhere."""
+    cfg, fns = setup.cfg, setup.fns
+    sharding = fns.batch_sharding
+    replicated = None if setup.mesh is None else NamedSharding(setup.mesh, PartitionSpec())
+    common = dict(micro_batches=cfg.micro_batches, group_size=ro.rewards_PxG.shape[1],
+                  row_multiple=data_size(setup.mesh))  # fmt: skip
+    pad = setup.sampling.pad_token_id
+    if ro.device is None:
+        host = build_batch(
+            ro.prompts, ro.tokens_BxN, ro.lengths_B, np.zeros(len(ro.prompts), np.float32),
+            pad_token_id=pad, behaviour_logprobs_BxN=ro.logprobs_BxN,
+            max_new_tokens=cfg.max_new_tokens, **common,
+        )  # fmt: skip
+        return _upload(setup, (host, scalars), (sharding, replicated))
+    tokens, logprobs, lengths = ro.device.tokens, ro.device.logprobs, ro.device.lengths
+    check_rows(ro.prompts, tokens.shape, ro.lengths_B, cfg.micro_batches, common["group_size"])
+    layout = row_layout(ro.lengths_B, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad,
+                        **common)  # fmt: skip
+    block = prompt_rows(ro.prompts, pad_token_id=pad, **common)
+    block_sh = None if sharding is None else (sharding.prompt_tokens, sharding.prompt_mask)
+    block, scalars = _upload(setup, (block, scalars), (block_sh, replicated))
+    tokens, logprobs, lengths = _on_learner(setup, (tokens, logprobs, lengths))
+    return fns.assemble(*block, tokens, logprobs, lengths, layout=layout), scalars
+
+
+def dispatch_update(
+    setup: Setup, state: RunState, ro: Rollout, *, learning_rate: float
+) -> tuple[RunState, PendingMetrics]:
+    """`update` without waiting for it: the new state (its arrays still being computed) and
+    the step's `PendingMetrics`. Host -> device: one upload (the prompt block, the rewards
+    [P, G], the step's scalars); nothing comes back until ``fetch``."""
+    cfg, fns = setup.cfg, setup.fns
+    rewards_PxG = np.asarray(ro.rewards_PxG, np.float32)
+    if rewards_PxG.ndim != 2 or rewards_PxG.size != len(ro.prompts):
+        raise ValueError(
+            f"ro.rewards_PxG must be [P, G] with P * G = {len(ro.prompts)} rows, got shape "
+            f"{rewards_PxG.shape}"
+        )
+    hyper = hyperparams(learning_rate, cfg.weight_decay, cfg.max_grad_norm)
+    options = advantage_options(setup.advantage_source)
+    batch, (rewards_PxG, hyper, options) = _learner_batch(setup, ro, (rewards_PxG, hyper, options))
+    if state.reference is not None:
+        ref_trainable, ref_frozen = setup.split.split(state.reference)
+        batch = batch._replace(ref_logprobs=fns.score(ref_trainable, batch, ref_frozen))
+    trainable, frozen = setup.split.split(state.params)  # LoRA: adapters, base
+    trainable, opt_state, metrics = fns.learn(
+        trainable, state.opt_state, batch, rewards_PxG, hyper, options, frozen
+    )
+    params = merge_params(trainable, frozen)
+    state = state._replace(params=params, opt_state=opt_state, step=state.step + 1)
+    return state, PendingMetrics(metrics)
+
+
 def update(
     setup: Setup, state: RunState, ro: Rollout, *, learning_rate: float
 ) -> tuple[RunState, dict]:
@@ -54,40 +153,10 @@ def update(
     ``ratio_mean``, ``ratio_max``; ``outside_nucleus``: the share of tokens outside pi's top-p
     nucleus), ``finite`` (False: the step was skipped, params and
     moments unchanged), ``nonfinite_streak`` (skipped steps in a row) and ``advantages``
-    (the [P, G] host array the step used).
+    (the [P, G] array the step used, computed inside it: `llm.rl.learn_step`).
     """
-    cfg, fns = setup.cfg, setup.fns
-    # one explicit transfer each way (the loss's advantages are jax code, run where jax runs)
-    rewards_PxG = jax.device_put(np.asarray(ro.rewards_PxG, np.float32))
-    advantages_PxG = np.asarray(jax.device_get(setup.advantages(rewards_PxG)))
-    if advantages_PxG.shape != ro.rewards_PxG.shape:
-        raise ValueError(
-            f"advantages must have the rewards' shape {ro.rewards_PxG.shape}, "
-            f"got {advantages_PxG.shape}"
-        )
-    host_batch = build_batch(
-        ro.prompts,
-        ro.tokens_BxN,
-        ro.lengths_B,
-        advantages_PxG.reshape(-1),
-        pad_token_id=setup.sampling.pad_token_id,
-        micro_batches=cfg.micro_batches,
-        behaviour_logprobs_BxN=ro.logprobs_BxN,
-        group_size=ro.rewards_PxG.shape[1],
-        max_new_tokens=cfg.max_new_tokens,  # "constant"'s budget, whatever the live slots
-        row_multiple=data_size(setup.mesh),  # padding rows, so the rows stay sharded
-    )
-    batch = batch_to_global(host_batch, fns.batch_sharding)
-    if state.reference is not None:
-        ref_trainable, ref_frozen = setup.split.split(state.reference)
-        batch = batch._replace(ref_logprobs=fns.score(ref_trainable, batch, ref_frozen))
-    hyper = hyperparams(learning_rate, cfg.weight_decay, cfg.max_grad_norm)
-    trainable, frozen = setup.split.split(state.params)  # LoRA: adapters, base
-    trainable, opt_state, metrics = fns.step(trainable, state.opt_state, batch, hyper, frozen)
-    metrics = {k: v.item() for k, v in tree_to_host(metrics).items()}  # one blocking fetch
-    metrics["advantages"] = advantages_PxG
-    params = merge_params(trainable, frozen)
-    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+    state, pending = dispatch_update(setup, state, ro, learning_rate=learning_rate)
+    return state, pending.fetch()
 
 
 def behaviour_version(cfg, step: int) -> int:
@@ -144,6 +213,61 @@ def behaviour_rollout(
     )
 
 
+class PendingRow:
+    """A step's row whose update is dispatched but whose metrics are still on the device:
+    `finish` fetches them (one transfer) and completes the row. `llm.rl.loop.train` finishes
+    it one step late, after dispatching the next step, unless the step's row is needed at
+    once (an evaluation, a checkpoint, a callback)."""
+
+    def __init__(self, setup: Setup, ro: Rollout, metrics: PendingMetrics, row: dict, times):
+        self.step, self.start = row["step"], times["start"]
+        self._is_correct, self._ro, self._metrics, self._row = (
+            correctness(setup.reward_fn), ro, metrics, row
+        )  # fmt: skip
+        self._timings, self._dispatch_time = times, times["dispatched"] - times["update"]
+
+    def finish(self, next_start: float | None = None) -> dict:
+        """The row: sample statistics, update metrics, versions and timings. ``step_time``
+        ends at ``next_start`` (the next step's start, when finished late) or now;
+        ``update_time`` is the host's time on the update: building and dispatching it, then
+        waiting for its metrics."""
+        t_fetch = time.perf_counter()
+        metrics = self._metrics.fetch()
+        end = time.perf_counter()
+        ro, timings, row = self._ro, self._timings, dict(self._row)
+        advantages_PxG = metrics.pop("advantages")
+        stats = sample_stats(
+            ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, self._is_correct
+        )
+        dt = (end if next_start is None else next_start) - self.start
+        return {"step": self.step} | stats | metrics | row | {
+            "skipped": int(not metrics["finite"]),
+            "behaviour_age": self.step - ro.behaviour_version,
+            "behaviour_version": ro.behaviour_version,
+            "step_time": dt,
+            "tokens_per_s": float(np.sum(ro.lengths_B)) / dt,
+            "rollout_time": timings["rollout_time"],
+            "rollout_wait": timings["rollout_wait"],
+            "update_time": self._dispatch_time + (end - t_fetch),
+            "behaviour_copy_time": timings.get("behaviour_copy_time", 0.0),
+        }  # fmt: skip
+
+
+def dispatch_learn(
+    setup: Setup, state: RunState, ro: Rollout, *, learning_rate: float, timings: dict
+) -> tuple[RunState, PendingRow]:
+    """`dispatch_update` on ``ro``: the new state and the step's `PendingRow` (``timings``
+    holds ``start``, the ``perf_counter`` at which the step began, ``rollout_time``,
+    ``rollout_wait`` and optionally ``behaviour_copy_time``, else 0)."""
+    step, version = state.step, ro.behaviour_version
+    if version is None or not 0 <= version <= step:
+        raise ValueError(f"ro.behaviour_version must be a step in [0, {step}], got {version}")
+    times = dict(timings, update=time.perf_counter())
+    state, metrics = dispatch_update(setup, state, ro, learning_rate=learning_rate)
+    times["dispatched"] = time.perf_counter()
+    return state, PendingRow(setup, ro, metrics, {"step": step, "lr": learning_rate}, times)
+
+
 def learn(
     setup: Setup,
     state: RunState,
@@ -152,35 +276,11 @@ def learn(
     learning_rate: float,
     timings: dict[str, float],
 ) -> tuple[RunState, dict]:
-    """`update` on ``ro`` and the step's row: sample statistics, update metrics,
-    ``behaviour_version`` (``ro``'s), ``behaviour_age`` (the staleness, step - version) and
-    the timings (``timings`` holds ``start``, the ``perf_counter`` at which the step began,
-    ``rollout_time``, ``rollout_wait`` and optionally ``behaviour_copy_time``, else 0)."""
-    step, t_update, version = state.step, time.perf_counter(), ro.behaviour_version
-    if version is None or not 0 <= version <= step:
-        raise ValueError(f"ro.behaviour_version must be a step in [0, {step}], got {version}")
-    state, metrics = update(setup, state, ro, learning_rate=learning_rate)
-    advantages_PxG = metrics.pop("advantages")
-    end = time.perf_counter()
-    dt = end - timings["start"]
-    row = {"step": step}
-    row |= sample_stats(
-        ro.rewards_PxG, advantages_PxG, ro.lengths_B, ro.finished_B, correctness(setup.reward_fn)
-    )
-    row |= metrics
-    row |= {
-        "lr": learning_rate,
-        "skipped": int(not metrics["finite"]),
-        "behaviour_age": step - version,
-        "behaviour_version": version,
-        "step_time": dt,
-        "tokens_per_s": float(np.sum(ro.lengths_B)) / dt,
-        "rollout_time": timings["rollout_time"],
-        "rollout_wait": timings["rollout_wait"],
-        "update_time": end - t_update,
-        "behaviour_copy_time": timings.get("behaviour_copy_time", 0.0),
-    }
-    return state, row
+    """`update` on ``ro`` and the step's row (`dispatch_learn`, then `PendingRow.finish`):
+    sample statistics, update metrics, ``behaviour_version`` (``ro``'s), ``behaviour_age``
+    (the staleness, step - version) and the timings."""
+    state, pending = dispatch_learn(setup, state, ro, learning_rate=learning_rate, timings=timings)
+    return state, pending.finish()
 
 
 def rl_step(

@@ -33,9 +33,8 @@ padded when fsdp does not divide it (`llm.rl.batch.padded_rows`), and the model'
 activations are constrained by their logical axes (`llm.models.activations`: rows on
 fsdp, heads and MLP columns on tp).
 
-`step_functions` keeps the last ``COMPILED_STEPS`` bundles (``functools.lru_cache`` keyed on
-graphdef, loss, static options and placement), so a second run in one process with an equal
-configuration (a sweep over seeds, learning rates or ``delta_v``) reuses the compiled step.
+`step_functions` keeps the last ``COMPILED_STEPS`` bundles (an ``lru_cache`` on graphdef, loss,
+static options, placement): a sweep over seeds, learning rates or ``delta_v`` compiles once.
 """
 
 from __future__ import annotations
@@ -51,8 +50,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llm.models.activations import under_mesh
 from llm.rl.batch import Batch, padded_rows, prompts_per_micro_batch
+from llm.rl.learn_step import assemble_batch, learn_step
 from llm.rl.logprobs import MODEL_SCORING, Scoring, completion_scores
 from llm.rl.losses import AsymRE, broadcast_advantages, step_weights
+from llm.rl.losses import advantage_source as default_source
 from llm.rl.optimizer import OptSpec, make_optimizer
 
 DATA_AXIS = "fsdp"
@@ -199,6 +200,9 @@ class StepFunctions(NamedTuple):
     tx: optax.GradientTransformation
     init_opt: Any  # params -> opt_state
     step: Any  # (params, opt_state, batch, hyper, frozen) -> (params, opt_state, metrics)
+    learn: Any  # (params, opt_state, batch, rewards_PxG, hyper, options, frozen): the same,
+    # advantages from the rewards in the step (`llm.rl.learn_step`; metrics + "advantages")
+    assemble: Any  # (prompt block, engine tokens, log-probs, lengths, *, layout) -> Batch
     score: Any  # (params, batch, frozen) -> log-probs [M, b, N]
     copy: Any  # params -> a fresh copy (the behaviour params)
     all_finite: Any  # tree -> bool
@@ -265,6 +269,7 @@ def step_functions(
     prompt_spec: PartitionSpec | None = None,
     scoring: Scoring = MODEL_SCORING,
     num_rows: int | None = None,
+    advantage_source=None,
 ) -> StepFunctions:
     """The jitted step functions; an equal combination of arguments returns the same bundle
     (so nothing recompiles) while it is among the ``COMPILED_STEPS`` most recently used.
@@ -278,8 +283,10 @@ def step_functions(
     ``scoring`` (`llm.rl.logprobs.Scoring`) is the distribution pi is scored under: the
     sampling temperature and top-p of the rollouts (default the model itself, T = 1).
     ``num_rows``: the real completions of a step whose batches carry padding rows (`train_step`).
+    ``advantage_source``: whose advantages ``learn`` takes (`llm.rl.losses.advantage_source`).
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
+    advantage_source = advantage_source or default_source(loss_fn)
     try:
         hash(loss_fn)
     except TypeError:
@@ -295,8 +302,9 @@ def step_functions(
     scoring = Scoring(float(scoring.temperature), float(scoring.top_p))
     if not scoring.temperature > 0 or not 0 < scoring.top_p <= 1:
         raise ValueError(f"scoring needs temperature > 0 and top_p in (0, 1], got {scoring}")
+    statics = (chunk_size, scoring, advantage_source)
     if mesh is None:
-        return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, None, num_rows)
+        return _compiled(graphdef, loss_fn, opt_spec, *statics, None, num_rows)
     data_spec = PartitionSpec() if data_spec is None else data_spec
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), abstract_params)
     placement = _Placement(
@@ -306,7 +314,7 @@ def step_functions(
         _flat(frozen_shardings or {}),
         (data_spec if prompt_spec is None else prompt_spec, data_spec),
     )
-    return _compiled(graphdef, loss_fn, opt_spec, chunk_size, scoring, placement, num_rows)
+    return _compiled(graphdef, loss_fn, opt_spec, *statics, placement, num_rows)
 
 
 def _copy(params):
@@ -315,20 +323,24 @@ def _copy(params):
 
 @functools.lru_cache(maxsize=COMPILED_STEPS)
 def _compiled(
-    graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, scoring: Scoring, placement, num_rows
-) -> StepFunctions:
+    graphdef, loss_fn, opt_spec: OptSpec, chunk_size: int, scoring: Scoring, source, placement,
+    num_rows,
+) -> StepFunctions:  # fmt: skip
     tx = make_optimizer(opt_spec)
     step = functools.partial(
         train_step, graphdef=graphdef, loss_fn=loss_fn, tx=tx, chunk=chunk_size, scoring=scoring,
         num_rows=num_rows,
     )  # fmt: skip
     score_fn = functools.partial(score, graphdef=graphdef, chunk_size=chunk_size, scoring=scoring)
+    learn = functools.partial(learn_step, step=step, source=source)
     if placement is not None:
-        return _sharded_functions(tx, step, score_fn, placement)
+        return _sharded_functions(tx, step, learn, score_fn, placement)
     return StepFunctions(
         tx=tx,
         init_opt=jax.jit(tx.init),
         step=jax.jit(step, donate_argnums=(0, 1)),
+        learn=jax.jit(learn, donate_argnums=(0, 1)),
+        assemble=jax.jit(assemble_batch, static_argnames="layout"),
         score=jax.jit(score_fn),
         copy=jax.jit(_copy),
         all_finite=jax.jit(all_finite),
@@ -338,7 +350,7 @@ def _compiled(
     )
 
 
-def _sharded_functions(tx, step, score_fn, placement: _Placement) -> StepFunctions:
+def _sharded_functions(tx, step, learn, score_fn, placement: _Placement) -> StepFunctions:
     """The step functions jitted with in/out shardings on ``placement.mesh``."""
     mesh, param_shardings = placement.mesh, _tree(placement.param_shardings)
     frozen_shardings = _tree(placement.frozen_shardings)
@@ -362,6 +374,19 @@ def _sharded_functions(tx, step, score_fn, placement: _Placement) -> StepFunctio
             out_shardings=(param_shardings, opt_shardings, replicated),
             donate_argnums=(0, 1),
         ),
+        learn=jax.jit(
+            under_mesh(mesh, learn),
+            in_shardings=(
+                param_shardings,
+                opt_shardings,
+                batch_sh,
+                *[replicated] * 3,
+                frozen_shardings,
+            ),
+            out_shardings=(param_shardings, opt_shardings, replicated),
+            donate_argnums=(0, 1),
+        ),  # fmt: skip
+        assemble=jax.jit(assemble_batch, static_argnames="layout", out_shardings=batch_sh),
         score=jax.jit(
             under_mesh(mesh, score_fn),
             in_shardings=(param_shardings, batch_sh, frozen_shardings),

@@ -151,6 +151,36 @@ def test_bench_rl_bad_flags_give_one_error_line(flags, message):
     assert message in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "/nonexistent"], "--model: no config.json in /nonexistent"),
+        (["--model", str(BENCH), "--steps", "0"], "--model: no config.json"),
+        (["--lora-rank", "x"], "--lora-rank: invalid int value"),
+    ],
+)
+def test_bench_rl_lora_bad_flags_give_one_error_line(flags, message):
+    proc = _run([BENCH / "bench_rl_lora.py", *flags], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("bench_rl_lora.py: error: ")
+    assert message in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_rl_lora_times_a_cold_first_step_and_steady_lora_steps(tmp_path):
+    path = _bench_module("bench_rl_common").checkpoint(tmp_path, "toy")
+    out = tmp_path / "lora.json"
+    args = ["--model", path, "--steps", "1", "--prompts", "2", "--samples", "2",
+            "--max-new-tokens", "4", "--lora-rank", "2", "--skip-trl", "--json", out]  # fmt: skip
+    proc = _run([BENCH / "bench_rl_lora.py", *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    ours = result["ours"]
+    assert result["settings"]["lora_rank"] == 2 and result["settings"]["scan_layers"]
+    assert 0 < ours["step_s_median"] < ours["first_step_s"] and ours["steps_timed"] == 2
+    assert "skipped" in result["trl"] and "trl_over_ours" not in result
+
+
 SECTIONS = ["mfu", "decode", "engine", "rl_step", "rl_real", "tests"]
 
 

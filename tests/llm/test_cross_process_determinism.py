@@ -72,7 +72,7 @@ def test_a_fresh_process_served_from_the_cache_repeats_the_run_bit_for_bit(tmp_p
     }
     cold = _train(model, tmp_path / "cold", env)
     written = _cached(cache)
-    assert any("train_step" in name for name in written), sorted(written)
+    assert any("learn_step" in name for name in written), sorted(written)
     warm = _train(model, tmp_path / "warm", env)
     assert _cached(cache) == written  # every program of the warm run came from the cache
     (rows, files), (warm_rows, warm_files) = cold, warm

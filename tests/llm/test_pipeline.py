@@ -63,7 +63,7 @@ class Recorder:
     def __init__(self, monkeypatch):
         self.saved, self.events = {}, []
         save, submit = Checkpointer.save, pipeline_lib.RolloutPipeline._submit
-        learn, sample = pipeline_lib.learn, pipeline_lib.behaviour_rollout
+        learn, sample = pipeline_lib.dispatch_learn, pipeline_lib.behaviour_rollout
 
         def recording_save(ckpt, step, state, meta, *, finite):
             mutable = dict.fromkeys(("pipeline_depth", "out_dir", "resume"))
@@ -85,7 +85,7 @@ class Recorder:
 
         monkeypatch.setattr(Checkpointer, "save", recording_save)
         monkeypatch.setattr(pipeline_lib.RolloutPipeline, "_submit", recording_submit)
-        monkeypatch.setattr(pipeline_lib, "learn", recording_learn)
+        monkeypatch.setattr(pipeline_lib, "dispatch_learn", recording_learn)
         monkeypatch.setattr(pipeline_lib, "behaviour_rollout", recording_sample)
 
     def run(self, cfg, **kw):

@@ -414,3 +414,43 @@ def test_a_hand_written_loop_reproduces_train_bit_for_bit(model_path, tmp_path):
     leaves = [jax.tree.leaves(s.params) + jax.tree.leaves(s.opt_state) for s in (state, own_state)]
     for a, b in zip(*leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rows_finish_one_step_late_and_are_the_rows_finished_at_once(
+    model_path, tmp_path, monkeypatch
+):
+    """Without evaluation, checkpoints or a callback, step t's metrics are fetched after
+    step t + 1's update is dispatched; a callback (which needs each row at once) gives the
+    same rows but the timings."""
+    from llm.rl import pipeline as pipeline_lib
+    from llm.rl.step import PendingRow
+
+    events, dispatch, finish = [], pipeline_lib.dispatch_learn, PendingRow.finish
+
+    def recording_dispatch(setup, state, ro, **kw):
+        events.append(("dispatch", state.step))
+        return dispatch(setup, state, ro, **kw)
+
+    def recording_finish(row, next_start=None):
+        events.append(("fetch", row.step))
+        return finish(row, next_start)
+
+    monkeypatch.setattr(pipeline_lib, "dispatch_learn", recording_dispatch)
+    monkeypatch.setattr(PendingRow, "finish", recording_finish)
+    cfg = _cfg(model_path, tmp_path, num_steps=4, checkpoint_every=0)
+    late = train(cfg)
+    assert events == [
+        ("dispatch", 0), ("dispatch", 1), ("fetch", 0), ("dispatch", 2), ("fetch", 1),
+        ("dispatch", 3), ("fetch", 2), ("fetch", 3),
+    ]  # fmt: skip
+    events.clear()
+    seen = []
+    at_once = train(cfg.replace(out_dir=str(tmp_path / "b")), callback=lambda *a: seen.append(1))
+    assert events == [(e, t) for t in range(4) for e in ("dispatch", "fetch")]
+    assert [r["step"] for r in late] == [0, 1, 2, 3] and len(seen) == 4
+    untimed = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
+    assert untimed(late) == untimed(at_once)
+    assert list(late[0]) == list(at_once[0])  # the same keys in the same order
+    assert all(r["step_time"] > 0 and r["update_time"] > 0 for r in late)
+    written = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in written] == [0, 1, 2, 3]

@@ -21,6 +21,7 @@ from llm.rl.losses.contract import (
     LOSS_REGISTRY,
     Loss,
     LossFn,
+    advantage_options,
     advantages_fn,
     broadcast_advantages,
     default_normalization,
@@ -29,11 +30,12 @@ from llm.rl.losses.contract import (
     loss_weights,
     register_loss,
     step_weights,
+    traced_advantages,
 )
 
 # each import registers its loss: this order is LOSS_REGISTRY's (and LOSSES')
 # isort: off
-from llm.rl.losses.asymre import AsymRE, asymre_loss
+from llm.rl.losses.asymre import AsymRE, advantage_source, asymre_loss
 from llm.rl.losses.grpo import GRPO, grpo_loss
 from llm.rl.losses.is_reinforce import ISReinforce, is_reinforce_loss
 from llm.rl.losses.cispo import CISPO, cispo_loss
@@ -52,6 +54,8 @@ __all__ = [
     "ISReinforce",
     "Loss",
     "LossFn",
+    "advantage_options",
+    "advantage_source",
     "advantages_fn",
     "asymre_loss",
     "broadcast_advantages",
@@ -65,4 +69,5 @@ __all__ = [
     "register_loss",
     "step_weights",
     "topr_loss",
+    "traced_advantages",
 ]

@@ -28,6 +28,7 @@ from llm.rl.losses.contract import Loss, check_token_inputs, host, register_loss
 
 ADVANTAGE_OPTIONS = {"delta_v": "delta_v", "leave_one_out": "leave_one_out"}
 ADVANTAGE_OPTIONS |= {"scale": "advantage_scale"}  # AsymRE's baseline, for its whole family
+TRACED_OPTIONS = ("delta_v",)  # traced in the jitted step: a new delta_v compiles nothing
 
 
 def asymre_loss(logprobs_BxN, adv_BxN, w_BxN) -> jax.Array:
@@ -52,10 +53,11 @@ class AsymRE(Loss):
     """AsymRE: ``-sum_it w_it A_it log pi(y_it)``, A = r - (mean_G r + delta_v)."""
 
     delta_v: float = host(-0.1)
-    leave_one_out: bool = host(False)
-    scale: str = host("none")
+    leave_one_out: bool = False
+    scale: str = "none"
     normalization: str = "sequence"
     options = ADVANTAGE_OPTIONS
+    traced_options = TRACED_OPTIONS
     uses_ratio = False  # pi may be scored under the model itself (learner_distribution)
 
     def __post_init__(self):
@@ -70,3 +72,14 @@ class AsymRE(Loss):
     def __call__(self, logprobs_BxN, behaviour_logprobs_BxN, adv_BxN, w_BxN):
         del behaviour_logprobs_BxN  # no importance ratio: that is the method
         return asymre_loss(logprobs_BxN, adv_BxN, w_BxN)
+
+
+def advantage_source(loss_fn, cfg=None):
+    """The hashable object whose ``advantages`` the jitted step runs: ``loss_fn`` when it has
+    them, else `AsymRE` with the config's ``delta_v``, ``leave_one_out`` and
+    ``advantage_scale`` (the defaults without a config)."""
+    if hasattr(loss_fn, "advantages"):
+        return loss_fn
+    if cfg is None:
+        return AsymRE()
+    return AsymRE(delta_v=cfg.delta_v, leave_one_out=cfg.leave_one_out, scale=cfg.advantage_scale)

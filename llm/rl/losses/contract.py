@@ -39,7 +39,10 @@ a config builds ``LOSS_REGISTRY[NAME].from_config(cfg)``. Besides ``__call__`` a
 
 * ``normalization``: a field, the weights above (its default: the loss's own);
 * ``advantages(rewards_PxG) -> advantages_PxG``: rewards of P prompts x G samples to
-  advantages, on the host;
+  advantages, jax code the jitted step runs (`traced_advantages`);
+* ``traced_options``: the options of ``advantages`` the step receives as traced scalars
+  (AsymRE's ``delta_v``: a sweep over it compiles one step); they are ``compare=False``
+  fields, the other options key the compiled step;
 * ``options``: its small config, {dataclass field: `TrainConfig` field} (`from_config`
   reads them; the config refuses those options under losses that do not read them);
 * ``needs_reference``: also called with ``ref_logprobs=`` (log-probs under the frozen
@@ -47,7 +50,8 @@ a config builds ``LOSS_REGISTRY[NAME].from_config(cfg)``. Besides ``__call__`` a
 * ``uses_ratio``: reads pi/mu, so pi must be scored under mu's sampling transform.
 
 A plain function works too (weights ``"sequence"`` unless it has a ``normalization``
-attribute, AsymRE's advantages unless it has ``advantages``).
+attribute, AsymRE's advantages with the config's options unless it has ``advantages``,
+`llm.rl.losses.asymre.advantage_source`).
 
 >>> import jax.numpy as jnp
 >>> mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
@@ -66,6 +70,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import asymre_jax
 from asymre_jax import NORMALIZATIONS
@@ -157,6 +162,7 @@ class Loss:
     options: ClassVar[Mapping[str, str]] = {}
     needs_reference: ClassVar[bool] = False
     uses_ratio: ClassVar[bool] = True
+    traced_options: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         if self.normalization not in NORMALIZATIONS:
@@ -225,6 +231,33 @@ def advantages_fn(loss_fn: LossFn, cfg) -> Callable:
     if hasattr(loss_fn, "advantages"):
         return loss_fn.advantages
     return asymre_baseline(cfg.delta_v, cfg.leave_one_out, cfg.advantage_scale)
+
+
+def advantage_options(source) -> dict[str, np.float32]:
+    """The traced options of ``source`` (`llm.rl.losses.asymre.advantage_source`) as float32
+    host scalars, e.g. ``{"delta_v": -0.1}``: what the step's ``options`` argument carries."""
+    names = getattr(source, "traced_options", ())
+    return {name: np.float32(getattr(source, name)) for name in names}
+
+
+def traced_advantages(source, rewards_PxG, options: dict) -> jax.Array:
+    """``source.advantages(rewards_PxG)`` with the traced ``options`` in place of its fields
+    (under jit: the options are arguments, not constants of the program); float32 [P, G]."""
+    names = set(getattr(source, "traced_options", ()))
+    if set(options) != names:
+        raise ValueError(
+            f"options must hold exactly the traced options {sorted(names)} of "
+            f"{type(source).__name__}, got {sorted(options)}"
+        )
+    if options:
+        source = dataclasses.replace(source, **options)
+    advantages_PxG = jnp.asarray(source.advantages(rewards_PxG), jnp.float32)
+    if advantages_PxG.shape != jnp.shape(rewards_PxG):
+        raise ValueError(
+            f"advantages must have the rewards' shape {tuple(jnp.shape(rewards_PxG))}, "
+            f"got {tuple(advantages_PxG.shape)}"
+        )
+    return advantages_PxG
 
 
 def asymre_baseline(delta_v: float, leave_one_out: bool, scale: str) -> Callable:

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from asymre_jax.comparators import IS_LEVELS
-from llm.rl.losses.asymre import ADVANTAGE_OPTIONS, AsymRE, check_baseline_options
+from llm.rl.losses.asymre import ADVANTAGE_OPTIONS, TRACED_OPTIONS, AsymRE, check_baseline_options
 from llm.rl.losses.contract import (
     Loss,
     check_token_inputs,
@@ -69,9 +69,10 @@ class ISReinforce(Loss):
     delta_v: float = host(-0.1)
     truncation: float = 1.0
     level: str = "sequence"
-    leave_one_out: bool = host(False)
-    scale: str = host("none")
+    leave_one_out: bool = False
+    scale: str = "none"
     normalization: str = "sequence"
+    traced_options = TRACED_OPTIONS
     options = ADVANTAGE_OPTIONS | {"truncation": "is_truncation", "level": "is_level"}
     advantages = AsymRE.advantages  # the same fields, the same advantages
 

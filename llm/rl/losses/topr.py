@@ -32,7 +32,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from llm.rl.losses.asymre import ADVANTAGE_OPTIONS, AsymRE, check_baseline_options
+from llm.rl.losses.asymre import ADVANTAGE_OPTIONS, TRACED_OPTIONS, AsymRE, check_baseline_options
 from llm.rl.losses.contract import (
     Loss,
     check_token_inputs,
@@ -62,10 +62,11 @@ class TOPR(Loss):
     """TOPR: REINFORCE on A >= 0, sg(clip(pi(y)/mu(y), 0, 1)) x REINFORCE on A < 0."""
 
     delta_v: float = host(-0.1)
-    leave_one_out: bool = host(False)
-    scale: str = host("none")
+    leave_one_out: bool = False
+    scale: str = "none"
     normalization: str = "sequence"
     options = ADVANTAGE_OPTIONS
+    traced_options = TRACED_OPTIONS
     advantages = AsymRE.advantages  # the same fields, the same advantages
 
     def __post_init__(self):
