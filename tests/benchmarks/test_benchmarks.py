@@ -96,7 +96,7 @@ def test_bench_rl_clock_times_each_piece_once_and_leaves_the_host_time():
             time.sleep(sleeps["decode"])
 
     class Fns(NamedTuple):
-        step: Any
+        learn: Any  # the step rl_step runs (advantages inside)
 
     class Engine(NamedTuple):
         sync: Any
@@ -118,7 +118,7 @@ def test_bench_rl_clock_times_each_piece_once_and_leaves_the_host_time():
         s.renderer.decode()
         s.reward_fn()
         time.sleep(host_s)
-        s.fns.step()
+        s.fns.learn()
 
     clock = clock_mod._Clock()
     with clock_mod.instrumented(setup, clock) as timed:
