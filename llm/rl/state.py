@@ -47,7 +47,7 @@ from llm.rl.checkpoint import abstract_like
 from llm.rl.config import TrainConfig
 from llm.rl.engine import EngineContext, RolloutEngine, make_engine
 from llm.rl.logprobs import scoring_of
-from llm.rl.losses import LossFn, advantage_source, advantages_fn, loss_from_config
+from llm.rl.losses import LossFn, advantage_source, loss_from_config
 from llm.rl.optimizer import OptSpec
 from llm.rl.rollout_devices import RolloutMesh, make_meshes, rollout_mesh
 from llm.rl.rollouts import Sampling
@@ -118,7 +118,7 @@ def _with_lora(cfg: TrainConfig, model: nnx.Module) -> nnx.Module:
     return model
 
 
-def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, loss_fn):
+def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, loss_fn, source):
     """The compiled step functions of the config's shapes (cached across runs)."""
     trainable_sh, frozen_sh = split.split(shardings)
     rows_spec, prompts_spec, num_rows = row_specs(
@@ -137,7 +137,7 @@ def _step_functions(cfg: TrainConfig, graphdef, params, mesh, shardings, split, 
         prompts_spec,
         scoring_of(cfg),
         num_rows,
-        advantage_source(loss_fn, cfg),
+        source,
     )
 
 
@@ -175,10 +175,8 @@ def make_setup(
 ) -> tuple[Setup, Any]:
     """(setup, params): the model from ``cfg.model_path`` (or ``model``, resharded onto the
     mesh), its tokenizer, the compiled step functions of ``loss_fn`` (default: the config's).
-
     With ``cfg.lora_rank > 0`` adapters are attached and only they train; a ``model`` that
-    already has adapters (and ``lora_rank=0``) trains its adapters alone too.
-    """
+    already has adapters (and ``lora_rank=0``) trains its adapters alone too."""
     mesh, sampler_mesh = make_meshes(cfg)
     if model is None:
         model, model_config = load_hf(
@@ -196,7 +194,8 @@ def make_setup(
     params = jax.device_put(nnx.to_pure_dict(state), shardings)
     rollout = rollout_mesh(sampler_mesh, shardings_of, split, params)
     loss_fn = loss_fn if loss_fn is not None else loss_from_config(cfg)
-    fns = _step_functions(cfg, graphdef, params, mesh, shardings, split, loss_fn)
+    source = advantage_source(loss_fn, cfg)  # whose advantages the step computes
+    fns = _step_functions(cfg, graphdef, params, mesh, shardings, split, loss_fn, source)
     chat = cfg.chat if cfg.chat is not None else (False if cfg.task == "arithmetic" else None)
     renderer = PromptRenderer(
         tokenizer, chat=chat, system_prompt=cfg.system_prompt, instruction=cfg.instruction
@@ -213,8 +212,8 @@ def make_setup(
         shardings=shardings,
         fns=fns,
         loss_fn=loss_fn,
-        advantages=advantages_fn(loss_fn, cfg),
-        advantage_source=advantage_source(loss_fn, cfg),
+        advantages=source.advantages,
+        advantage_source=source,
         reward_fn=reward_fn if reward_fn is not None else builtin_reward(cfg),
         sampling=Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos, pad),
         split=split,

@@ -286,7 +286,7 @@ def step_functions(
     ``advantage_source``: whose advantages ``learn`` takes (`llm.rl.losses.advantage_source`).
     """
     loss_fn = AsymRE() if loss_fn is None else loss_fn
-    advantage_source = advantage_source or default_source(loss_fn)
+    advantage_source = default_source(loss_fn) if advantage_source is None else advantage_source
     try:
         hash(loss_fn)
     except TypeError:

@@ -22,7 +22,6 @@ from llm.rl.losses.contract import (
     Loss,
     LossFn,
     advantage_options,
-    advantages_fn,
     broadcast_advantages,
     default_normalization,
     loss_class,
@@ -35,7 +34,7 @@ from llm.rl.losses.contract import (
 
 # each import registers its loss: this order is LOSS_REGISTRY's (and LOSSES')
 # isort: off
-from llm.rl.losses.asymre import AsymRE, advantage_source, asymre_loss
+from llm.rl.losses.asymre import AsymRE, advantage_source, advantages_fn, asymre_loss
 from llm.rl.losses.grpo import GRPO, grpo_loss
 from llm.rl.losses.is_reinforce import ISReinforce, is_reinforce_loss
 from llm.rl.losses.cispo import CISPO, cispo_loss

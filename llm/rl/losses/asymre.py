@@ -83,3 +83,8 @@ def advantage_source(loss_fn, cfg=None):
     if cfg is None:
         return AsymRE()
     return AsymRE(delta_v=cfg.delta_v, leave_one_out=cfg.leave_one_out, scale=cfg.advantage_scale)
+
+
+def advantages_fn(loss_fn, cfg):
+    """rewards [P, G] -> advantages [P, G] of `advantage_source` (eagerly, outside a step)."""
+    return advantage_source(loss_fn, cfg).advantages

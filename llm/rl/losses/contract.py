@@ -72,7 +72,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import asymre_jax
 from asymre_jax import NORMALIZATIONS
 
 LossFn = Callable[..., Any]
@@ -226,13 +225,6 @@ def default_normalization(name: str) -> str:
     return field.default
 
 
-def advantages_fn(loss_fn: LossFn, cfg) -> Callable:
-    """``loss_fn.advantages``, or AsymRE's advantages with the config's options."""
-    if hasattr(loss_fn, "advantages"):
-        return loss_fn.advantages
-    return asymre_baseline(cfg.delta_v, cfg.leave_one_out, cfg.advantage_scale)
-
-
 def advantage_options(source) -> dict[str, np.float32]:
     """The traced options of ``source`` (`llm.rl.losses.asymre.advantage_source`) as float32
     host scalars, e.g. ``{"delta_v": -0.1}``: what the step's ``options`` argument carries."""
@@ -258,14 +250,3 @@ def traced_advantages(source, rewards_PxG, options: dict) -> jax.Array:
             f"got {tuple(advantages_PxG.shape)}"
         )
     return advantages_PxG
-
-
-def asymre_baseline(delta_v: float, leave_one_out: bool, scale: str) -> Callable:
-    """rewards [P, G] -> AsymRE's advantages r - (mean_G r + delta_v) with these options."""
-
-    def advantages(rewards_PxG):
-        return asymre_jax.asymre_advantages(
-            rewards_PxG, delta_v, leave_one_out=leave_one_out, scale=scale
-        )
-
-    return advantages
